@@ -1,0 +1,209 @@
+//! The Llama/Qwen2-family decoder, generic over the burn backend.
+//!
+//! Follows transformers' `modeling_llama.py` / `modeling_qwen2.py` exactly: pre-norm RMSNorm
+//! blocks, RoPE in the "rotate half" convention, grouped-query attention, SwiGLU MLP, optional
+//! q/k/v bias (Qwen2) and optionally tied embeddings.
+//!
+//! # Design
+//! Weights are kept in the checkpoint's own layout (`[out, in]` for projections) and under the
+//! checkpoint's names (see [`Llama::named_tensors`]), so loading and saving are plain copies and a
+//! saved directory loads back into transformers unchanged. The projection uses a transposed view,
+//! which the CPU backend's strided GEMM consumes without a copy.
+//!
+//! One forward serves every caller: the sampler (prefill, then one token per step through a
+//! [`KvCache`]) and the scorer (whole sequences, differentiable). Both lay a batch out the same way
+//! (see [`crate::batch`]): per-row positions and a key-padding mask, so ragged batches compute
+//! exactly what each sequence would compute alone.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+
+/// Rotary tables and the attention mask for one forward call; built once, shared by all layers.
+#[derive(Debug, Clone)]
+pub struct ForwardCtx<B: Backend> {
+    /// `cos(position * inv_freq)`, duplicated over both halves: `[batch, 1, seq, head_dim]`.
+    pub cos: Tensor<B, 4>,
+    /// `sin(...)`, same shape as `cos`.
+    pub sin: Tensor<B, 4>,
+    /// `true` where a query may not see a key: `[batch, 1, seq, past + seq]`.
+    pub mask: Tensor<B, 4, Bool>,
+}
+
+/// One decoder block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub(crate) input_layernorm: Param<Tensor<B, 1>>,
+    pub(crate) q_proj: Param<Tensor<B, 2>>,
+    pub(crate) k_proj: Param<Tensor<B, 2>>,
+    pub(crate) v_proj: Param<Tensor<B, 2>>,
+    pub(crate) q_bias: Option<Param<Tensor<B, 1>>>,
+    pub(crate) k_bias: Option<Param<Tensor<B, 1>>>,
+    pub(crate) v_bias: Option<Param<Tensor<B, 1>>>,
+    pub(crate) o_proj: Param<Tensor<B, 2>>,
+    pub(crate) post_attention_layernorm: Param<Tensor<B, 1>>,
+    pub(crate) gate_proj: Param<Tensor<B, 2>>,
+    pub(crate) up_proj: Param<Tensor<B, 2>>,
+    pub(crate) down_proj: Param<Tensor<B, 2>>,
+}
+
+/// The decoder: embedding, layers, final norm and (untied) output head.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub(crate) embed_tokens: Param<Tensor<B, 2>>,
+    pub(crate) layers: Vec<DecoderLayer<B>>,
+    pub(crate) norm: Param<Tensor<B, 1>>,
+    /// `None` when the embedding is tied.
+    pub(crate) lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    pub(crate) config: ModelConfig,
+}
+
+/// `y = x W^T + b` with `W` in the checkpoint's `[out, in]` layout.
+fn proj<B: Backend>(
+    x: Tensor<B, 3>,
+    w: &Param<Tensor<B, 2>>,
+    b: Option<&Param<Tensor<B, 1>>>,
+) -> Tensor<B, 3> {
+    linear(x, w.val().transpose(), b.map(|b| b.val()))
+}
+
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
+    let var = x.clone().powi_scalar(2).mean_dim(2);
+    let dim = w.val().dims()[0];
+    x * (var + eps).sqrt().recip() * w.val().reshape([1, 1, dim])
+}
+
+/// HF `apply_rotary_pos_emb`: `x * cos + rotate_half(x) * sin`.
+fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &ForwardCtx<B>,
+        cfg: &ModelConfig,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let h = rms_norm(x.clone(), &self.input_layernorm, cfg.rms_norm_eps);
+        let q = proj(h.clone(), &self.q_proj, self.q_bias.as_ref()).reshape([b, s, nh, hd]).swap_dims(1, 2);
+        let k = proj(h.clone(), &self.k_proj, self.k_bias.as_ref()).reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let v = proj(h, &self.v_proj, self.v_bias.as_ref()).reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let q = rope(q, &ctx.cos, &ctx.sin);
+        let k = rope(k, &ctx.cos, &ctx.sin);
+        // Append to the cache (or start it); attention then runs over past + new keys.
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let t = k.dims()[2];
+        // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
+        // head are stacked along the sequence axis, and the mask is repeated to match.
+        let rep = nh / nkv;
+        let q = q.reshape([b, nkv, rep * s, hd]);
+        let mask = ctx.mask.clone().repeat_dim(2, rep).expand([b, nkv, rep * s, t]);
+        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let a = attention(q, k, v, Some(mask), None, opts).reshape([b, nh, s, hd]).swap_dims(1, 2).reshape([
+            b,
+            s,
+            nh * hd,
+        ]);
+        let x = x + proj(a, &self.o_proj, None);
+        let h = rms_norm(x.clone(), &self.post_attention_layernorm, cfg.rms_norm_eps);
+        let gate = silu(proj(h.clone(), &self.gate_proj, None));
+        let up = proj(h, &self.up_proj, None);
+        x + proj(gate * up, &self.down_proj, None)
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The validated config this model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` for `tokens` `[batch, seq]`.
+    ///
+    /// With a cache, the keys/values of this call are appended to it and attention sees the past;
+    /// `ctx.mask` must then cover `past + seq` keys.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        ctx: &ForwardCtx<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s] = tokens.dims();
+        let hidden = self.config.hidden_size;
+        let mut x = self.embed_tokens.val().select(0, tokens.reshape([b * s])).reshape([b, s, hidden]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, ctx, &self.config, slot);
+        }
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        rms_norm(x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits `[batch, seq, vocab]` from hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        proj(hidden, head, None)
+    }
+
+    /// Every tensor under its checkpoint name, in checkpoint order.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
+        fn as2<B: Backend>(t: &Param<Tensor<B, 1>>) -> Tensor<B, 2> {
+            t.val().unsqueeze()
+        }
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.val())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), as2(&layer.input_layernorm)));
+            out.push((format!("{p}.self_attn.q_proj.weight"), layer.q_proj.val()));
+            out.push((format!("{p}.self_attn.k_proj.weight"), layer.k_proj.val()));
+            out.push((format!("{p}.self_attn.v_proj.weight"), layer.v_proj.val()));
+            for (name, bias) in [("q", &layer.q_bias), ("k", &layer.k_bias), ("v", &layer.v_bias)] {
+                if let Some(bias) = bias {
+                    out.push((format!("{p}.self_attn.{name}_proj.bias"), as2(bias)));
+                }
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), layer.o_proj.val()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), as2(&layer.post_attention_layernorm)));
+            out.push((format!("{p}.mlp.gate_proj.weight"), layer.gate_proj.val()));
+            out.push((format!("{p}.mlp.up_proj.weight"), layer.up_proj.val()));
+            out.push((format!("{p}.mlp.down_proj.weight"), layer.down_proj.val()));
+        }
+        out.push(("model.norm.weight".to_string(), as2(&self.norm)));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.val()));
+        }
+        out
+    }
+}

@@ -1,0 +1,395 @@
+//! Batched generation with a KV cache.
+//!
+//! A [`Generator`] prefills a left-padded batch of prompts once, then decodes one token per row per
+//! [`Generator::step`]. Rows stop independently (stop token, stop string, length) and finished rows
+//! are dropped from the cache so the batch only pays for live rows. The model is passed to every
+//! step, so a caller may swap in new weights between steps (partial rollouts); the cache keeps
+//! the keys/values the earlier weights computed, as AReaL's interruptible generation does.
+//!
+//! Every sampled token comes with its log-prob under the *untruncated* temperature-scaled
+//! distribution `log softmax(logits / T)`, which is what the scorer recomputes (top-k/top-p only
+//! decide which tokens can be drawn). Greedy decoding (`temperature = 0`) reports `log softmax(logits)`.
+//! Each row has its own RNG seeded from `(seed, row)`, so a row's tokens do not depend on which
+//! other rows share its batch.
+
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::forward_ctx;
+use crate::cache::KvCache;
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::tokenizer::Tokenizer;
+
+/// Sampling parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling: smallest set of tokens whose probability reaches `top_p` (1 = off).
+    pub top_p: f32,
+    /// Only the `top_k` most likely tokens can be drawn (0 = off).
+    pub top_k: usize,
+    /// Most tokens generated per row.
+    pub max_new_tokens: usize,
+    /// A row stops after producing any of these (the stop token is kept in the output).
+    pub stop_token_ids: Vec<u32>,
+    /// A row stops once its decoded output contains any of these (the tokens are kept).
+    pub stop_strings: Vec<String>,
+    /// RNG seed; row `i` draws from a generator seeded by `(seed, i)`.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 64,
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+/// One row's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Generated token ids (the stop token included).
+    pub tokens: Vec<u32>,
+    /// Log-prob of each generated token under the untruncated temperature-scaled distribution.
+    pub logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+struct Row {
+    prompt_len: usize,
+    pad: usize,
+    out: Vec<u32>,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+    rng: rand::rngs::StdRng,
+}
+
+/// An in-progress batched generation.
+pub struct Generator<B: Backend> {
+    params: SamplingParams,
+    rows: Vec<Row>,
+    /// Cache row -> row index, for the rows still decoding.
+    live: Vec<usize>,
+    cache: KvCache<B>,
+    /// Logits of the next token for each live row, `[live, vocab]`, on the host.
+    next_logits: Vec<f32>,
+    vocab: usize,
+    stop_decoder: Option<Tokenizer>,
+}
+
+impl<B: Backend> Generator<B> {
+    /// Validates the request and prefills every prompt. `tokenizer` is needed only for stop strings.
+    pub fn new(
+        model: &Llama<B>,
+        prompts: &[Vec<u32>],
+        params: &SamplingParams,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Self> {
+        let cfg = model.config();
+        let vocab = cfg.vocab_size;
+        if prompts.is_empty() {
+            return Err(ModelError::InvalidRequest("no prompts".into()));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ModelError::InvalidRequest(format!("prompt {i} is empty")));
+            }
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::InvalidRequest(format!(
+                    "prompt {i} has token {t} >= vocab size {vocab}"
+                )));
+            }
+        }
+        if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
+            return Err(ModelError::InvalidRequest(format!(
+                "temperature {} must be >= 0",
+                params.temperature
+            )));
+        }
+        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+            return Err(ModelError::InvalidRequest(format!("top_p {} must be in (0, 1]", params.top_p)));
+        }
+        if !params.stop_strings.is_empty() && tokenizer.is_none() {
+            return Err(ModelError::InvalidRequest("stop strings need a tokenizer".into()));
+        }
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let rows: Vec<Row> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Row {
+                prompt_len: p.len(),
+                pad: width - p.len(),
+                out: Vec::new(),
+                logprobs: Vec::new(),
+                finish: (params.max_new_tokens == 0).then_some(FinishReason::Length),
+                rng: rand::rngs::StdRng::seed_from_u64(splitmix(params.seed ^ splitmix(i as u64))),
+            })
+            .collect();
+        let device = model.device();
+        let b = prompts.len();
+        let mut tokens = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b * width);
+        let mut valid = Vec::with_capacity(b * width);
+        for (p, row) in prompts.iter().zip(&rows) {
+            tokens.extend(std::iter::repeat_n(0i64, row.pad).chain(p.iter().map(|&t| t as i64)));
+            positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
+            valid.extend((0..width).map(|j| j >= row.pad));
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, width]), &device);
+        let ctx = forward_ctx::<B>(cfg, b, width, 0, &positions, &valid, &device);
+        let mut cache = KvCache::new(cfg.num_layers);
+        let hidden = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+        let last = hidden.slice([0..b, width - 1..width]);
+        let next_logits = host_logits(model.logits(last));
+        let mut gen = Self {
+            params: params.clone(),
+            live: (0..b).collect(),
+            rows,
+            cache,
+            next_logits,
+            vocab,
+            stop_decoder: tokenizer.cloned(),
+        };
+        gen.sample_and_prune(&device)?;
+        Ok(gen)
+    }
+
+    /// True when every row has stopped.
+    pub fn is_done(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Feeds each live row its last token and samples the next one. A no-op when done.
+    pub fn step(&mut self, model: &Llama<B>) -> Result<()> {
+        if self.is_done() {
+            return Ok(());
+        }
+        let device = model.device();
+        let b = self.live.len();
+        let past = self.cache.len();
+        let mut tokens = Vec::with_capacity(b);
+        let mut positions = Vec::with_capacity(b);
+        let mut valid = Vec::with_capacity(b * (past + 1));
+        for &r in &self.live {
+            let row = &self.rows[r];
+            tokens.push(*row.out.last().unwrap_or(&0) as i64);
+            positions.push(row.prompt_len + row.out.len() - 1);
+            valid.extend((0..=past).map(|j| j >= row.pad));
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, 1]), &device);
+        let ctx = forward_ctx::<B>(model.config(), b, 1, past, &positions, &valid, &device);
+        let hidden = model.forward_hidden(tokens, &ctx, Some(&mut self.cache));
+        self.next_logits = host_logits(model.logits(hidden));
+        self.sample_and_prune(&device)
+    }
+
+    /// Runs until every row stops and returns the completions in prompt order.
+    pub fn run(mut self, model: &Llama<B>) -> Result<Vec<Completion>> {
+        while !self.is_done() {
+            self.step(model)?;
+        }
+        Ok(self.finish())
+    }
+
+    /// The completions so far (rows still running are reported as `Length`).
+    pub fn finish(self) -> Vec<Completion> {
+        self.rows
+            .into_iter()
+            .map(|r| Completion {
+                tokens: r.out,
+                logprobs: r.logprobs,
+                finish: r.finish.unwrap_or(FinishReason::Length),
+            })
+            .collect()
+    }
+
+    fn sample_and_prune(&mut self, device: &B::Device) -> Result<()> {
+        let vocab = self.vocab;
+        let mut keep = Vec::with_capacity(self.live.len());
+        for (slot, &r) in self.live.iter().enumerate() {
+            let row = &mut self.rows[r];
+            if row.finish.is_some() {
+                continue;
+            }
+            let logits = &self.next_logits[slot * vocab..(slot + 1) * vocab];
+            let (tok, lp) = sample_token(logits, &self.params, &mut row.rng);
+            row.out.push(tok);
+            row.logprobs.push(lp);
+            if self.params.stop_token_ids.contains(&tok) {
+                row.finish = Some(FinishReason::Stop);
+            } else if let Some(tk) = &self.stop_decoder {
+                if !self.params.stop_strings.is_empty() {
+                    let text = tk.decode(&row.out, false)?;
+                    if self.params.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                        row.finish = Some(FinishReason::Stop);
+                    }
+                }
+            }
+            if row.finish.is_none() && row.out.len() >= self.params.max_new_tokens {
+                row.finish = Some(FinishReason::Length);
+            }
+            if row.finish.is_none() {
+                keep.push(slot);
+            }
+        }
+        if keep.len() != self.live.len() {
+            if !keep.is_empty() {
+                self.cache.retain_rows(&keep, device);
+            }
+            self.live = keep.iter().map(|&s| self.live[s]).collect();
+        }
+        Ok(())
+    }
+}
+
+fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    logits.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
+}
+
+/// Draws one token; returns it with its log-prob under `log softmax(logits / T)`.
+fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32, f32) {
+    let t = if p.temperature > 0.0 { p.temperature } else { 1.0 };
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let lse = max / t + logits.iter().map(|&v| ((v - max) / t).exp()).sum::<f32>().ln();
+    let logprob = |i: usize| logits[i] / t - lse;
+    if p.temperature <= 0.0 {
+        let best = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+            .0;
+        return (best as u32, logprob(best));
+    }
+    let tok = if p.top_k == 0 && p.top_p >= 1.0 {
+        // Inverse CDF over the full distribution.
+        let u: f32 = rng.random();
+        let mut acc = 0.0;
+        let mut chosen = logits.len() - 1;
+        for (i, _) in logits.iter().enumerate() {
+            acc += logprob(i).exp();
+            if u < acc {
+                chosen = i;
+                break;
+            }
+        }
+        chosen
+    } else {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        if p.top_k > 0 && p.top_k < idx.len() {
+            idx.select_nth_unstable_by(p.top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+            idx.truncate(p.top_k);
+        }
+        idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let probs: Vec<f32> = idx.iter().map(|&i| logprob(i).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        // Nucleus: keep the smallest prefix whose mass reaches top_p of what top-k left.
+        let mut cut = probs.len();
+        let mut acc = 0.0;
+        for (n, q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= p.top_p * total {
+                cut = n + 1;
+                break;
+            }
+        }
+        let kept: f32 = probs[..cut].iter().sum();
+        let u: f32 = rng.random::<f32>() * kept;
+        let mut acc = 0.0;
+        let mut chosen = idx[cut - 1];
+        for (n, q) in probs[..cut].iter().enumerate() {
+            acc += q;
+            if u < acc {
+                chosen = idx[n];
+                break;
+            }
+        }
+        chosen
+    };
+    (tok as u32, logprob(tok))
+}
+
+/// Generates completions for a batch of prompts (a [`Generator`] run to the end).
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Completion>> {
+    Generator::new(model, prompts, params, tokenizer)?.run(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_one_is_greedy_and_logprob_is_untruncated() {
+        let logits = [0.0f32, 2.0, 1.0];
+        let p = SamplingParams { temperature: 0.5, top_k: 1, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (tok, lp) = sample_token(&logits, &p, &mut rng);
+        assert_eq!(tok, 1);
+        // log softmax([0, 4, 2])[1] computed by hand: 4 - ln(1 + e^4 + e^2)
+        let expect = 4.0 - (1.0f32 + 4f32.exp() + 2f32.exp()).ln();
+        assert!((lp - expect).abs() < 1e-6, "{lp} vs {expect}");
+    }
+
+    #[test]
+    fn top_p_restricts_support() {
+        // probabilities ~ [0.665, 0.245, 0.090]: top_p 0.6 keeps only the first.
+        let logits = [2.0f32, 1.0, 0.0];
+        let p = SamplingParams { temperature: 1.0, top_p: 0.6, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            assert_eq!(sample_token(&logits, &p, &mut rng).0, 0);
+        }
+    }
+
+    #[test]
+    fn full_sampling_matches_softmax_frequencies() {
+        let logits = [1.0f32, 0.0, -1.0];
+        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut counts = [0usize; 3];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[sample_token(&logits, &p, &mut rng).0 as usize] += 1;
+        }
+        let z: f32 = logits.iter().map(|v| v.exp()).sum();
+        for i in 0..3 {
+            let expect = logits[i].exp() / z;
+            let got = counts[i] as f32 / n as f32;
+            // 4 standard errors of a binomial proportion at n = 20000 is below 0.015.
+            assert!((got - expect).abs() < 0.015, "token {i}: {got} vs {expect}");
+        }
+    }
+}

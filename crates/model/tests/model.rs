@@ -1,0 +1,341 @@
+//! Model tests against fixtures made by an independent numpy implementation
+//! (`tests/fixtures/make_fixtures.py`, committed with its output).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use sluice_model::batch::forward_ctx;
+use sluice_model::gguf::{dequantize, GgmlType, GgufFile};
+use sluice_model::weights::{read_hf_weights, read_safetensors, write_safetensors, Checkpoint, HostTensor};
+use sluice_model::{
+    generate, gguf_checkpoint, gguf_config, save_model, score, Cpu, CpuAutodiff, Generator, Llama, ModelConfig,
+    ModelError, SamplingParams, ScoreRow,
+};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn load<B: Backend>(name: &str) -> Llama<B> {
+    let dir = fixtures().join(name);
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = read_hf_weights(&dir).unwrap();
+    Llama::from_checkpoint(&cfg, &ckpt, &dir, &Default::default()).unwrap()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    tokens: Vec<Vec<u32>>,
+    logits: Vec<Vec<Vec<f32>>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixtures().join(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Full-sequence logits for a left-padded batch, `[batch][pos][vocab]` for each row's real tokens.
+fn batch_logits<B: Backend>(model: &Llama<B>, seqs: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
+    let b = seqs.len();
+    let w = seqs.iter().map(Vec::len).max().unwrap();
+    let mut tokens = vec![];
+    let mut positions = vec![];
+    let mut valid = vec![];
+    for s in seqs {
+        let pad = w - s.len();
+        tokens.extend(std::iter::repeat_n(0i64, pad).chain(s.iter().map(|&t| t as i64)));
+        positions.extend((0..w).map(|j| j.saturating_sub(pad)));
+        valid.extend((0..w).map(|j| j >= pad));
+    }
+    let dev = model.device();
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, w]), &dev);
+    let ctx = forward_ctx::<B>(model.config(), b, w, 0, &positions, &valid, &dev);
+    let logits = model.logits(model.forward_hidden(t, &ctx, None));
+    let v = model.config().vocab_size;
+    let flat = logits.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    seqs.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let pad = w - s.len();
+            (pad..w).map(|j| flat[(i * w + j) * v..(i * w + j + 1) * v].to_vec()).collect()
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f32 {
+    let mut m = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            for (u, v) in p.iter().zip(q) {
+                m = m.max((u - v).abs());
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn logits_match_independent_reference_one_by_one_and_batched() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let model = load::<Cpu>(name);
+        let r = reference(name);
+        let single: Vec<_> = r.tokens.iter().map(|s| batch_logits(&model, &[s.clone()]).remove(0)).collect();
+        let d = max_abs_diff(&single, &r.logits);
+        assert!(d < 1e-4, "{name}: one by one, max |diff| = {d}");
+        let batched = batch_logits(&model, &r.tokens);
+        let d = max_abs_diff(&batched, &r.logits);
+        assert!(d < 1e-4, "{name}: ragged batch, max |diff| = {d}");
+    }
+}
+
+#[test]
+fn gguf_f32_model_matches_reference_after_qk_unpermute() {
+    let path = fixtures().join("tiny-llama.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let cfg = gguf_config(&file).unwrap();
+    let hf = ModelConfig::from_file(&fixtures().join("tiny-llama/config.json")).unwrap();
+    assert_eq!(cfg.num_kv_heads, hf.num_kv_heads);
+    assert_eq!(cfg.rms_norm_eps, hf.rms_norm_eps);
+    assert!(!cfg.tie_word_embeddings);
+    let ckpt = gguf_checkpoint(&file, &cfg).unwrap();
+    let model = Llama::<Cpu>::from_checkpoint(&cfg, &ckpt, &path, &Default::default()).unwrap();
+    let r = reference("tiny-llama");
+    let d = max_abs_diff(&batch_logits(&model, &r.tokens), &r.logits);
+    assert!(d < 1e-4, "max |diff| = {d}");
+}
+
+#[test]
+fn dequantization_matches_gguf_py() {
+    let text = std::fs::read_to_string(fixtures().join("quants.json")).unwrap();
+    let q: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (name, ty) in [("Q8_0", GgmlType::Q8_0), ("Q4_0", GgmlType::Q4_0), ("Q4_1", GgmlType::Q4_1), ("F16", GgmlType::F16)]
+    {
+        let hex = q[name]["bytes"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<f32> = q[name]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let got = dequantize(ty, &bytes);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{name}[{i}]: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let model = load::<Cpu>("tiny-llama");
+    let prompts = vec![vec![5u32, 9, 33, 2, 17], vec![40u32, 3]];
+    let params = SamplingParams { temperature: 0.0, max_new_tokens: 10, ..Default::default() };
+    let out = generate(&model, &prompts, &params, None).unwrap();
+    for (prompt, c) in prompts.iter().zip(&out) {
+        assert_eq!(c.tokens.len(), 10);
+        let mut seq = prompt.clone();
+        for (k, (&tok, &lp)) in c.tokens.iter().zip(&c.logprobs).enumerate() {
+            // Full recomputation of the whole sequence, no cache.
+            let logits = batch_logits(&model, &[seq.clone()]).remove(0).pop().unwrap();
+            let (best, _) = logits.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+            let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+            let lse = max + logits.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+            assert_eq!(tok as usize, best, "step {k}");
+            assert!((lp - (logits[best] - lse)).abs() < 1e-4, "step {k}: {lp} vs {}", logits[best] - lse);
+            seq.push(tok);
+        }
+    }
+}
+
+#[test]
+fn sampler_and_scorer_logprobs_agree() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let model = load::<Cpu>(name);
+        let prompts = vec![vec![1u32, 7, 9, 30, 2, 8, 60], vec![3u32], vec![11u32, 12, 13]];
+        let params =
+            SamplingParams { temperature: 0.7, top_p: 0.95, max_new_tokens: 16, stop_token_ids: vec![2], seed: 42, ..Default::default() };
+        let out = generate(&model, &prompts, &params, None).unwrap();
+        let rows: Vec<ScoreRow> =
+            prompts.iter().zip(&out).map(|(p, c)| ScoreRow { prompt: p, completion: &c.tokens }).collect();
+        let s = score(&model, &rows, 0.7, true).unwrap();
+        let lp = s.logprobs.into_data().into_vec::<f32>().unwrap();
+        let c = s.lengths.iter().copied().max().unwrap();
+        let mut worst = 0f32;
+        for (i, comp) in out.iter().enumerate() {
+            for (j, &l) in comp.logprobs.iter().enumerate() {
+                worst = worst.max((lp[i * c + j] - l).abs());
+            }
+        }
+        assert!(worst < 1e-4, "{name}: sampler vs scorer max |diff| = {worst}");
+        let ent = s.entropy.unwrap().into_data().into_vec::<f32>().unwrap();
+        assert!(ent.iter().all(|e| *e >= 0.0 && e.is_finite()));
+    }
+}
+
+#[test]
+fn scorer_is_differentiable() {
+    let model = load::<CpuAutodiff>("tiny-qwen2");
+    let rows = [ScoreRow { prompt: &[4, 5, 6], completion: &[7, 8] }, ScoreRow { prompt: &[9], completion: &[10, 11, 12] }];
+    let s = score(&model, &rows, 1.0, false).unwrap();
+    let loss = s.logprobs.sum().neg();
+    let grads = loss.backward();
+    let named = model.named_tensors();
+    let (_, embed) = &named[0];
+    let g = embed.grad(&grads).expect("embedding gets a gradient");
+    let g = g.into_data().into_vec::<f32>().unwrap();
+    assert!(g.iter().all(|v| v.is_finite()));
+    assert!(g.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_independent_of_batch_mates() {
+    let model = load::<Cpu>("tiny-llama");
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, seed: 7, ..Default::default() };
+    let a = vec![vec![3u32, 4, 5]];
+    let ab = vec![vec![3u32, 4, 5], vec![50u32, 51, 52, 53, 54, 55, 56]];
+    let first = generate(&model, &a, &params, None).unwrap();
+    let again = generate(&model, &a, &params, None).unwrap();
+    assert_eq!(first, again);
+    let batched = generate(&model, &ab, &params, None).unwrap();
+    assert_eq!(first[0].tokens, batched[0].tokens);
+    let other = generate(&model, &a, &SamplingParams { seed: 8, ..params.clone() }, None).unwrap();
+    assert_ne!(first[0].tokens, other[0].tokens, "a different seed should change a 12-token sample");
+}
+
+#[test]
+fn rows_stop_independently() {
+    let model = load::<Cpu>("tiny-llama");
+    let prompts = vec![vec![5u32, 9], vec![40u32, 3, 1]];
+    let greedy = SamplingParams { temperature: 0.0, max_new_tokens: 8, ..Default::default() };
+    let full = generate(&model, &prompts, &greedy, None).unwrap();
+    // Stop row 0 at its 3rd token: row 1 must run on unchanged.
+    let stop = full[0].tokens[2];
+    let params = SamplingParams { stop_token_ids: vec![stop], ..greedy };
+    let out = generate(&model, &prompts, &params, None).unwrap();
+    let first_stop = full[0].tokens.iter().position(|&t| t == stop).unwrap();
+    assert_eq!(out[0].tokens, full[0].tokens[..=first_stop]);
+    assert_eq!(out[0].finish, sluice_model::FinishReason::Stop);
+    match full[1].tokens.iter().position(|&t| t == stop) {
+        Some(p) => assert_eq!(out[1].tokens, full[1].tokens[..=p]),
+        None => assert_eq!(out[1].tokens, full[1].tokens),
+    }
+}
+
+#[test]
+fn generator_steps_can_be_driven_by_hand() {
+    let model = load::<Cpu>("tiny-llama");
+    let params = SamplingParams { temperature: 0.0, max_new_tokens: 4, ..Default::default() };
+    let mut g = Generator::new(&model, &[vec![1, 2, 3]], &params, None).unwrap();
+    let mut steps = 0;
+    while !g.is_done() {
+        g.step(&model).unwrap();
+        steps += 1;
+    }
+    assert_eq!(steps, 3, "prefill samples the first token; three steps sample the rest");
+    assert_eq!(g.finish()[0].tokens.len(), 4);
+}
+
+#[test]
+fn safetensors_round_trip_is_bit_exact() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let model = load::<Cpu>(name);
+        let dir = tempfile::tempdir().unwrap();
+        save_model(&model, dir.path()).unwrap();
+        let again = load_from::<Cpu>(dir.path());
+        assert_eq!(model.config(), again.config());
+        let a = model.to_host_tensors();
+        let b = again.to_host_tensors();
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert_eq!(ta.shape, tb.shape, "{na}");
+            let bits = |t: &HostTensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(ta), bits(tb), "{na}");
+        }
+        // And the saved file holds exactly the original checkpoint's tensors.
+        let mut orig = Checkpoint::default();
+        read_safetensors(&fixtures().join(name).join("model.safetensors"), &mut orig).unwrap();
+        let mut saved = Checkpoint::default();
+        read_safetensors(&dir.path().join("model.safetensors"), &mut saved).unwrap();
+        assert_eq!(orig.tensors, saved.tensors);
+    }
+}
+
+fn load_from<B: Backend>(dir: &Path) -> Llama<B> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = read_hf_weights(dir).unwrap();
+    Llama::from_checkpoint(&cfg, &ckpt, dir, &Default::default()).unwrap()
+}
+
+fn try_load(dir: &Path) -> Result<Llama<Cpu>, ModelError> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = read_hf_weights(dir)?;
+    Llama::from_checkpoint(&cfg, &ckpt, dir, &Default::default())
+}
+
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join(name).join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn truncated_safetensors_is_an_error_naming_the_file() {
+    let dir = copy_fixture("tiny-llama");
+    let file = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    for cut in [bytes.len() / 2, 9, 3] {
+        std::fs::write(&file, &bytes[..cut]).unwrap();
+        let err = try_load(dir.path()).unwrap_err();
+        assert!(matches!(err, ModelError::MalformedWeights { .. }), "{err}");
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+}
+
+#[test]
+fn wrong_shape_and_missing_tensor_are_named() {
+    let dir = copy_fixture("tiny-llama");
+    let file = dir.path().join("model.safetensors");
+    let mut ckpt = Checkpoint::default();
+    read_safetensors(&file, &mut ckpt).unwrap();
+    let mut tensors: Vec<(String, HostTensor)> = ckpt.tensors.clone().into_iter().collect();
+    let name = "model.layers.1.self_attn.k_proj.weight";
+    let t = &mut tensors.iter_mut().find(|(n, _)| n == name).unwrap().1;
+    t.shape = vec![t.shape[1], t.shape[0]];
+    write_safetensors(&file, &tensors).unwrap();
+    let err = try_load(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::ShapeMismatch { .. }) && msg.contains(name) && msg.contains("[16, 32]"), "{msg}");
+
+    tensors.retain(|(n, _)| n != name);
+    write_safetensors(&file, &tensors).unwrap();
+    let err = try_load(dir.path()).unwrap_err();
+    assert!(matches!(err, ModelError::MissingTensor { .. }) && err.to_string().contains(name), "{err}");
+}
+
+#[test]
+fn malformed_gguf_files_are_errors() {
+    let bytes = std::fs::read(fixtures().join("tiny-llama.gguf")).unwrap();
+    let mut bad = bytes.clone();
+    bad[..4].copy_from_slice(b"GGML");
+    let err = GgufFile::parse(Path::new("bad.gguf"), bad).unwrap_err();
+    assert!(err.to_string().contains("bad.gguf") && err.to_string().contains("magic"), "{err}");
+    // Every truncation point gives an error, never a panic.
+    for cut in (0..bytes.len()).step_by(997).chain([bytes.len() - 1]) {
+        let r = GgufFile::parse(Path::new("cut.gguf"), bytes[..cut].to_vec());
+        assert!(r.is_err(), "truncated at {cut} parsed");
+    }
+}
+
+#[test]
+fn invalid_requests_are_refused() {
+    let model = load::<Cpu>("tiny-llama");
+    let p = SamplingParams::default();
+    assert!(generate(&model, &[], &p, None).is_err());
+    assert!(generate(&model, &[vec![]], &p, None).is_err());
+    let err = generate(&model, &[vec![1, 64]], &p, None).unwrap_err();
+    assert!(err.to_string().contains("64"), "{err}");
+    let bad_t = SamplingParams { temperature: f32::NAN, ..p.clone() };
+    assert!(generate(&model, &[vec![1]], &bad_t, None).is_err());
+    let stop_without_tok = SamplingParams { stop_strings: vec!["x".into()], ..p };
+    assert!(generate(&model, &[vec![1]], &stop_without_tok, None).is_err());
+}
