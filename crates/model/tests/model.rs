@@ -8,8 +8,8 @@ use sluice_model::batch::forward_ctx;
 use sluice_model::gguf::{dequantize, GgmlType, GgufFile};
 use sluice_model::weights::{read_hf_weights, read_safetensors, write_safetensors, Checkpoint, HostTensor};
 use sluice_model::{
-    generate, gguf_checkpoint, gguf_config, save_model, score, Cpu, CpuAutodiff, Generator, Llama, ModelConfig,
-    ModelError, SamplingParams, ScoreRow,
+    generate, gguf_checkpoint, gguf_config, save_model, score, Cpu, CpuAutodiff, Generator, Llama,
+    ModelConfig, ModelError, SamplingParams, ScoreRow,
 };
 
 fn fixtures() -> PathBuf {
@@ -109,11 +109,14 @@ fn gguf_f32_model_matches_reference_after_qk_unpermute() {
 fn dequantization_matches_gguf_py() {
     let text = std::fs::read_to_string(fixtures().join("quants.json")).unwrap();
     let q: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for (name, ty) in [("Q8_0", GgmlType::Q8_0), ("Q4_0", GgmlType::Q4_0), ("Q4_1", GgmlType::Q4_1), ("F16", GgmlType::F16)]
+    for (name, ty) in
+        [("Q8_0", GgmlType::Q8_0), ("Q4_0", GgmlType::Q4_0), ("Q4_1", GgmlType::Q4_1), ("F16", GgmlType::F16)]
     {
         let hex = q[name]["bytes"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-        let want: Vec<f32> = q[name]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<f32> =
+            q[name]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let got = dequantize(ty, &bytes);
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -134,7 +137,8 @@ fn kv_cache_decoding_equals_full_recomputation() {
         for (k, (&tok, &lp)) in c.tokens.iter().zip(&c.logprobs).enumerate() {
             // Full recomputation of the whole sequence, no cache.
             let logits = batch_logits(&model, &[seq.clone()]).remove(0).pop().unwrap();
-            let (best, _) = logits.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+            let (best, _) =
+                logits.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             let max = logits.iter().cloned().fold(f32::MIN, f32::max);
             let lse = max + logits.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
             assert_eq!(tok as usize, best, "step {k}");
@@ -149,8 +153,14 @@ fn sampler_and_scorer_logprobs_agree() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let model = load::<Cpu>(name);
         let prompts = vec![vec![1u32, 7, 9, 30, 2, 8, 60], vec![3u32], vec![11u32, 12, 13]];
-        let params =
-            SamplingParams { temperature: 0.7, top_p: 0.95, max_new_tokens: 16, stop_token_ids: vec![2], seed: 42, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.7,
+            top_p: 0.95,
+            max_new_tokens: 16,
+            stop_token_ids: vec![2],
+            seed: 42,
+            ..Default::default()
+        };
         let out = generate(&model, &prompts, &params, None).unwrap();
         let rows: Vec<ScoreRow> =
             prompts.iter().zip(&out).map(|(p, c)| ScoreRow { prompt: p, completion: &c.tokens }).collect();
@@ -172,7 +182,10 @@ fn sampler_and_scorer_logprobs_agree() {
 #[test]
 fn scorer_is_differentiable() {
     let model = load::<CpuAutodiff>("tiny-qwen2");
-    let rows = [ScoreRow { prompt: &[4, 5, 6], completion: &[7, 8] }, ScoreRow { prompt: &[9], completion: &[10, 11, 12] }];
+    let rows = [
+        ScoreRow { prompt: &[4, 5, 6], completion: &[7, 8] },
+        ScoreRow { prompt: &[9], completion: &[10, 11, 12] },
+    ];
     let s = score(&model, &rows, 1.0, false).unwrap();
     let loss = s.logprobs.sum().neg();
     let grads = loss.backward();
@@ -304,7 +317,10 @@ fn wrong_shape_and_missing_tensor_are_named() {
     write_safetensors(&file, &tensors).unwrap();
     let err = try_load(dir.path()).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ModelError::ShapeMismatch { .. }) && msg.contains(name) && msg.contains("[16, 32]"), "{msg}");
+    assert!(
+        matches!(err, ModelError::ShapeMismatch { .. }) && msg.contains(name) && msg.contains("[16, 32]"),
+        "{msg}"
+    );
 
     tensors.retain(|(n, _)| n != name);
     write_safetensors(&file, &tensors).unwrap();
