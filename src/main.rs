@@ -196,7 +196,8 @@ fn run_generate<B: Backend>(args: &GenerateArgs, device: B::Device) -> Result<()
         stop_strings: args.stop.clone(),
         seed: args.seed,
     };
-    let out = generate(&policy.model, &[prompt_ids.clone()], &params, Some(&policy.tokenizer))?.remove(0);
+    let out = generate(&policy.model, std::slice::from_ref(&prompt_ids), &params, Some(&policy.tokenizer))?
+        .remove(0);
     let text = policy.tokenizer.decode(&out.tokens, true)?;
     if args.json {
         let json = serde_json::json!({

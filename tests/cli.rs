@@ -1,5 +1,7 @@
 //! Command-line behaviour that needs no model: errors name their input.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::process::Command;
 
 fn sluice(args: &[&str]) -> std::process::Output {

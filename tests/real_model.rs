@@ -1,6 +1,8 @@
 //! Tests on the real SmolLM2-135M-Instruct. They run when the model is in the cache (`sluice model
 //! fetch smollm2-135m-instruct`, which CI runs first) and print why they are skipped otherwise.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::path::PathBuf;
 use std::process::Command;
 

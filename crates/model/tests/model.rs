@@ -1,6 +1,8 @@
 //! Model tests against fixtures made by an independent numpy implementation
 //! (`tests/fixtures/make_fixtures.py`, committed with its output).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -80,7 +82,8 @@ fn logits_match_independent_reference_one_by_one_and_batched() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let model = load::<Cpu>(name);
         let r = reference(name);
-        let single: Vec<_> = r.tokens.iter().map(|s| batch_logits(&model, &[s.clone()]).remove(0)).collect();
+        let single: Vec<_> =
+            r.tokens.iter().map(|s| batch_logits(&model, std::slice::from_ref(s)).remove(0)).collect();
         let d = max_abs_diff(&single, &r.logits);
         assert!(d < 1e-4, "{name}: one by one, max |diff| = {d}");
         let batched = batch_logits(&model, &r.tokens);
