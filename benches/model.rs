@@ -57,7 +57,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(name: &str, model: &Llama<Cpu>, dir: &std::path::Path, shape: &Shape) {
     let vocab = model.config().vocab_size;
     // Generation: sampling at temperature 1 with no stop token, so every row makes all new tokens.
-    let params = SamplingParams { temperature: 1.0, max_new_tokens: shape.new_tokens, seed: 1, ..Default::default() };
+    let params =
+        SamplingParams { temperature: 1.0, max_new_tokens: shape.new_tokens, seed: 1, ..Default::default() };
     let p = prompts(vocab, shape.gen_batch, shape.prompt, 7);
     generate(model, &p[..2], &params, None).unwrap(); // warm-up
     let times: Vec<f64> = (0..shape.iters)

@@ -36,7 +36,11 @@ fn main() -> Result<()> {
         let text = policy.tokenizer.decode(&c.tokens, true)?;
         let sampled: f32 = c.logprobs.iter().sum();
         let rescored: f32 = recomputed[i * width..i * width + c.tokens.len()].iter().sum();
-        println!("[{i}] {:?} ({} tokens, log p = {sampled:.4} sampled / {rescored:.4} scored)", text, c.tokens.len());
+        println!(
+            "[{i}] {:?} ({} tokens, log p = {sampled:.4} sampled / {rescored:.4} scored)",
+            text,
+            c.tokens.len()
+        );
     }
     Ok(())
 }

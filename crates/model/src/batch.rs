@@ -29,22 +29,29 @@ pub fn forward_ctx<B: Backend>(
     debug_assert_eq!(key_valid.len(), batch * total);
     let (cos, sin) = rope_tables(cfg, positions);
     let hd = cfg.head_dim;
-    let cos = Tensor::<B, 4>::from_data(TensorData::new(cos, [batch, 1, seq, hd]), device);
-    let sin = Tensor::<B, 4>::from_data(TensorData::new(sin, [batch, 1, seq, hd]), device);
-    let mut mask = Vec::with_capacity(batch * seq * total);
+    let cos = Tensor::<B, 4>::from_data(TensorData::new(cos, [batch, seq, 1, hd]), device);
+    let sin = Tensor::<B, 4>::from_data(TensorData::new(sin, [batch, seq, 1, hd]), device);
+    // Built once per forward in the layout attention consumes, so no layer reshapes or copies it.
+    let (kv, rep) = (cfg.num_kv_heads, cfg.num_heads / cfg.num_kv_heads);
+    let mut mask = Vec::with_capacity(batch * kv * rep * seq * total);
+    let mut tile = Vec::with_capacity(seq * total);
     for b in 0..batch {
         let valid = &key_valid[b * total..(b + 1) * total];
+        tile.clear();
         for i in 0..seq {
             let q = past + i;
-            mask.extend((0..total).map(|j| j != q && (j > q || !valid[j])));
+            tile.extend((0..total).map(|j| j != q && (j > q || !valid[j])));
+        }
+        for _ in 0..kv * rep {
+            mask.extend_from_slice(&tile);
         }
     }
-    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, 1, seq, total]), device);
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [batch, kv, rep * seq, total]), device);
     ForwardCtx { cos, sin, mask }
 }
 
 /// HF rotary tables: `inv_freq[i] = theta^(-2i/d)` in f32 as transformers computes it, then
-/// `cos/sin(pos * inv_freq)` duplicated over both halves of the head.
+/// `cos(pos * inv_freq)` over both halves of the head and `sin` with its first half negated.
 fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let hd = cfg.head_dim;
     let half = hd / 2;
@@ -53,11 +60,11 @@ fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(positions.len() * hd);
     let mut sin = Vec::with_capacity(positions.len() * hd);
     for &p in positions {
-        for _ in 0..2 {
+        for sign in [-1.0f32, 1.0] {
             for f in &inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
-                sin.push(angle.sin());
+                sin.push(sign * angle.sin());
             }
         }
     }

@@ -27,11 +27,13 @@ use crate::config::ModelConfig;
 /// Rotary tables and the attention mask for one forward call; built once, shared by all layers.
 #[derive(Debug, Clone)]
 pub struct ForwardCtx<B: Backend> {
-    /// `cos(position * inv_freq)`, duplicated over both halves: `[batch, 1, seq, head_dim]`.
+    /// `cos(position * inv_freq)`, duplicated over both halves: `[batch, seq, 1, head_dim]`.
     pub cos: Tensor<B, 4>,
-    /// `sin(...)`, same shape as `cos`.
+    /// `[-sin, sin](position * inv_freq)` (first half negated), same shape as `cos`.
     pub sin: Tensor<B, 4>,
-    /// `true` where a query may not see a key: `[batch, 1, seq, past + seq]`.
+    /// `true` where a query may not see a key, laid out for grouped-query attention:
+    /// `[batch, kv_heads, rep * seq, past + seq]` with `rep = heads / kv_heads` copies of the
+    /// `[seq, past + seq]` mask stacked along the query axis.
     pub mask: Tensor<B, 4, Bool>,
 }
 
@@ -90,14 +92,15 @@ fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> T
     x * (var + eps).sqrt().recip() * w.val().reshape([1, 1, dim])
 }
 
-/// HF `apply_rotary_pos_emb`: `x * cos + rotate_half(x) * sin`.
+/// HF `apply_rotary_pos_emb` on `[batch, seq, heads, head_dim]` (the projection's own, contiguous
+/// layout): `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x2, x1]`, computed as
+/// `[x2, x1] * [-sin, sin]` so the sign lives in the table (see [`ForwardCtx::sin`]).
 fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
+    let [b, s, h, d] = x.dims();
     let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+    let x1 = x.clone().slice([0..b, 0..s, 0..h, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..s, 0..h, half..d]);
+    x * cos.clone() + Tensor::cat(vec![x2, x1], 3) * sin.clone()
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -111,11 +114,11 @@ impl<B: Backend> DecoderLayer<B> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let h = rms_norm(x.clone(), &self.input_layernorm, cfg.rms_norm_eps);
-        let q = proj(h.clone(), &self.q_proj, self.q_bias.as_ref()).reshape([b, s, nh, hd]).swap_dims(1, 2);
-        let k = proj(h.clone(), &self.k_proj, self.k_bias.as_ref()).reshape([b, s, nkv, hd]).swap_dims(1, 2);
+        let q = proj(h.clone(), &self.q_proj, self.q_bias.as_ref()).reshape([b, s, nh, hd]);
+        let k = proj(h.clone(), &self.k_proj, self.k_bias.as_ref()).reshape([b, s, nkv, hd]);
         let v = proj(h, &self.v_proj, self.v_bias.as_ref()).reshape([b, s, nkv, hd]).swap_dims(1, 2);
-        let q = rope(q, &ctx.cos, &ctx.sin);
-        let k = rope(k, &ctx.cos, &ctx.sin);
+        let q = rope(q, &ctx.cos, &ctx.sin).swap_dims(1, 2);
+        let k = rope(k, &ctx.cos, &ctx.sin).swap_dims(1, 2);
         // Append to the cache (or start it); attention then runs over past + new keys.
         let (k, v) = match cache {
             Some(slot) => {
@@ -128,12 +131,11 @@ impl<B: Backend> DecoderLayer<B> {
             }
             None => (k, v),
         };
-        let t = k.dims()[2];
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV
-        // head are stacked along the sequence axis, and the mask is repeated to match.
+        // head are stacked along the sequence axis (the mask is built to match, see ForwardCtx).
         let rep = nh / nkv;
         let q = q.reshape([b, nkv, rep * s, hd]);
-        let mask = ctx.mask.clone().repeat_dim(2, rep).expand([b, nkv, rep * s, t]);
+        let mask = ctx.mask.clone();
         let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
         let a = attention(q, k, v, Some(mask), None, opts).reshape([b, nh, s, hd]).swap_dims(1, 2).reshape([
             b,

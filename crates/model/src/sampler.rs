@@ -276,13 +276,18 @@ fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
 }
 
 /// Draws one token; returns it with its log-prob under `log softmax(logits / T)`.
+///
+/// One `exp` per vocabulary entry; the normaliser is summed in f64 (a sequential f32 sum over a
+/// 50k vocabulary drifts by ~1e-5, which the sampler/scorer agreement would notice). Top-k/top-p
+/// never sort the whole vocabulary: the candidate set grows geometrically until it holds the nucleus.
 fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32, f32) {
+    let n = logits.len();
     let t = if p.temperature > 0.0 { p.temperature } else { 1.0 };
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    // Accumulate in f64: a sequential f32 sum over a 50k vocabulary drifts by ~1e-5.
-    let sum: f64 = logits.iter().map(|&v| (((v - max) / t) as f64).exp()).sum();
-    let lse = (max / t) as f64 + sum.ln();
-    let logprob = |i: usize| ((logits[i] / t) as f64 - lse) as f32;
+    let weights: Vec<f32> = logits.iter().map(|&v| ((v - max) / t).exp()).collect();
+    let total: f64 = weights.iter().map(|&w| w as f64).sum();
+    let log_total = total.ln();
+    let logprob = |i: usize| (((logits[i] - max) / t) as f64 - log_total) as f32;
     if p.temperature <= 0.0 {
         let best = logits
             .iter()
@@ -293,11 +298,11 @@ fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32,
     }
     let tok = if p.top_k == 0 && p.top_p >= 1.0 {
         // Inverse CDF over the full distribution.
-        let u: f32 = rng.random();
-        let mut acc = 0.0;
-        let mut chosen = logits.len() - 1;
-        for (i, _) in logits.iter().enumerate() {
-            acc += logprob(i).exp();
+        let u = rng.random::<f64>() * total;
+        let mut acc = 0.0f64;
+        let mut chosen = n - 1;
+        for (i, &w) in weights.iter().enumerate() {
+            acc += w as f64;
             if u < acc {
                 chosen = i;
                 break;
@@ -305,32 +310,47 @@ fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32,
         }
         chosen
     } else {
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        if p.top_k > 0 && p.top_k < idx.len() {
-            idx.select_nth_unstable_by(p.top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-            idx.truncate(p.top_k);
+        let by_weight = |a: &usize, b: &usize| weights[*b].total_cmp(&weights[*a]).then(a.cmp(b));
+        let mut idx: Vec<usize> = (0..n).collect();
+        let limit = if p.top_k > 0 { p.top_k.min(n) } else { n };
+        if limit < n {
+            idx.select_nth_unstable_by(limit - 1, by_weight);
+            idx.truncate(limit);
         }
-        idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        let probs: Vec<f32> = idx.iter().map(|&i| logprob(i).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        // Nucleus: keep the smallest prefix whose mass reaches top_p of what top-k left.
-        let mut cut = probs.len();
-        let mut acc = 0.0;
-        for (n, q) in probs.iter().enumerate() {
-            acc += q;
-            if acc >= p.top_p * total {
-                cut = n + 1;
+        // The mass top-p is measured against: what top-k left.
+        let pool: f64 = idx.iter().map(|&i| weights[i] as f64).sum();
+        let target = p.top_p as f64 * pool;
+        let mut k = limit.min(64);
+        loop {
+            if k < idx.len() {
+                idx.select_nth_unstable_by(k - 1, by_weight);
+            }
+            let head: f64 = idx[..k].iter().map(|&i| weights[i] as f64).sum();
+            if head >= target || k == idx.len() {
+                break;
+            }
+            k = (k * 4).min(idx.len());
+        }
+        let top = &mut idx[..k];
+        top.sort_unstable_by(by_weight);
+        // Nucleus: the smallest prefix whose mass reaches top_p.
+        let mut cut = k;
+        let mut acc = 0.0f64;
+        for (m, &i) in top.iter().enumerate() {
+            acc += weights[i] as f64;
+            if acc >= target {
+                cut = m + 1;
                 break;
             }
         }
-        let kept: f32 = probs[..cut].iter().sum();
-        let u: f32 = rng.random::<f32>() * kept;
-        let mut acc = 0.0;
-        let mut chosen = idx[cut - 1];
-        for (n, q) in probs[..cut].iter().enumerate() {
-            acc += q;
+        let kept: f64 = top[..cut].iter().map(|&i| weights[i] as f64).sum();
+        let u = rng.random::<f64>() * kept;
+        let mut acc = 0.0f64;
+        let mut chosen = top[cut - 1];
+        for &i in &top[..cut] {
+            acc += weights[i] as f64;
             if u < acc {
-                chosen = idx[n];
+                chosen = i;
                 break;
             }
         }
@@ -374,6 +394,29 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(sample_token(&logits, &p, &mut rng).0, 0);
         }
+    }
+
+    #[test]
+    fn nucleus_larger_than_the_first_candidate_window() {
+        // 1000 tokens with slowly falling logits: the 0.5 nucleus holds hundreds of tokens, so the
+        // candidate window must grow past its first 64.
+        let logits: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.001).collect();
+        let w: Vec<f64> = logits.iter().map(|&l| (l as f64).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let (mut acc, mut nucleus) = (0.0, 0);
+        while acc < 0.5 * total {
+            acc += w[nucleus];
+            nucleus += 1;
+        }
+        let p = SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
+            let (tok, _) = sample_token(&logits, &p, &mut rng);
+            assert!((tok as usize) < nucleus, "token {tok} outside the {nucleus}-token nucleus");
+            seen.insert(tok);
+        }
+        assert!(seen.len() > 300, "only {} distinct tokens drawn from a {nucleus}-token nucleus", seen.len());
     }
 
     #[test]
