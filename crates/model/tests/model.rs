@@ -358,3 +358,32 @@ fn invalid_requests_are_refused() {
     let stop_without_tok = SamplingParams { stop_strings: vec!["x".into()], ..p };
     assert!(generate(&model, &[vec![1]], &stop_without_tok, None).is_err());
 }
+
+#[test]
+fn sharded_checkpoint_with_index_loads() {
+    let mut ckpt = Checkpoint::default();
+    read_safetensors(&fixtures().join("tiny-llama/model.safetensors"), &mut ckpt).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("tiny-llama/config.json"), dir.path().join("config.json")).unwrap();
+    let all: Vec<(String, HostTensor)> = ckpt.tensors.into_iter().collect();
+    let (a, b) = all.split_at(all.len() / 2);
+    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    write_safetensors(&dir.path().join(names[0]), a).unwrap();
+    write_safetensors(&dir.path().join(names[1]), b).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|(n, _)| (n.clone(), names[0].into()))
+        .chain(b.iter().map(|(n, _)| (n.clone(), names[1].into())))
+        .collect();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let model = load_from::<Cpu>(dir.path());
+    let r = reference("tiny-llama");
+    let d = max_abs_diff(&batch_logits(&model, &r.tokens), &r.logits);
+    assert!(d < 1e-4, "max |diff| = {d}");
+
+    // A shard the index names but that is missing is an error naming it.
+    std::fs::remove_file(dir.path().join(names[1])).unwrap();
+    let err = try_load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains(names[1]), "{err}");
+}
