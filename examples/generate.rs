@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 use sluice::fetch::resolve_model;
+use sluice_model::weights::to_vec_f32;
 use sluice_model::{generate, score, ChatMessage, Cpu, Policy, SamplingParams, ScoreRow};
 
 fn main() -> Result<()> {
@@ -29,7 +30,7 @@ fn main() -> Result<()> {
     let rows: Vec<ScoreRow> =
         completions.iter().map(|c| ScoreRow { prompt: &prompt, completion: &c.tokens }).collect();
     let scores = score(&policy.model, &rows, params.temperature, true)?;
-    let recomputed = scores.logprobs.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+    let recomputed = to_vec_f32(scores.logprobs);
     let width = scores.lengths.iter().copied().max().unwrap_or(0);
 
     for (i, c) in completions.iter().enumerate() {

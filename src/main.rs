@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_model::weights::to_vec_f32;
 use sluice_model::{generate, model_info, score, ChatMessage, Policy, SamplingParams, ScoreRow};
 
 #[derive(Parser)]
@@ -223,15 +224,7 @@ fn run_logprobs<B: Backend>(args: &LogprobsArgs, device: B::Device) -> Result<()
     let mut logprobs: Vec<Option<f32>> = vec![None];
     if !completion.is_empty() {
         let s = score(&policy.model, &[ScoreRow { prompt, completion }], 1.0, false)?;
-        logprobs.extend(
-            s.logprobs
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .unwrap_or_default()
-                .into_iter()
-                .map(Some),
-        );
+        logprobs.extend(to_vec_f32(s.logprobs).into_iter().map(Some));
     }
     let pieces: Vec<String> =
         ids.iter().map(|&t| policy.tokenizer.decode(&[t], false)).collect::<Result<_, _>>()?;

@@ -28,7 +28,7 @@ pub mod weights;
 pub use cache::KvCache;
 pub use config::{Architecture, HfConfig, ModelConfig};
 pub use error::{ModelError, Result};
-pub use llama::{DecoderLayer, ForwardCtx, Llama};
+pub use llama::{DecoderLayer, ForwardCtx, Llama, NamedTensor};
 pub use policy::{
     gguf_checkpoint, gguf_config, model_info, save_model, source_format, ModelInfo, Policy, SourceFormat,
 };

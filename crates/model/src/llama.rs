@@ -198,33 +198,63 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Every tensor under its checkpoint name, in checkpoint order.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
-        fn as2<B: Backend>(t: &Param<Tensor<B, 1>>) -> Tensor<B, 2> {
-            t.val().unsqueeze()
-        }
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.val())];
+    pub fn named_tensors(&self) -> Vec<(String, NamedTensor<B>)> {
+        use NamedTensor::{Matrix, Vector};
+        let mut out = vec![("model.embed_tokens.weight".to_string(), Matrix(self.embed_tokens.val()))];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), as2(&layer.input_layernorm)));
-            out.push((format!("{p}.self_attn.q_proj.weight"), layer.q_proj.val()));
-            out.push((format!("{p}.self_attn.k_proj.weight"), layer.k_proj.val()));
-            out.push((format!("{p}.self_attn.v_proj.weight"), layer.v_proj.val()));
+            out.push((format!("{p}.input_layernorm.weight"), Vector(layer.input_layernorm.val())));
+            out.push((format!("{p}.self_attn.q_proj.weight"), Matrix(layer.q_proj.val())));
+            out.push((format!("{p}.self_attn.k_proj.weight"), Matrix(layer.k_proj.val())));
+            out.push((format!("{p}.self_attn.v_proj.weight"), Matrix(layer.v_proj.val())));
             for (name, bias) in [("q", &layer.q_bias), ("k", &layer.k_bias), ("v", &layer.v_bias)] {
                 if let Some(bias) = bias {
-                    out.push((format!("{p}.self_attn.{name}_proj.bias"), as2(bias)));
+                    out.push((format!("{p}.self_attn.{name}_proj.bias"), Vector(bias.val())));
                 }
             }
-            out.push((format!("{p}.self_attn.o_proj.weight"), layer.o_proj.val()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), as2(&layer.post_attention_layernorm)));
-            out.push((format!("{p}.mlp.gate_proj.weight"), layer.gate_proj.val()));
-            out.push((format!("{p}.mlp.up_proj.weight"), layer.up_proj.val()));
-            out.push((format!("{p}.mlp.down_proj.weight"), layer.down_proj.val()));
+            out.push((format!("{p}.self_attn.o_proj.weight"), Matrix(layer.o_proj.val())));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Vector(layer.post_attention_layernorm.val()),
+            ));
+            out.push((format!("{p}.mlp.gate_proj.weight"), Matrix(layer.gate_proj.val())));
+            out.push((format!("{p}.mlp.up_proj.weight"), Matrix(layer.up_proj.val())));
+            out.push((format!("{p}.mlp.down_proj.weight"), Matrix(layer.down_proj.val())));
         }
-        out.push(("model.norm.weight".to_string(), as2(&self.norm)));
+        out.push(("model.norm.weight".to_string(), Vector(self.norm.val())));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head.val()));
+            out.push(("lm_head.weight".to_string(), Matrix(head.val())));
         }
         out
+    }
+}
+
+/// A parameter as the checkpoint holds it: a vector (norms, biases) or a matrix.
+#[derive(Debug, Clone)]
+pub enum NamedTensor<B: Backend> {
+    /// 1-D.
+    Vector(Tensor<B, 1>),
+    /// 2-D, `[out, in]` for projections.
+    Matrix(Tensor<B, 2>),
+}
+
+impl<B: Backend> NamedTensor<B> {
+    /// Copies the tensor to the host as f32, in its checkpoint shape.
+    pub fn to_host(self) -> crate::weights::HostTensor {
+        match self {
+            Self::Vector(t) => crate::weights::to_host(t),
+            Self::Matrix(t) => crate::weights::to_host(t),
+        }
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> NamedTensor<B> {
+    /// The gradient of this parameter in `grads`, flattened to f32, if it has one.
+    pub fn grad(&self, grads: &B::Gradients) -> Option<Vec<f32>> {
+        match self {
+            Self::Vector(t) => t.grad(grads).map(crate::weights::to_vec_f32),
+            Self::Matrix(t) => t.grad(grads).map(crate::weights::to_vec_f32),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::{unpermute_qk, GgufFile};
 use crate::llama::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{read_hf_weights, write_safetensors, Checkpoint};
+use crate::weights::{read_hf_weights, safetensors_dtypes, write_safetensors, Checkpoint};
 
 /// The decoder and its tokenizer.
 #[derive(Debug, Clone)]
@@ -258,11 +258,8 @@ pub fn model_info(path: &Path) -> Result<ModelInfo> {
             for entry in std::fs::read_dir(path).map_err(|e| ModelError::io(path, e))? {
                 let file = entry.map_err(|e| ModelError::io(path, e))?.path();
                 if file.extension().is_some_and(|e| e == "safetensors") {
-                    let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
-                    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-                        .map_err(|e| ModelError::malformed(&file, e.to_string()))?;
-                    for info in meta.tensors().values() {
-                        *dtypes.entry(format!("{:?}", info.dtype)).or_default() += 1;
+                    for dtype in safetensors_dtypes(&file)? {
+                        *dtypes.entry(dtype).or_default() += 1;
                     }
                 }
             }

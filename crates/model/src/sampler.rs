@@ -272,7 +272,7 @@ impl<B: Backend> Generator<B> {
 }
 
 fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    logits.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default()
+    crate::weights::to_vec_f32(logits)
 }
 
 /// Draws one token; returns it with its log-prob under `log softmax(logits / T)`.

@@ -69,6 +69,29 @@ pub fn read_safetensors(path: &Path, into: &mut Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// The storage dtype of every tensor in a `.safetensors` file, read from its header alone.
+pub fn safetensors_dtypes(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| ModelError::malformed(path, format!("header length: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if len > size.saturating_sub(8) || len > 100_000_000 {
+        return Err(ModelError::malformed(path, format!("header length {len} does not fit the file")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| ModelError::malformed(path, format!("header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| ModelError::malformed(path, format!("header: {e}")))?;
+    let entries = header.as_object().ok_or_else(|| ModelError::malformed(path, "header is not an object"))?;
+    Ok(entries
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(_, info)| info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string())
+        .collect())
+}
+
 /// Reads the weights of a Hugging Face model directory: `model.safetensors`, or the shards listed
 /// by `model.safetensors.index.json`.
 pub fn read_hf_weights(dir: &Path) -> Result<Checkpoint> {
@@ -128,8 +151,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Resul
 /// Copies a tensor to the host as f32.
 pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     let shape = t.dims().to_vec();
-    let data = t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
-    HostTensor { shape, data }
+    HostTensor { shape, data: to_vec_f32(t) }
+}
+
+/// A float tensor's elements as f32, row-major.
+pub fn to_vec_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    match t.into_data().convert::<f32>().into_vec::<f32>() {
+        Ok(v) => v,
+        Err(e) => unreachable!("data converted to f32 reads back as f32: {e:?}"),
+    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -232,15 +262,6 @@ impl<B: Backend> Llama<B> {
 
     /// Every tensor on the host under its checkpoint name, in its checkpoint shape.
     pub fn to_host_tensors(&self) -> Vec<(String, HostTensor)> {
-        self.named_tensors()
-            .into_iter()
-            .map(|(name, t)| {
-                let mut h = to_host(t);
-                if name.ends_with("norm.weight") || name.ends_with(".bias") {
-                    h.shape = vec![h.data.len()];
-                }
-                (name, h)
-            })
-            .collect()
+        self.named_tensors().into_iter().map(|(name, t)| (name, t.to_host())).collect()
     }
 }

@@ -193,9 +193,12 @@ fn scorer_is_differentiable() {
     let loss = s.logprobs.sum().neg();
     let grads = loss.backward();
     let named = model.named_tensors();
-    let (_, embed) = &named[0];
+    let (name, embed) = &named[0];
+    assert_eq!(name, "model.embed_tokens.weight");
     let g = embed.grad(&grads).expect("embedding gets a gradient");
-    let g = g.into_data().into_vec::<f32>().unwrap();
+    // Vectors (norms, biases) are reachable too.
+    let norm = named.iter().find(|(n, _)| n == "model.norm.weight").unwrap();
+    assert!(norm.1.grad(&grads).is_some_and(|g| g.iter().any(|v| *v != 0.0)));
     assert!(g.iter().all(|v| v.is_finite()));
     assert!(g.iter().any(|v| *v != 0.0));
 }
