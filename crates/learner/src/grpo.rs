@@ -1,0 +1,158 @@
+//! The clipped policy-gradient surrogate (PPO/GRPO family), its reductions, and the importance
+//! weights that correct stale samples.
+//!
+//! Follows PPO (Schulman et al., 2017) with DAPO's decoupled clip range (`eps_low`, `eps_high`,
+//! "clip-higher"; Yu et al., 2025) and the dual clip of Ye et al. (2020) for negative advantages:
+//!
+//! ```text
+//! rho = exp(logp_theta - logp_old)
+//! l   = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
+//! l   = min(l, -c * A)            where A < 0, with dual clip c > 1
+//! ```
+//!
+//! Off-policy correction for stale samples: decoupled PPO (Hilton et al., 2022; AReaL) takes
+//! `logp_old` to be the *proximal* policy (log-probs recomputed with the current weights before the
+//! update) and multiplies the per-token loss by the detached behaviour weight
+//! `w = exp(logp_prox - logp_behavior)`, truncated at `C` or masked outside `[lo, hi]`. Truncated IS
+//! (TIS) is the same weight applied when `logp_old` is the trainer's own recomputation of the
+//! behaviour policy. Weights are computed under `detach`, so no gradient flows through them.
+//!
+//! Reductions, by name (`loss_mask` honoured everywhere, so environment tokens never train):
+//! `seq-mean-token-mean` (GRPO: mean over sequences of each sequence's token mean), `token-mean`
+//! (DAPO: one mean over all tokens of the batch), `seq-mean-token-sum-norm` (Dr. GRPO: each
+//! sequence's token sum divided by a constant, the padded length, then the mean over sequences).
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Clipping hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClipConfig {
+    /// Lower clip: `rho >= 1 - eps_low`.
+    pub eps_low: f32,
+    /// Upper clip: `rho <= 1 + eps_high` (DAPO uses 0.28).
+    pub eps_high: f32,
+    /// Dual-clip constant `c > 1` for negative advantages; `None` is off.
+    pub dual_clip: Option<f32>,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self { eps_low: 0.2, eps_high: 0.2, dual_clip: None }
+    }
+}
+
+/// How per-token losses become one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Reduction {
+    /// GRPO: mean over sequences of the token mean.
+    #[default]
+    #[serde(rename = "seq-mean-token-mean")]
+    SeqMeanTokenMean,
+    /// DAPO: mean over every token of the batch.
+    #[serde(rename = "token-mean")]
+    TokenMean,
+    /// Dr. GRPO: per-sequence token sum over the padded length, mean over sequences.
+    #[serde(rename = "seq-mean-token-sum-norm")]
+    SeqMeanTokenSumNorm,
+}
+
+/// How stale samples are reweighted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum IsCorrection {
+    /// `min(w, cap)`.
+    Truncate {
+        /// The cap `C`.
+        cap: f32,
+    },
+    /// `w` inside `[lo, hi]`, else 0 (the token is dropped).
+    Mask {
+        /// Lowest kept weight.
+        lo: f32,
+        /// Highest kept weight.
+        hi: f32,
+    },
+}
+
+/// Per-token clipped surrogate loss `[batch, T]` (0 where `mask` is 0).
+///
+/// `advantages` is one value per sequence, `[batch]`; `weight` an optional detached per-token
+/// importance weight (see [`importance_weights`]).
+pub fn clipped_surrogate<B: Backend>(
+    logp: Tensor<B, 2>,
+    logp_old: Tensor<B, 2>,
+    advantages: Tensor<B, 1>,
+    mask: Tensor<B, 2>,
+    clip: &ClipConfig,
+    weight: Option<Tensor<B, 2>>,
+) -> Tensor<B, 2> {
+    let [b, t] = logp.dims();
+    let rho = (logp - logp_old.detach()).exp();
+    let a = advantages.reshape([b, 1]).expand([b, t]);
+    let unclipped = rho.clone() * a.clone();
+    let clipped = rho.clamp(1.0 - clip.eps_low, 1.0 + clip.eps_high) * a.clone();
+    let mut objective = unclipped.min_pair(clipped);
+    if let Some(c) = clip.dual_clip {
+        let floor = a.clone() * c;
+        let dual = objective.clone().max_pair(floor);
+        objective = objective.mask_where(a.lower_elem(0.0), dual);
+    }
+    let loss = objective.neg();
+    let loss = match weight {
+        Some(w) => loss * w.detach(),
+        None => loss,
+    };
+    loss * mask
+}
+
+/// Fraction of unmasked tokens whose ratio was clipped (a standard PPO diagnostic).
+pub fn clip_fraction<B: Backend>(
+    logp: Tensor<B, 2>,
+    logp_old: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    clip: &ClipConfig,
+) -> f32 {
+    let rho = (logp - logp_old).exp();
+    let outside =
+        rho.clone().lower_elem(1.0 - clip.eps_low).float() + rho.greater_elem(1.0 + clip.eps_high).float();
+    let n = mask.clone().sum().into_scalar().elem::<f32>();
+    if n == 0.0 {
+        return 0.0;
+    }
+    (outside * mask).sum().into_scalar().elem::<f32>() / n
+}
+
+/// Reduces per-token losses `[batch, T]` to a scalar.
+pub fn reduce<B: Backend>(per_token: Tensor<B, 2>, mask: Tensor<B, 2>, how: Reduction) -> Tensor<B, 1> {
+    let [_, t] = per_token.dims();
+    let masked = per_token * mask.clone();
+    match how {
+        Reduction::SeqMeanTokenMean => {
+            // An empty completion contributes 0 rather than 0/0.
+            let lens = mask.sum_dim(1).clamp_min(1.0);
+            (masked.sum_dim(1) / lens).mean().reshape([1])
+        }
+        Reduction::TokenMean => masked.sum() / mask.sum().clamp_min(1.0),
+        Reduction::SeqMeanTokenSumNorm => (masked.sum_dim(1) / t as f32).mean().reshape([1]),
+    }
+}
+
+/// Detached per-token importance weights `exp(logp_prox - logp_behavior)` under a correction.
+pub fn importance_weights<B: Backend>(
+    logp_prox: Tensor<B, 2>,
+    logp_behavior: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    correction: &IsCorrection,
+) -> Tensor<B, 2> {
+    let w = (logp_prox.detach() - logp_behavior.detach()).exp();
+    let w = match *correction {
+        IsCorrection::Truncate { cap } => w.clamp_max(cap),
+        IsCorrection::Mask { lo, hi } => {
+            let outside = w.clone().lower_elem(lo).bool_or(w.clone().greater_elem(hi));
+            w.mask_fill(outside, 0.0)
+        }
+    };
+    w * mask
+}
