@@ -32,10 +32,11 @@ impl ChatMessage {
     }
 }
 
-/// A tokenizer with its special tokens and chat template.
+/// A tokenizer with its special tokens and chat template. Cloning is cheap (the vocabulary is
+/// shared), so samplers and workers each hold one.
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: std::sync::Arc<tokenizers::Tokenizer>,
     chat_template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
@@ -71,7 +72,7 @@ impl Tokenizer {
         let path = dir.join("tokenizer.json");
         let inner =
             tokenizers::Tokenizer::from_file(&path).map_err(|e| tok_err(path.display().to_string(), e))?;
-        let mut tok = Self { inner, chat_template: None, bos_token: None, eos_token: None };
+        let mut tok = Self { inner: inner.into(), chat_template: None, bos_token: None, eos_token: None };
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
@@ -189,7 +190,7 @@ impl Tokenizer {
             file.get(key).and_then(|v| v.as_u64()).and_then(|id| tokens.get(id as usize).cloned())
         };
         Ok(Self {
-            inner,
+            inner: inner.into(),
             chat_template: file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
             bos_token: bos.map(|(_, t)| t),
             eos_token: special("tokenizer.ggml.eos_token_id"),
