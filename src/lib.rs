@@ -4,3 +4,4 @@
 //! holds what the binary, its tests and examples share.
 
 pub mod fetch;
+pub mod replay_role;

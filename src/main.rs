@@ -1,6 +1,6 @@
 //! The `sluice` command line.
 
-use sluice::fetch;
+use sluice::{fetch, replay_role};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +37,26 @@ enum Command {
     Generate(GenerateArgs),
     /// Per-token log-probs of a text under the model.
     Logprobs(LogprobsArgs),
+    /// Run a replay shard, or export a replay store to parquet.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Serve one replay shard over zenoh until interrupted.
+    Serve(replay_role::ServeArgs),
+    /// Write every group of a run's replay store into one parquet file.
+    Export {
+        /// Run directory (or one shard directory).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output parquet file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +187,12 @@ fn main() -> Result<()> {
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => run_logprobs::<sluice_model::Cuda>(&args, Default::default())?,
         },
+        Command::Replay { command: ReplayCommand::Serve(args) } => replay_role::serve(args)?,
+        Command::Replay { command: ReplayCommand::Export { dir, out } } => {
+            let (groups, rows) = sluice_replay::export(&dir, &out)
+                .with_context(|| format!("exporting the replay store under {}", dir.display()))?;
+            println!("{groups} groups, {rows} rows -> {}", out.display());
+        }
     }
     Ok(())
 }

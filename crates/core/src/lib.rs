@@ -1,8 +1,16 @@
-//! Shared vocabulary of sluice: policy versions and the staleness rules every role applies.
+//! Shared vocabulary of sluice: policy versions and staleness, the trajectory schema (Arrow), zenoh
+//! key expressions and session setup.
 //!
-//! Later work adds the trajectory schema, environment traits, config types, key expressions and
-//! metric names here (DESIGN.md §1); only what is used today lives here.
+//! Later work adds the environment traits, config types and metric names here (DESIGN.md §1); only
+//! what is used today lives here.
 
+mod error;
+pub mod keys;
+mod net;
+pub mod trajectory;
 mod version;
 
+pub use error::{Error, Result};
+pub use net::{free_local_port, ZenohOptions};
+pub use trajectory::{Finish, Group, GroupSpan, Sample};
 pub use version::{admission_limit, is_admissible, PolicyVersion};

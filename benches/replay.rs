@@ -1,0 +1,233 @@
+//! Replay store benchmark: append throughput per durability policy and sample latency, against
+//! writing the same batches straight to a parquet file with the `parquet` crate, in one run.
+//!
+//! `cargo bench --bench replay` (options: `-- --groups N --producers P --len T`).
+//! Appends go through zenoh on loopback (a service and its clients in one process, real TCP),
+//! and also straight into a `Shard` to show what the transport costs.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use sluice_core::trajectory::groups_to_batch;
+use sluice_core::{Finish, Group, Sample, ZenohOptions};
+use sluice_replay::{
+    ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, SampleRequest, Sampler, Shard,
+};
+
+const SAMPLES: usize = 8;
+
+fn group(id: u64, len: usize) -> Group {
+    Group {
+        group_id: id,
+        samples: (0..SAMPLES)
+            .map(|i| Sample {
+                run_id: "bench".into(),
+                group_id: id,
+                sample_idx: i as u16,
+                task_id: format!("arith-{id}"),
+                source: "arithmetic".into(),
+                prompt_tokens: (0..64).map(|t| (t * 7 + id as u32) % 49152).collect(),
+                completion_tokens: (0..len as u32).map(|t| (t * 31 + i as u32 + id as u32) % 49152).collect(),
+                loss_mask: vec![1; len],
+                behavior_logprobs: (0..len).map(|t| -0.01 * (t % 50) as f32).collect(),
+                token_versions: vec![id / 64; len],
+                behavior_version: id / 64,
+                reward: (i % 2) as f32,
+                reward_parts: [("correct".to_string(), (i % 2) as f32)].into(),
+                finish: Finish::Stop,
+                num_turns: 1,
+                created_at_us: 1_700_000_000_000_000,
+            })
+            .collect(),
+    }
+}
+
+struct Args {
+    groups: usize,
+    producers: usize,
+    len: usize,
+    groups_per_append: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { groups: 8192, producers: 16, len: 256, groups_per_append: 1 };
+    let argv: Vec<String> = std::env::args().collect();
+    for w in argv.windows(2) {
+        let v = || w[1].parse().unwrap();
+        match w[0].as_str() {
+            "--groups" => a.groups = v(),
+            "--producers" => a.producers = v(),
+            "--len" => a.len = v(),
+            "--groups-per-append" => a.groups_per_append = v(),
+            _ => {}
+        }
+    }
+    a
+}
+
+/// The batches every producer sends: `groups_per_append` groups each.
+fn batches(a: &Args) -> Vec<RecordBatch> {
+    (0..a.groups / a.groups_per_append)
+        .map(|b| {
+            let gs: Vec<Group> = (0..a.groups_per_append)
+                .map(|k| group((b * a.groups_per_append + k) as u64, a.len))
+                .collect();
+            groups_to_batch(&gs).unwrap()
+        })
+        .collect()
+}
+
+fn parquet_baseline(dir: &std::path::Path, batches: &[RecordBatch]) -> f64 {
+    let path = dir.join("baseline.parquet");
+    let t = Instant::now();
+    sluice_replay::durable::write_parquet(&path, batches).unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn direct(dir: &std::path::Path, durability: Durability, batches: &[RecordBatch], producers: usize) -> f64 {
+    let cfg =
+        ReplayConfig { durability, capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
+    let shard = Arc::new(Shard::open(dir, 0, cfg).unwrap());
+    let batches = Arc::new(batches.to_vec());
+    let t = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let (shard, batches) = (shard.clone(), batches.clone());
+            std::thread::spawn(move || {
+                for b in batches.iter().skip(p).step_by(producers) {
+                    shard.append(b).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+async fn over_zenoh(
+    dir: &std::path::Path,
+    durability: Durability,
+    batches: &[RecordBatch],
+    producers: usize,
+    run: &str,
+) -> (f64, Vec<f64>, Vec<f64>) {
+    let port = sluice_core::free_local_port().unwrap();
+    let server = ZenohOptions::listen_on(format!("tcp/127.0.0.1:{port}")).open().await.unwrap();
+    let cfg =
+        ReplayConfig { durability, capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
+    let shard = Arc::new(Shard::open(dir, 0, cfg).unwrap());
+    let _service = ReplayService::start(&server, run, shard.clone()).await.unwrap();
+    let session = ZenohOptions::connect_to(format!("tcp/127.0.0.1:{port}")).open().await.unwrap();
+    let client = ReplayClient::new(session, ClientConfig::new(run, 1)).unwrap();
+    // Warm the route.
+    client.stats().await.unwrap();
+    let payloads: Arc<Vec<RecordBatch>> = Arc::new(batches.to_vec());
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let (client, payloads) = (client.clone(), payloads.clone());
+        tasks.push(tokio::spawn(async move {
+            for b in payloads.iter().skip(p).step_by(producers) {
+                client.append_batch(b).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    // Sample latency for 64 groups: uniform, and a fifo stream with acks.
+    let mut lat = |sampler| {
+        let client = client.clone();
+        async move {
+            let mut v = Vec::new();
+            for i in 0..300 {
+                let req = SampleRequest {
+                    sampler,
+                    groups: 64,
+                    learner_version: 1000,
+                    max_staleness: 1000,
+                    consumer: "bench".into(),
+                    drop_zero_variance: false,
+                    dedup: false,
+                };
+                let t = Instant::now();
+                let s = client.sample(&req).await.unwrap();
+                let dt = t.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(s.info.groups, 64);
+                if sampler == Sampler::Fifo {
+                    client.ack("bench", &s.group_ids()).await.unwrap();
+                }
+                if i >= 20 {
+                    v.push(dt);
+                }
+            }
+            v
+        }
+    };
+    let uniform = lat(Sampler::Uniform).await;
+    let fifo = lat(Sampler::Fifo).await;
+    (secs, uniform, fifo)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let a = args();
+    let batches = batches(&a);
+    let samples = (a.groups * SAMPLES) as f64;
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    println!(
+        "replay bench: {} groups x {SAMPLES} samples x {} tokens ({:.0} MB in Arrow), {} producers, {} group(s) per append",
+        a.groups,
+        a.len,
+        bytes as f64 / 1e6,
+        a.producers,
+        a.groups_per_append
+    );
+    let tmp = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let base = parquet_baseline(tmp.path(), &batches);
+    println!("baseline  parquet ArrowWriter, one file          {:>9.0} samples/s  (1.00x)", samples / base);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let policies = [
+        ("fsync", Durability::Fsync),
+        ("group-commit=5ms", Durability::GroupCommit { interval_ms: 5 }),
+        ("os-buffer", Durability::OsBuffer),
+    ];
+    for (i, (name, d)) in policies.into_iter().enumerate() {
+        let secs = direct(&tmp.path().join(format!("direct-{i}")), d, &batches, a.producers);
+        println!(
+            "direct    {name:<17} Shard::append           {:>9.0} samples/s  ({:.2}x)",
+            samples / secs,
+            base / secs
+        );
+        let (secs, uniform, fifo) = rt.block_on(over_zenoh(
+            &tmp.path().join(format!("zenoh-{i}")),
+            d,
+            &batches,
+            a.producers,
+            &format!("bench{i}"),
+        ));
+        println!(
+            "zenoh     {name:<17} ReplayClient::append    {:>9.0} samples/s  ({:.2}x)",
+            samples / secs,
+            base / secs
+        );
+        println!(
+            "          sample 64 groups: uniform p50 {:.2} ms p99 {:.2} ms; fifo+ack p50 {:.2} ms p99 {:.2} ms",
+            pct(&uniform, 0.5),
+            pct(&uniform, 0.99),
+            pct(&fifo, 0.5),
+            pct(&fifo, 0.99)
+        );
+    }
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,91 @@
+//! Replay store settings, with their defaults in one place.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When an append counts as durable (the ack waits for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum Durability {
+    /// `fsync` after every appended batch: survives power loss, slowest.
+    Fsync,
+    /// Batches arriving within `interval_ms` share one `fsync`: survives power loss, each ack
+    /// waits up to the interval.
+    GroupCommit {
+        /// How long the writer gathers batches before one `fsync`.
+        interval_ms: u64,
+    },
+    /// `write(2)` only: survives the replay process being killed, not the machine losing power.
+    OsBuffer,
+}
+
+impl Durability {
+    /// Parses `fsync`, `group-commit` (5 ms), `group-commit=MS` or `os-buffer`.
+    pub fn parse(s: &str) -> Option<Durability> {
+        match s {
+            "fsync" => Some(Durability::Fsync),
+            "os-buffer" => Some(Durability::OsBuffer),
+            "group-commit" => Some(Durability::GroupCommit { interval_ms: 5 }),
+            _ => s
+                .strip_prefix("group-commit=")
+                .and_then(|ms| ms.trim_end_matches("ms").parse().ok())
+                .map(|interval_ms| Durability::GroupCommit { interval_ms }),
+        }
+    }
+}
+
+/// Settings of one replay shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Most rows (samples) held in memory.
+    pub capacity_rows: u64,
+    /// Most bytes held in memory (estimated from the token lists).
+    pub capacity_bytes: u64,
+    /// Staleness bound used for eviction and admission (sample requests carry their own bound for
+    /// the admissibility filter).
+    pub max_staleness: u64,
+    /// Groups the learner consumes per optimizer step (for admission control).
+    pub groups_per_step: u64,
+    /// When an append is acknowledged.
+    pub durability: Durability,
+    /// Rows per append log before it is rolled into a parquet segment.
+    pub segment_rows: u64,
+    /// How long a `fifo` delivery waits for its ack before the group is redelivered.
+    pub fifo_lease_ms: u64,
+    /// How long a producer's unreported tickets stay reserved after its last ticket request.
+    pub ticket_lease_ms: u64,
+    /// Whether a full store may evict groups nobody has consumed yet (a ring buffer for off-policy
+    /// replay). When false, producers get backpressure instead.
+    pub evict_unconsumed: bool,
+    /// Seed of the samplers' random draws.
+    pub seed: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            capacity_rows: 1 << 20,
+            capacity_bytes: 4 << 30,
+            max_staleness: 2,
+            groups_per_step: 8,
+            durability: Durability::GroupCommit { interval_ms: 5 },
+            segment_rows: 1 << 16,
+            fifo_lease_ms: 60_000,
+            ticket_lease_ms: 600_000,
+            evict_unconsumed: false,
+            seed: 0,
+        }
+    }
+}
+
+impl ReplayConfig {
+    pub(crate) fn fifo_lease(&self) -> Duration {
+        Duration::from_millis(self.fifo_lease_ms)
+    }
+
+    pub(crate) fn ticket_lease(&self) -> Duration {
+        Duration::from_millis(self.ticket_lease_ms)
+    }
+}

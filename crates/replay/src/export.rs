@@ -1,0 +1,91 @@
+//! `sluice replay export`: the whole store as one parquet file (one row per sample, the schema
+//! of DESIGN.md §2), readable by pandas, polars and duckdb.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+
+use crate::config::ReplayConfig;
+use crate::durable;
+use crate::error::{ReplayError, Result};
+use crate::shard::recover;
+
+/// The shard directories under a run directory (`RUN_DIR/replay/shard-K`), or `dir` itself when
+/// it is a shard directory.
+pub fn shard_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let is_shard = |d: &Path| {
+        durable::meta_path(d).exists()
+            || durable::list_files(d).map(|(s, l)| !s.is_empty() || !l.is_empty()).unwrap_or(false)
+    };
+    if is_shard(dir) {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let replay = dir.join("replay");
+    let mut dirs = Vec::new();
+    if replay.is_dir() {
+        for entry in std::fs::read_dir(&replay).map_err(ReplayError::io(&replay))? {
+            let path = entry.map_err(ReplayError::io(&replay))?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("shard-")) && path.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(ReplayError::Invalid(format!(
+            "{} holds no replay store (expected RUN_DIR/replay/shard-K/ or a shard directory)",
+            dir.display()
+        )));
+    }
+    Ok(dirs)
+}
+
+/// Writes every group held by the store(s) under `dir` into `out`; returns (groups, rows).
+///
+/// Reads the shard directories the way a restart would (acknowledged groups, evictions applied
+/// with default capacity) without starting a writer, so it can run beside a live shard; a torn
+/// log tail is left for the shard itself to repair.
+pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut groups = 0;
+    for shard in shard_dirs(dir)? {
+        let cfg = ReplayConfig { capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
+        let (store, _, _, _) = recover_readonly(&shard, cfg)?;
+        groups += store.len() as u64;
+        batches.extend(store.batches().cloned());
+    }
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    durable::write_parquet(out, &batches)?;
+    Ok((groups, rows))
+}
+
+fn recover_readonly(
+    dir: &Path,
+    cfg: ReplayConfig,
+) -> Result<(crate::Store, crate::RecoveryReport, u64, Vec<u64>)> {
+    // Recovery only truncates torn tails and removes superseded logs, both of which a running
+    // shard does itself on its next start; exporting from a copy keeps the original untouched.
+    let tmp = tempdir_copy(dir)?;
+    let result = recover(&tmp, cfg);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn tempdir_copy(dir: &Path) -> Result<PathBuf> {
+    let tmp =
+        std::env::temp_dir().join(format!("sluice-export-{}-{}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir_all(&tmp).map_err(ReplayError::io(&tmp))?;
+    for entry in std::fs::read_dir(dir).map_err(ReplayError::io(dir))? {
+        let path = entry.map_err(ReplayError::io(dir))?.path();
+        if path.is_file() && !path.to_string_lossy().ends_with(".tmp") {
+            let to = tmp.join(path.file_name().unwrap_or_default());
+            // Segments are never modified by recovery: hard links where the filesystem allows.
+            // Logs may be truncated (torn tail), so they are copied.
+            let is_segment = path.extension().is_some_and(|e| e == "parquet");
+            if !is_segment || std::fs::hard_link(&path, &to).is_err() {
+                std::fs::copy(&path, &to).map_err(ReplayError::io(&path))?;
+            }
+        }
+    }
+    Ok(tmp)
+}

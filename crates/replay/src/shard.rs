@@ -1,0 +1,337 @@
+//! One replay shard: the in-memory [`Store`] made durable by the append log ([`crate::durable`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use arrow_array::{RecordBatch, UInt32Array};
+use sluice_core::trajectory::{self, GroupSpan};
+
+use crate::config::ReplayConfig;
+use crate::durable::{self, kind, RecoveryReport, Wal};
+use crate::error::{ReplayError, Result};
+use crate::store::{Entry, Store};
+use crate::wire::{
+    AckReply, AckRequest, AppendAck, SampleInfo, SampleRequest, Stats, TicketReply, TicketRequest,
+};
+
+/// A durable replay shard living in one directory.
+pub struct Shard {
+    id: u32,
+    dir: PathBuf,
+    store: Mutex<Store>,
+    wal: Wal,
+    recovery: RecoveryReport,
+}
+
+/// Splits a validated batch into per-group entries, rows in `sample_idx` order. One `take` when
+/// the batch is not already in that order; each group is then a zero-copy slice.
+fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Result<Vec<Entry>> {
+    let in_order = spans.iter().flat_map(|s| &s.rows).enumerate().all(|(i, &r)| i as u32 == r)
+        && spans.iter().map(|s| s.rows.len()).sum::<usize>() == batch.num_rows();
+    let ordered = if in_order {
+        batch.clone()
+    } else {
+        let idx = UInt32Array::from(spans.iter().flat_map(|s| s.rows.iter().copied()).collect::<Vec<_>>());
+        arrow_select::take::take_record_batch(batch, &idx).map_err(ReplayError::format)?
+    };
+    let mut at = 0;
+    Ok(spans
+        .iter()
+        .map(|s| {
+            let n = s.rows.len();
+            let e = Entry {
+                group_id: s.group_id,
+                batch: ordered.slice(at, n),
+                behavior_version: s.behavior_version,
+                mean_reward: s.mean_reward,
+                reward_std: s.reward_std,
+                rows: n as u64,
+                bytes: s.bytes,
+                segment,
+            };
+            at += n;
+            e
+        })
+        .collect())
+}
+
+fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow_select::concat::concat_batches(&trajectory::trajectory_schema(), batches)
+        .map_err(ReplayError::format)
+}
+
+fn u64s(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|i| i.to_le_bytes()).collect()
+}
+
+impl Shard {
+    /// Opens (creating or recovering) the shard stored in `dir`.
+    pub fn open(dir: impl AsRef<Path>, id: u32, cfg: ReplayConfig) -> Result<Shard> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(ReplayError::io(&dir))?;
+        let started = Instant::now();
+        let (mut store, mut report, next_id, to_roll) = recover(&dir, cfg.clone())?;
+        let wal = Wal::start(&dir, cfg.durability, cfg.segment_rows, next_id, to_roll)?;
+        report.millis = started.elapsed().as_millis() as u64;
+        store.stats_mut().shard = id;
+        store.stats_mut().recovery = Some(report.clone());
+        let dead = store.take_dead_segments();
+        wal.delete_segments(dead);
+        Ok(Shard { id, dir, store: Mutex::new(store), wal, recovery: report })
+    }
+
+    /// The shard's number.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening it recovered.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves counters at worst; the data structures are only
+        // changed by code that does not panic, so keep serving.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decodes an Arrow IPC payload and appends it. A payload that is not a trajectory batch is
+    /// counted and refused.
+    pub fn append_ipc(&self, payload: &[u8]) -> Result<AppendAck> {
+        match trajectory::decode_ipc(payload) {
+            Ok(batch) => self.append(&batch),
+            Err(e) => {
+                self.store().stats_mut().rejected_payloads += 1;
+                Err(ReplayError::Invalid(e.to_string()))
+            }
+        }
+    }
+
+    /// Appends whole groups; returns once they are durable. A batch with any invalid row is
+    /// refused whole; groups already held are acknowledged again without being stored twice.
+    pub fn append(&self, batch: &RecordBatch) -> Result<AppendAck> {
+        let spans = match trajectory::validate_batch(batch) {
+            Ok(s) => s,
+            Err(e) => {
+                self.store().stats_mut().rejected_batches += 1;
+                return Err(ReplayError::Invalid(e.to_string()));
+            }
+        };
+        let sizes: Vec<(u64, u64, u64)> =
+            spans.iter().map(|s| (s.group_id, s.rows.len() as u64, s.bytes)).collect();
+        let fresh = {
+            let mut store = self.store();
+            let fresh = store.reserve(&sizes)?;
+            // A retry racing the original append: answer only once the original is durable.
+            if let Some(s) = spans.iter().zip(&fresh).find(|(s, &f)| !f && store.seq_of(s.group_id).is_none())
+            {
+                let gid = s.0.group_id;
+                let new: Vec<u64> =
+                    spans.iter().zip(&fresh).filter(|(_, &f)| f).map(|(s, _)| s.group_id).collect();
+                store.release(&new);
+                return Err(ReplayError::Busy(format!(
+                    "group {gid} is being appended by another request; retry"
+                )));
+            }
+            fresh
+        };
+        let new_spans: Vec<GroupSpan> =
+            spans.iter().zip(&fresh).filter(|(_, &f)| f).map(|(s, _)| s.clone()).collect();
+        let new_ids: Vec<u64> = new_spans.iter().map(|s| s.group_id).collect();
+        let written = (|| -> Result<Vec<Entry>> {
+            if new_spans.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut entries = split_groups(batch, &new_spans, 0)?;
+            let normalized = concat(&entries.iter().map(|e| e.batch.clone()).collect::<Vec<_>>())?;
+            let payload = trajectory::encode_ipc(&[normalized]).map_err(ReplayError::format)?;
+            let rows = entries.iter().map(|e| e.rows).sum();
+            let segment = self.wal.append(payload, rows)?;
+            for e in &mut entries {
+                e.segment = segment;
+            }
+            Ok(entries)
+        })();
+        let mut store = self.store();
+        let entries = match written {
+            Ok(e) => e,
+            Err(e) => {
+                store.release(&new_ids);
+                return Err(e);
+            }
+        };
+        let mut ack = AppendAck { new_groups: entries.len() as u32, ..Default::default() };
+        let mut entries = entries.into_iter();
+        for (span, &f) in spans.iter().zip(&fresh) {
+            if f {
+                let e = entries.next().ok_or_else(|| ReplayError::Format("entry count mismatch".into()))?;
+                ack.rows += e.rows;
+                ack.seqs.push(store.insert(e));
+            } else {
+                ack.duplicates += 1;
+                ack.seqs.push(store.seq_of(span.group_id).unwrap_or(u64::MAX));
+            }
+        }
+        store.stats_mut().duplicate_groups += ack.duplicates as u64;
+        Ok(ack)
+    }
+
+    /// Draws groups. Returns one batch (whole groups, in the order drawn) and what happened.
+    pub fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
+        req.sampler.check().map_err(ReplayError::Invalid)?;
+        let (sampled, version_moved, version) = {
+            let mut store = self.store();
+            let before = store.learner_version();
+            let sampled = store.sample(req, Instant::now());
+            let dead = store.take_dead_segments();
+            self.wal.delete_segments(dead);
+            (sampled, store.learner_version() > before, store.learner_version())
+        };
+        if version_moved {
+            self.wal.meta(kind::VERSION, &version.to_le_bytes(), false)?;
+        }
+        if !sampled.auto_acked.is_empty() {
+            self.wal.meta(kind::ACK, &u64s(&sampled.auto_acked), false)?;
+        }
+        let batch = concat(&sampled.batches)?;
+        Ok((batch, sampled.info))
+    }
+
+    /// Marks `fifo` deliveries consumed; returns once that is durable.
+    pub fn ack(&self, req: &AckRequest) -> Result<AckReply> {
+        let (fresh, reply) = self.store().ack(&req.group_ids);
+        if !fresh.is_empty() {
+            self.wal.meta(kind::ACK, &u64s(&fresh), true)?;
+        }
+        Ok(reply)
+    }
+
+    /// Admission control: how many groups a producer may start.
+    pub fn tickets(&self, req: &TicketRequest) -> Result<TicketReply> {
+        let (reply, completed) = {
+            let mut store = self.store();
+            let reply = store.tickets(&req.worker, req.want, req.redeemed, Instant::now());
+            (reply, store.tickets_completed())
+        };
+        if req.redeemed > 0 {
+            self.wal.meta(kind::TICKETS_COMPLETED, &completed.to_le_bytes(), false)?;
+        }
+        Ok(reply)
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> Stats {
+        self.store().stats()
+    }
+
+    /// Counts a payload refused before it reached the store (bad JSON, oversize...).
+    pub fn count_rejected_payload(&self) {
+        self.store().stats_mut().rejected_payloads += 1;
+    }
+
+    /// Every held group in append order, as one batch (export, tests).
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let batches: Vec<RecordBatch> = self.store().batches().cloned().collect();
+        concat(&batches)
+    }
+
+    /// Group ids held, in append order.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.store().group_ids()
+    }
+
+    /// Flushes the log and stops the writer threads.
+    pub fn close(mut self) {
+        self.wal.close();
+    }
+}
+
+/// Rebuilds the store from a shard directory. Returns it, the report, the id of the next log,
+/// and the logs that still need rolling into parquet.
+pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<(Store, RecoveryReport, u64, Vec<u64>)> {
+    let mut store = Store::new(cfg);
+    let mut report = RecoveryReport::default();
+    let (segs, logs) = durable::list_files(dir)?;
+    let mut ids: Vec<u64> = segs.iter().chain(&logs).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut to_roll = Vec::new();
+    for &id in &ids {
+        let batches = if segs.binary_search(&id).is_ok() {
+            report.segments += 1;
+            let log = durable::wal_path(dir, id);
+            if log.exists() {
+                // The crash fell between the segment's rename and the log's deletion.
+                std::fs::remove_file(&log).map_err(ReplayError::io(&log))?;
+            }
+            durable::read_parquet(&durable::segment_path(dir, id))?
+        } else {
+            report.logs += 1;
+            let path = durable::wal_path(dir, id);
+            let (batches, end, len) = durable::read_log_batches(&path)?;
+            if end < len {
+                report.torn_tail_bytes += len - end;
+                tracing::warn!("replay: {} has a torn tail of {} bytes; dropped", path.display(), len - end);
+                let f =
+                    std::fs::OpenOptions::new().write(true).open(&path).map_err(ReplayError::io(&path))?;
+                f.set_len(end).and_then(|_| f.sync_all()).map_err(ReplayError::io(&path))?;
+            }
+            if batches.is_empty() {
+                std::fs::remove_file(&path).map_err(ReplayError::io(&path))?;
+            } else {
+                to_roll.push(id);
+            }
+            batches
+        };
+        for batch in batches {
+            let spans = trajectory::validate_batch(&batch).map_err(|e| ReplayError::Corrupt {
+                path: durable::segment_path(dir, id),
+                reason: e.to_string(),
+            })?;
+            for entry in split_groups(&batch, &spans, id)? {
+                if store.contains(entry.group_id) {
+                    report.duplicate_groups += 1;
+                } else {
+                    report.groups += 1;
+                    report.rows += entry.rows;
+                    store.insert(entry);
+                }
+            }
+        }
+    }
+    let meta = durable::meta_path(dir);
+    if meta.exists() {
+        let (records, end, len) = durable::read_records(&meta)?;
+        if end < len {
+            report.torn_tail_bytes += len - end;
+            let f = std::fs::OpenOptions::new().write(true).open(&meta).map_err(ReplayError::io(&meta))?;
+            f.set_len(end).and_then(|_| f.sync_all()).map_err(ReplayError::io(&meta))?;
+        }
+        let word =
+            |p: &[u8]| u64::from_le_bytes(p.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        for (k, payload) in records {
+            match k {
+                kind::ACK => {
+                    let ids: Vec<u64> = payload.chunks_exact(8).map(word).collect();
+                    report.acked += store.mark_consumed(&ids).acked as u64;
+                }
+                kind::VERSION => {
+                    store.set_learner_version(word(&payload));
+                }
+                kind::TICKETS_COMPLETED => store.set_tickets_completed(word(&payload)),
+                _ => {}
+            }
+        }
+    }
+    report.learner_version = store.learner_version();
+    store.enforce_capacity();
+    let next_id = ids.last().map_or(0, |&i| i + 1);
+    Ok((store, report, next_id, to_roll))
+}

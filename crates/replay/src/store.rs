@@ -1,0 +1,573 @@
+//! The in-memory replay store: groups in append order with indexes by group id, behavior version
+//! and consumption; samplers, the `fifo` stream with leases, eviction and admission tickets.
+//!
+//! No I/O happens here; [`crate::Shard`] makes it durable. Time is passed in (`now`) so that
+//! leases are tested without sleeping.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sluice_core::{admission_limit, is_admissible, PolicyVersion};
+
+use crate::config::ReplayConfig;
+use crate::error::{ReplayError, Result};
+use crate::sampler::{self, Candidate, Sampler};
+use crate::wire::{AckReply, SampleInfo, SampleRequest, Stats, TicketReply};
+
+/// One stored group.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub group_id: u64,
+    /// The group's rows only, in `sample_idx` order (a zero-copy slice of the appended batch).
+    pub batch: RecordBatch,
+    pub behavior_version: u64,
+    pub mean_reward: f64,
+    pub reward_std: f64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The append log / parquet segment that holds it on disk.
+    pub segment: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    deadline: Instant,
+    /// Kept for the stats and for debugging who holds what.
+    #[allow(dead_code)]
+    consumer: String,
+}
+
+#[derive(Debug, Clone)]
+struct WorkerTickets {
+    outstanding: u64,
+    last_seen: Instant,
+}
+
+/// What a sample request produced.
+#[derive(Debug)]
+pub(crate) struct Sampled {
+    pub batches: Vec<RecordBatch>,
+    /// The groups drawn, in order (what the unit tests check).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub group_ids: Vec<u64>,
+    pub info: SampleInfo,
+    /// Groups the `fifo` stream consumed without delivering (zero variance): to persist as acks.
+    pub auto_acked: Vec<u64>,
+}
+
+/// Why a group was evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Eviction {
+    Stale,
+    Capacity,
+}
+
+/// The in-memory store of one shard.
+pub struct Store {
+    cfg: ReplayConfig,
+    /// Groups by append sequence number: append order is eviction and `fifo` order.
+    entries: BTreeMap<u64, Entry>,
+    /// group_id -> seq: duplicate appends (client retries) and acks by id.
+    by_group: HashMap<u64, u64>,
+    /// (behavior_version, seq): the stalest group is found without a scan.
+    by_version: BTreeSet<(u64, u64)>,
+    /// Groups acknowledged by a consumer and still held: evictable first when full.
+    consumed: BTreeSet<u64>,
+    /// `fifo` groups not delivered yet, in append order.
+    pending: BTreeSet<u64>,
+    /// `fifo` groups delivered and waiting for their ack.
+    leased: HashMap<u64, Lease>,
+    /// Groups whose append is being made durable: counted against capacity, refused as duplicates.
+    reserved: HashMap<u64, (u64, u64)>,
+    rows: u64,
+    bytes: u64,
+    next_seq: u64,
+    learner_version: u64,
+    /// Producers' finished groups (redeemed tickets), for admission; persisted.
+    tickets_completed: u64,
+    workers: BTreeMap<String, WorkerTickets>,
+    /// Live groups per on-disk segment; a segment with none left can be deleted.
+    segment_live: BTreeMap<u64, u64>,
+    /// Segments that lost their last live group since the shard last looked.
+    dead_segments: Vec<u64>,
+    stats: Stats,
+    rng: StdRng,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(cfg: ReplayConfig) -> Self {
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Store {
+            cfg,
+            entries: BTreeMap::new(),
+            by_group: HashMap::new(),
+            by_version: BTreeSet::new(),
+            consumed: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            leased: HashMap::new(),
+            reserved: HashMap::new(),
+            rows: 0,
+            bytes: 0,
+            next_seq: 0,
+            learner_version: 0,
+            tickets_completed: 0,
+            workers: BTreeMap::new(),
+            segment_live: BTreeMap::new(),
+            dead_segments: Vec::new(),
+            stats: Stats::default(),
+            rng,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplayConfig {
+        &self.cfg
+    }
+
+    /// Whether a group is held (or being appended).
+    pub fn contains(&self, group_id: u64) -> bool {
+        self.by_group.contains_key(&group_id) || self.reserved.contains_key(&group_id)
+    }
+
+    /// The sequence number of a held group.
+    pub fn seq_of(&self, group_id: u64) -> Option<u64> {
+        self.by_group.get(&group_id).copied()
+    }
+
+    /// Groups held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Highest learner version seen.
+    pub fn learner_version(&self) -> u64 {
+        self.learner_version
+    }
+
+    pub(crate) fn set_learner_version(&mut self, v: u64) -> bool {
+        if v > self.learner_version {
+            self.learner_version = v;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn set_tickets_completed(&mut self, n: u64) {
+        self.tickets_completed = self.tickets_completed.max(n);
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    /// Every held group in append order (for export and tests).
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.entries.values().map(|e| &e.batch)
+    }
+
+    /// Group ids in append order.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.entries.values().map(|e| e.group_id).collect()
+    }
+
+    /// Reserves room for new groups `(group_id, rows, bytes)`, evicting as the policy allows.
+    /// Returns, per group, whether it is new (false: already held or being appended). Nothing is
+    /// reserved when any group cannot be placed.
+    pub(crate) fn reserve(&mut self, groups: &[(u64, u64, u64)]) -> Result<Vec<bool>> {
+        let mut seen = HashSet::new();
+        let fresh: Vec<bool> = groups.iter().map(|g| !self.contains(g.0) && seen.insert(g.0)).collect();
+        let (need_rows, need_bytes) =
+            groups.iter().zip(&fresh).filter(|(_, &f)| f).fold((0, 0), |(r, b), (g, _)| (r + g.1, b + g.2));
+        if need_rows > self.cfg.capacity_rows || need_bytes > self.cfg.capacity_bytes {
+            return Err(ReplayError::Invalid(format!(
+                "the batch needs {need_rows} rows / {need_bytes} bytes, more than the store's whole capacity \
+                 ({} rows / {} bytes); send smaller batches",
+                self.cfg.capacity_rows, self.cfg.capacity_bytes
+            )));
+        }
+        while self.rows + need_rows > self.cfg.capacity_rows
+            || self.bytes + need_bytes > self.cfg.capacity_bytes
+        {
+            if self.evict_one().is_none() {
+                self.stats.backpressured += 1;
+                return Err(ReplayError::Backpressure {
+                    rows: self.rows,
+                    bytes: self.bytes,
+                    capacity_rows: self.cfg.capacity_rows,
+                    capacity_bytes: self.cfg.capacity_bytes,
+                });
+            }
+        }
+        for (g, &f) in groups.iter().zip(&fresh) {
+            if f {
+                self.reserved.insert(g.0, (g.1, g.2));
+                self.rows += g.1;
+                self.bytes += g.2;
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Releases reservations whose append failed.
+    pub(crate) fn release(&mut self, group_ids: &[u64]) {
+        for gid in group_ids {
+            if let Some((r, b)) = self.reserved.remove(gid) {
+                self.rows -= r;
+                self.bytes -= b;
+            }
+        }
+    }
+
+    /// Stores a group (reserved before, or recovered from disk) and returns its sequence number.
+    pub(crate) fn insert(&mut self, entry: Entry) -> u64 {
+        if let Some((r, b)) = self.reserved.remove(&entry.group_id) {
+            self.rows -= r;
+            self.bytes -= b;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.rows += entry.rows;
+        self.bytes += entry.bytes;
+        self.stats.appended_rows += entry.rows;
+        self.stats.appended_groups += 1;
+        self.by_group.insert(entry.group_id, seq);
+        self.by_version.insert((entry.behavior_version, seq));
+        *self.segment_live.entry(entry.segment).or_default() += 1;
+        self.pending.insert(seq);
+        self.entries.insert(seq, entry);
+        seq
+    }
+
+    /// Marks groups consumed as if acknowledged (recovery of persisted acks).
+    pub(crate) fn mark_consumed(&mut self, group_ids: &[u64]) -> AckReply {
+        let mut reply = AckReply::default();
+        for gid in group_ids {
+            match self.by_group.get(gid) {
+                Some(&seq) => {
+                    self.pending.remove(&seq);
+                    self.leased.remove(&seq);
+                    if self.consumed.insert(seq) {
+                        reply.acked += 1;
+                    }
+                }
+                None => reply.unknown += 1,
+            }
+        }
+        reply
+    }
+
+    /// Evicts one group: the stalest stale one, else the oldest consumed one (or the oldest of all
+    /// when `evict_unconsumed`). None when nothing may go.
+    pub(crate) fn evict_one(&mut self) -> Option<(u64, Eviction)> {
+        if let Some(&(bv, seq)) = self.by_version.first() {
+            if !is_admissible(PolicyVersion(self.learner_version), PolicyVersion(bv), self.cfg.max_staleness)
+            {
+                self.remove(seq);
+                self.stats.evicted_stale += 1;
+                return Some((seq, Eviction::Stale));
+            }
+        }
+        let victim =
+            if self.cfg.evict_unconsumed { self.entries.keys().next() } else { self.consumed.iter().next() };
+        let seq = *victim?;
+        self.remove(seq);
+        self.stats.evicted_capacity += 1;
+        Some((seq, Eviction::Capacity))
+    }
+
+    /// Evicts until within capacity (after recovery, or after the capacity shrank).
+    pub(crate) fn enforce_capacity(&mut self) {
+        while self.rows > self.cfg.capacity_rows || self.bytes > self.cfg.capacity_bytes {
+            if self.evict_one().is_none() {
+                break;
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64) {
+        let Some(e) = self.entries.remove(&seq) else { return };
+        self.by_group.remove(&e.group_id);
+        self.by_version.remove(&(e.behavior_version, seq));
+        self.consumed.remove(&seq);
+        self.pending.remove(&seq);
+        self.leased.remove(&seq);
+        self.rows -= e.rows;
+        self.bytes -= e.bytes;
+        if let Some(live) = self.segment_live.get_mut(&e.segment) {
+            *live -= 1;
+            if *live == 0 {
+                self.segment_live.remove(&e.segment);
+                self.dead_segments.push(e.segment);
+            }
+        }
+    }
+
+    /// Segments with no live group left since the last call.
+    pub(crate) fn take_dead_segments(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dead_segments)
+    }
+
+    /// Answers a sample request. The caller validated `req.sampler`.
+    pub(crate) fn sample(&mut self, req: &SampleRequest, now: Instant) -> Sampled {
+        self.set_learner_version(req.learner_version);
+        let admissible =
+            |bv: u64| is_admissible(PolicyVersion(req.learner_version), PolicyVersion(bv), req.max_staleness);
+        let mut info = SampleInfo::default();
+        let mut auto_acked = Vec::new();
+        let n = req.groups as usize;
+        let chosen: Vec<u64> = if req.sampler == Sampler::Fifo {
+            // Expired leases go back to the stream, in append order.
+            let expired: Vec<u64> =
+                self.leased.iter().filter(|(_, l)| l.deadline <= now).map(|(&s, _)| s).collect();
+            for seq in expired {
+                self.leased.remove(&seq);
+                self.pending.insert(seq);
+                info.redelivered += 1;
+            }
+            let mut chosen = Vec::with_capacity(n);
+            let mut passed_over = Vec::new();
+            for &seq in &self.pending {
+                if chosen.len() == n {
+                    break;
+                }
+                let e = &self.entries[&seq];
+                if !admissible(e.behavior_version) {
+                    // Stale for this learner for good (versions only grow): leave the stream.
+                    info.stale_skipped += 1;
+                    passed_over.push(seq);
+                } else if req.drop_zero_variance && e.reward_std == 0.0 {
+                    info.zero_variance_dropped += 1;
+                    passed_over.push(seq);
+                    auto_acked.push(e.group_id);
+                } else {
+                    chosen.push(seq);
+                }
+            }
+            info.admissible = (self.pending.len() - passed_over.len()) as u64;
+            for seq in passed_over.iter().chain(&chosen) {
+                self.pending.remove(seq);
+            }
+            for &seq in &passed_over {
+                if auto_acked.contains(&self.entries[&seq].group_id) {
+                    self.consumed.insert(seq);
+                }
+            }
+            let deadline = now + self.cfg.fifo_lease();
+            for &seq in &chosen {
+                self.leased.insert(seq, Lease { deadline, consumer: req.consumer.clone() });
+            }
+            chosen
+        } else {
+            let mut cands = Vec::new();
+            for (&seq, e) in &self.entries {
+                if !admissible(e.behavior_version) {
+                    info.stale_skipped += 1;
+                } else if req.drop_zero_variance && e.reward_std == 0.0 {
+                    info.zero_variance_dropped += 1;
+                } else {
+                    cands.push(Candidate {
+                        seq,
+                        behavior_version: e.behavior_version,
+                        mean_reward: e.mean_reward,
+                    });
+                }
+            }
+            info.admissible = cands.len() as u64;
+            let newest = self.next_seq.saturating_sub(1);
+            sampler::draw(req.sampler, &cands, n, newest, &mut self.rng)
+                .into_iter()
+                .map(|i| cands[i].seq)
+                .collect()
+        };
+        let mut batches = Vec::with_capacity(chosen.len());
+        let mut group_ids = Vec::with_capacity(chosen.len());
+        for seq in chosen {
+            let e = &self.entries[&seq];
+            let batch = if req.dedup {
+                dedup_rows(&e.batch, &mut info.duplicate_rows_dropped)
+            } else {
+                e.batch.clone()
+            };
+            info.rows += batch.num_rows() as u64;
+            batches.push(batch);
+            group_ids.push(e.group_id);
+        }
+        info.groups = batches.len() as u32;
+        Sampled { batches, group_ids, info, auto_acked }
+    }
+
+    /// Acknowledges `fifo` deliveries; returns the ids newly consumed (to persist) and the reply.
+    pub(crate) fn ack(&mut self, group_ids: &[u64]) -> (Vec<u64>, AckReply) {
+        let fresh: Vec<u64> = group_ids
+            .iter()
+            .copied()
+            .filter(|gid| self.by_group.get(gid).is_some_and(|s| !self.consumed.contains(s)))
+            .collect();
+        let reply = self.mark_consumed(group_ids);
+        (fresh, reply)
+    }
+
+    /// Grants a producer up to `want` tickets under `(v + max_staleness + 1) * groups_per_step`,
+    /// after crediting `redeemed` finished groups. Producers silent for longer than the ticket lease
+    /// lose their outstanding tickets (a dead worker does not hold admission forever).
+    pub(crate) fn tickets(&mut self, worker: &str, want: u64, redeemed: u64, now: Instant) -> TicketReply {
+        let lease = self.cfg.ticket_lease();
+        self.workers.retain(|_, w| now.saturating_duration_since(w.last_seen) < lease);
+        let w = self
+            .workers
+            .entry(worker.to_string())
+            .or_insert(WorkerTickets { outstanding: 0, last_seen: now });
+        w.outstanding -= redeemed.min(w.outstanding);
+        w.last_seen = now;
+        self.tickets_completed += redeemed;
+        let limit = admission_limit(
+            PolicyVersion(self.learner_version),
+            self.cfg.max_staleness,
+            self.cfg.groups_per_step,
+        );
+        let outstanding: u64 = self.workers.values().map(|w| w.outstanding).sum();
+        let started = self.tickets_completed + outstanding;
+        let granted = want.min(limit.saturating_sub(started));
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.outstanding += granted;
+        }
+        TicketReply { granted, limit, started: started + granted, learner_version: self.learner_version }
+    }
+
+    /// Finished groups credited to producers so far.
+    pub fn tickets_completed(&self) -> u64 {
+        self.tickets_completed
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.groups = self.entries.len() as u64;
+        s.rows = self.rows;
+        s.bytes = self.bytes;
+        s.learner_version = self.learner_version;
+        s.fifo_pending = self.pending.len() as u64;
+        s.fifo_leased = self.leased.len() as u64;
+        s.consumed = self.consumed.len() as u64;
+        s.tickets_completed = self.tickets_completed;
+        s.tickets_outstanding = self.workers.values().map(|w| w.outstanding).sum();
+        s
+    }
+}
+
+/// Drops rows whose completion tokens repeat an earlier row's.
+fn dedup_rows(batch: &RecordBatch, dropped: &mut u64) -> RecordBatch {
+    let mut seen = HashSet::new();
+    let keep: Vec<bool> = (0..batch.num_rows())
+        .map(|r| seen.insert(sluice_core::trajectory::completion_tokens(batch, r)))
+        .collect();
+    if keep.iter().all(|&k| k) {
+        return batch.clone();
+    }
+    *dropped += keep.iter().filter(|&&k| !k).count() as u64;
+    let mask = arrow_array::BooleanArray::from(keep);
+    // Both come from the same batch: the filter cannot fail.
+    arrow_select::filter::filter_record_batch(batch, &mask).unwrap_or_else(|_| batch.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use sluice_core::trajectory::{groups_to_batch, validate_batch};
+
+    fn store_with(n: u64, cfg: ReplayConfig) -> Store {
+        let mut store = Store::new(cfg);
+        for gid in 0..n {
+            let g = sluice_core::Group {
+                group_id: gid,
+                samples: (0..2u16)
+                    .map(|i| sluice_core::Sample {
+                        run_id: "r".into(),
+                        group_id: gid,
+                        sample_idx: i,
+                        task_id: "t".into(),
+                        source: "s".into(),
+                        prompt_tokens: vec![1],
+                        completion_tokens: vec![2, 3],
+                        loss_mask: vec![1, 1],
+                        behavior_logprobs: vec![-1.0, -1.0],
+                        token_versions: vec![0, 0],
+                        behavior_version: 0,
+                        reward: i as f32,
+                        reward_parts: Default::default(),
+                        finish: sluice_core::Finish::Stop,
+                        num_turns: 1,
+                        created_at_us: 0,
+                    })
+                    .collect(),
+            };
+            let batch = groups_to_batch(&[g]).unwrap();
+            let span = validate_batch(&batch).unwrap().remove(0);
+            store.insert(Entry {
+                group_id: gid,
+                batch,
+                behavior_version: 0,
+                mean_reward: span.mean_reward,
+                reward_std: span.reward_std,
+                rows: 2,
+                bytes: span.bytes,
+                segment: 0,
+            });
+        }
+        store
+    }
+
+    fn fifo(n: u32) -> SampleRequest {
+        SampleRequest {
+            sampler: Sampler::Fifo,
+            groups: n,
+            learner_version: 0,
+            max_staleness: 0,
+            consumer: "c".into(),
+            drop_zero_variance: false,
+            dedup: false,
+        }
+    }
+
+    #[test]
+    fn unacknowledged_fifo_groups_are_redelivered_after_their_lease() {
+        let mut store = store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() });
+        let t0 = Instant::now();
+        assert_eq!(store.sample(&fifo(3), t0).group_ids, vec![0, 1, 2]);
+        store.ack(&[1]);
+        // Before the lease ends nothing but group 3 is left.
+        assert_eq!(store.sample(&fifo(3), t0 + Duration::from_millis(999)).group_ids, vec![3]);
+        // After it, the unacknowledged 0 and 2 come back (3 is still leased).
+        let again = store.sample(&fifo(3), t0 + Duration::from_millis(1000));
+        assert_eq!(again.group_ids, vec![0, 2]);
+        assert_eq!(again.info.redelivered, 2);
+        // Group 3's lease started at 999 ms and ends first.
+        let last = store.sample(&fifo(3), t0 + Duration::from_millis(1999));
+        assert_eq!(last.group_ids, vec![3]);
+    }
+
+    #[test]
+    fn a_silent_producer_loses_its_tickets_after_the_lease() {
+        let cfg =
+            ReplayConfig { groups_per_step: 2, max_staleness: 0, ticket_lease_ms: 500, ..Default::default() };
+        let mut store = store_with(0, cfg);
+        let t0 = Instant::now();
+        assert_eq!(store.tickets("dead", 2, 0, t0).granted, 2);
+        assert_eq!(store.tickets("alive", 2, 0, t0 + Duration::from_millis(499)).granted, 0);
+        let r = store.tickets("alive", 2, 0, t0 + Duration::from_millis(500));
+        assert_eq!((r.granted, r.started), (2, 2));
+    }
+}
