@@ -200,6 +200,23 @@ pub fn trajectory_schema() -> SchemaRef {
 }
 
 /// Builds one record batch from groups (rows in group order, then `sample_idx` order as given).
+///
+/// ```
+/// use sluice_core::trajectory::{batch_to_groups, decode_ipc, encode_ipc, groups_to_batch};
+/// use sluice_core::{Finish, Group, Sample};
+///
+/// let sample = |i: u16, reward: f32| Sample {
+///     run_id: "run".into(), group_id: 7, sample_idx: i, task_id: "2+2".into(), source: "arithmetic".into(),
+///     prompt_tokens: vec![17, 18], completion_tokens: vec![19, 20, 2], loss_mask: vec![1, 1, 1],
+///     behavior_logprobs: vec![-0.5, -0.1, -0.01], token_versions: vec![3, 3, 4], behavior_version: 3,
+///     reward, reward_parts: [("correct".to_string(), reward)].into(), finish: Finish::Stop,
+///     num_turns: 1, created_at_us: 1_700_000_000_000_000,
+/// };
+/// let groups = vec![Group { group_id: 7, samples: vec![sample(0, 1.0), sample(1, 0.0)] }];
+/// let batch = groups_to_batch(&groups).unwrap();
+/// let wire = encode_ipc(&[batch]).unwrap();
+/// assert_eq!(batch_to_groups(&decode_ipc(&wire).unwrap()).unwrap(), groups);
+/// ```
 pub fn groups_to_batch(groups: &[Group]) -> Result<RecordBatch> {
     let rows: usize = groups.iter().map(|g| g.samples.len()).sum();
     let mut run_id = StringDictionaryBuilder::<Int32Type>::new();
@@ -611,6 +628,34 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch> {
         }
         arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| Error::Arrow(e.to_string()))
     };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
-        .unwrap_or_else(|_| Err(Error::Ipc("the Arrow decoder panicked on this payload".into())))
+    quiet_panics::run(decode)
+        .unwrap_or_else(|| Err(Error::Ipc("the Arrow decoder panicked on this payload".into())))
+}
+
+/// Runs a closure whose panics are expected (arrow's IPC reader panics on some hostile inputs)
+/// and turns them into `None` without printing them: the panic hook stays silent for this
+/// thread while the closure runs and delegates to the previous hook otherwise.
+mod quiet_panics {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub fn run<T>(f: impl FnOnce() -> T) -> Option<T> {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    previous(info);
+                }
+            }));
+        });
+        QUIET.with(|q| q.set(true));
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+        QUIET.with(|q| q.set(false));
+        out
+    }
 }

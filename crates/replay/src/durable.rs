@@ -100,9 +100,12 @@ pub(crate) fn encode_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// Reads every whole, intact record of a file; returns them and the offset where they end (the
-/// file's length unless its tail is torn).
-pub(crate) fn read_records(path: &Path) -> Result<(Vec<(u8, Vec<u8>)>, u64, u64)> {
+/// Records of a log file as (kind, payload).
+pub(crate) type Records = Vec<(u8, Vec<u8>)>;
+
+/// Reads every whole, intact record of a file; returns them, the offset where they end, and the
+/// file's length (the two differ when the tail is torn).
+pub(crate) fn read_records(path: &Path) -> Result<(Records, u64, u64)> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(ReplayError::io(path))?;
     let mut records = Vec::new();

@@ -8,7 +8,7 @@ use arrow_array::RecordBatch;
 use crate::config::ReplayConfig;
 use crate::durable;
 use crate::error::{ReplayError, Result};
-use crate::shard::recover;
+use crate::shard::{recover, Recovered};
 
 /// The shard directories under a run directory (`RUN_DIR/replay/shard-K`), or `dir` itself when
 /// it is a shard directory.
@@ -50,7 +50,7 @@ pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
     let mut groups = 0;
     for shard in shard_dirs(dir)? {
         let cfg = ReplayConfig { capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
-        let (store, _, _, _) = recover_readonly(&shard, cfg)?;
+        let store = recover_readonly(&shard, cfg)?.store;
         groups += store.len() as u64;
         batches.extend(store.batches().cloned());
     }
@@ -59,10 +59,7 @@ pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
     Ok((groups, rows))
 }
 
-fn recover_readonly(
-    dir: &Path,
-    cfg: ReplayConfig,
-) -> Result<(crate::Store, crate::RecoveryReport, u64, Vec<u64>)> {
+fn recover_readonly(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
     // Recovery only truncates torn tails and removes superseded logs, both of which a running
     // shard does itself on its next start; exporting from a copy keeps the original untouched.
     let tmp = tempdir_copy(dir)?;

@@ -71,7 +71,7 @@ impl Shard {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(ReplayError::io(&dir))?;
         let started = Instant::now();
-        let (mut store, mut report, next_id, to_roll) = recover(&dir, cfg.clone())?;
+        let Recovered { mut store, mut report, next_log: next_id, to_roll } = recover(&dir, cfg.clone())?;
         let wal = Wal::start(&dir, cfg.durability, cfg.segment_rows, next_id, to_roll)?;
         report.millis = started.elapsed().as_millis() as u64;
         store.stats_mut().shard = id;
@@ -185,7 +185,10 @@ impl Shard {
 
     /// Draws groups. Returns one batch (whole groups, in the order drawn) and what happened.
     pub fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
-        req.sampler.check().map_err(ReplayError::Invalid)?;
+        if let Err(e) = req.sampler.check() {
+            self.count_rejected_payload();
+            return Err(ReplayError::Invalid(e));
+        }
         let (sampled, version_moved, version) = {
             let mut store = self.store();
             let before = store.learner_version();
@@ -253,9 +256,18 @@ impl Shard {
     }
 }
 
-/// Rebuilds the store from a shard directory. Returns it, the report, the id of the next log,
-/// and the logs that still need rolling into parquet.
-pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<(Store, RecoveryReport, u64, Vec<u64>)> {
+/// What [`recover`] rebuilt from a shard directory.
+pub(crate) struct Recovered {
+    pub store: Store,
+    pub report: RecoveryReport,
+    /// The id of the next append log.
+    pub next_log: u64,
+    /// Logs that still need rolling into parquet.
+    pub to_roll: Vec<u64>,
+}
+
+/// Rebuilds the store from a shard directory.
+pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
     let mut store = Store::new(cfg);
     let mut report = RecoveryReport::default();
     let (segs, logs) = durable::list_files(dir)?;
@@ -333,5 +345,5 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<(Store, RecoveryR
     report.learner_version = store.learner_version();
     store.enforce_capacity();
     let next_id = ids.last().map_or(0, |&i| i + 1);
-    Ok((store, report, next_id, to_roll))
+    Ok(Recovered { store, report, next_log: next_id, to_roll })
 }

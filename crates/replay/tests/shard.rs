@@ -50,7 +50,8 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
     let good = group(1, 0, &[0.0, 1.0], 4);
-    let cases: Vec<(&str, Box<dyn Fn(&mut sluice_core::Group)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut sluice_core::Group)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("reward is NaN", Box::new(|g| g.samples[1].reward = f32::NAN)),
         (
             "`loss_mask` has 3 entries but `completion_tokens` has 4",
@@ -88,7 +89,7 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
         assert_eq!(shard.stats().groups, 0, "nothing of a refused batch is stored");
     }
     // A batch with a different schema.
-    let batch = groups_to_batch(&[good.clone()]).unwrap();
+    let batch = groups_to_batch(std::slice::from_ref(&good)).unwrap();
     let narrower = batch.project(&(0..15).collect::<Vec<_>>()).unwrap();
     let err = shard.append(&narrower).unwrap_err().to_string();
     assert!(err.contains("schema") && err.contains("created_at"), "{err}");

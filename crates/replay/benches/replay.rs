@@ -1,13 +1,13 @@
 //! Replay store benchmark: append throughput per durability policy and sample latency, against
 //! writing the same batches straight to a parquet file with the `parquet` crate, in one run.
 //!
-//! `cargo bench --bench replay` (options: `-- --groups N --producers P --len T`).
+//! `cargo bench -p sluice-replay --bench replay` (options: `-- --groups N --producers P --len T`).
 //! Appends go through zenoh on loopback (a service and its clients in one process, real TCP),
 //! and also straight into a `Shard` to show what the transport costs.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use sluice_core::trajectory::groups_to_batch;
@@ -141,7 +141,7 @@ async fn over_zenoh(
     }
     let secs = t.elapsed().as_secs_f64();
     // Sample latency for 64 groups: uniform, and a fifo stream with acks.
-    let mut lat = |sampler| {
+    let lat = |sampler| {
         let client = client.clone();
         async move {
             let mut v = Vec::new();
@@ -229,5 +229,4 @@ fn main() {
             pct(&fifo, 0.99)
         );
     }
-    let _ = Duration::ZERO;
 }
