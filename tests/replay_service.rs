@@ -298,6 +298,8 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
         let s = c.sample(&req(Sampler::Uniform, 12)).await.unwrap();
         let ids = s.group_ids();
         assert_eq!(ids.len(), 12);
+        assert_eq!((s.info.groups, s.info.rows), (12, 48), "{:?}", s.info);
+        assert_eq!(s.info.stale_skipped, 30, "each shard reports the stale groups it passed over");
         assert!(ids.iter().all(|&id| id >= 30), "{ids:?}");
         let on: HashMap<u32, usize> = ids.iter().fold(HashMap::new(), |mut m, &id| {
             *m.entry(sluice_replay::shard_of(id, 2)).or_default() += 1;
@@ -317,4 +319,77 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
         let t = c.tickets("w0", 1000).await.unwrap();
         assert_eq!(t.learner_version, 5);
     });
+}
+
+/// Installs duckdb (a PyPI wheel, no other dependency) under the sluice cache once and returns
+/// the directory to put on PYTHONPATH; None when python3 or pip is missing.
+fn duckdb_path() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice")))?;
+    let target = cache.join("pydeps-duckdb");
+    let importable = |dir: &Path| {
+        Command::new("python3")
+            .args(["-c", "import duckdb"])
+            .env("PYTHONPATH", dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable(&target) {
+        return Some(target);
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+        .arg(&target)
+        .arg("duckdb==1.4.2")
+        .status()
+        .ok()?;
+    (status.success() && importable(&target)).then_some(target)
+}
+
+#[test]
+fn exported_parquet_is_read_by_duckdb() {
+    let Some(pydeps) = duckdb_path() else {
+        eprintln!("SKIPPED: python3 with pip is not available to install duckdb");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut reward = 0.0;
+    for s in 0..2u32 {
+        let shard_dir = run.join("replay").join(format!("shard-{s}"));
+        let shard = sluice_replay::Shard::open(&shard_dir, s, Default::default()).unwrap();
+        let gs: Vec<Group> = (0..20).map(|i| group(s as u64 * 1000 + i, 0, 4, 10 + i as usize)).collect();
+        reward += gs.iter().flat_map(|g| &g.samples).map(|x| x.reward as f64).sum::<f64>();
+        shard.append(&groups_to_batch(&gs).unwrap()).unwrap();
+        shard.close();
+    }
+    let out = dir.path().join("export.parquet");
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["replay", "export", "--dir"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_export.py"))
+        .arg(&out)
+        .env("PYTHONPATH", &pydeps)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8(output.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(r["reader"], "duckdb");
+    assert_eq!(r["rows"], 160);
+    assert_eq!(r["groups"], 40);
+    // Completion lengths 10..30 per group, 4 samples each, on both shards.
+    assert_eq!(r["tokens"], 2 * 4 * (10..30).sum::<u64>());
+    assert_eq!(r["reward"].as_f64().unwrap(), reward);
+    let cols: Vec<String> = serde_json::from_value(r["columns"].clone()).unwrap();
+    let want: Vec<String> =
+        trajectory::trajectory_schema().fields().iter().map(|f| f.name().to_string()).collect();
+    assert_eq!(cols, want);
 }

@@ -623,10 +623,15 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch> {
         for b in reader {
             batches.push(b.map_err(|e| Error::Ipc(e.to_string()))?);
         }
-        if batches.len() == 1 {
-            return Ok(batches.pop().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())));
-        }
-        arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| Error::Arrow(e.to_string()))
+        let batch = if batches.len() == 1 {
+            batches.pop().unwrap_or_else(|| RecordBatch::new_empty(schema.clone()))
+        } else {
+            arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| Error::Arrow(e.to_string()))?
+        };
+        // Producers in other languages may mark columns nullable; nulls themselves are refused
+        // here (or by `validate_batch`), and every batch past this point has the one schema.
+        RecordBatch::try_new(trajectory_schema(), batch.columns().to_vec())
+            .map_err(|e| Error::Schema(e.to_string()))
     };
     quiet_panics::run(decode)
         .unwrap_or_else(|| Err(Error::Ipc("the Arrow decoder panicked on this payload".into())))

@@ -151,7 +151,7 @@ impl ReplayClient {
         let mut first_err = None;
         while let Some(res) = set.join_next().await {
             match res.map_err(|e| ReplayError::Format(e.to_string())).and_then(|r| r) {
-                Ok((body, _)) => {
+                Ok(body) => {
                     let ack: AppendAck = serde_json::from_slice(&body).map_err(ReplayError::format)?;
                     total.seqs.extend(ack.seqs);
                     total.new_groups += ack.new_groups;
@@ -223,13 +223,12 @@ impl ReplayClient {
 
     async fn sample_shard(&self, shard: u32, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
         let payload = serde_json::to_vec(req).map_err(ReplayError::format)?;
-        let (body, attachment) = self.request(shard, Op::Sample, payload).await?;
-        let batch = trajectory::decode_ipc(&body)
+        let body = self.request(shard, Op::Sample, payload).await?;
+        let (info, ipc) = crate::service::unframe_sample(&body)
+            .ok_or_else(|| ReplayError::Format(format!("shard {shard} sent a truncated sample reply")))?;
+        let info: SampleInfo = serde_json::from_slice(info).map_err(ReplayError::format)?;
+        let batch = trajectory::decode_ipc(ipc)
             .map_err(|e| ReplayError::Format(format!("shard {shard} sent an unreadable sample: {e}")))?;
-        let info = match attachment {
-            Some(a) => serde_json::from_slice(&a).map_err(ReplayError::format)?,
-            None => SampleInfo::default(),
-        };
         Ok((batch, info))
     }
 
@@ -247,7 +246,7 @@ impl ReplayClient {
             }
             let payload = serde_json::to_vec(&AckRequest { consumer: consumer.to_string(), group_ids: ids })
                 .map_err(ReplayError::format)?;
-            let (body, _) = self.request(s as u32, Op::Ack, payload).await?;
+            let body = self.request(s as u32, Op::Ack, payload).await?;
             let r: AckReply = serde_json::from_slice(&body).map_err(ReplayError::format)?;
             total.acked += r.acked;
             total.unknown += r.unknown;
@@ -261,7 +260,7 @@ impl ReplayClient {
         let payload = serde_json::to_vec(&TicketRequest { worker: worker.to_string(), want, redeemed })
             .map_err(ReplayError::format)?;
         match self.request(0, Op::Tickets, payload).await {
-            Ok((body, _)) => serde_json::from_slice(&body).map_err(ReplayError::format),
+            Ok(body) => serde_json::from_slice(&body).map_err(ReplayError::format),
             Err(e) => {
                 self.inner.redeemed.fetch_add(redeemed, Ordering::Relaxed);
                 Err(e)
@@ -273,14 +272,14 @@ impl ReplayClient {
     pub async fn stats(&self) -> Result<Vec<Stats>> {
         let mut out = Vec::new();
         for s in 0..self.inner.cfg.shards {
-            let (body, _) = self.request(s, Op::Stats, Vec::new()).await?;
+            let body = self.request(s, Op::Stats, Vec::new()).await?;
             out.push(serde_json::from_slice(&body).map_err(ReplayError::format)?);
         }
         Ok(out)
     }
 
     /// Sends raw bytes to one shard's operation (tests of the service's input handling use it).
-    pub async fn request(&self, shard: u32, op: Op, payload: Vec<u8>) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    pub async fn request(&self, shard: u32, op: Op, payload: Vec<u8>) -> Result<Vec<u8>> {
         let cfg = &self.inner.cfg;
         let key = keys::replay(&cfg.run, shard, op.name());
         let deadline = Instant::now() + cfg.retry_for;
@@ -299,9 +298,7 @@ impl ReplayClient {
             if let Ok(reply) = replies.recv_async().await {
                 match reply.result() {
                     Ok(sample) => {
-                        let body = sample.payload().to_bytes().into_owned();
-                        let attachment = sample.attachment().map(|a| a.to_bytes().into_owned());
-                        return Ok((body, attachment));
+                        return Ok(sample.payload().to_bytes().into_owned());
                     }
                     Err(err) => {
                         let bytes = err.payload().to_bytes();

@@ -74,7 +74,8 @@ fn tempdir_copy(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&tmp).map_err(ReplayError::io(&tmp))?;
     for entry in std::fs::read_dir(dir).map_err(ReplayError::io(dir))? {
         let path = entry.map_err(ReplayError::io(dir))?.path();
-        if path.is_file() && !path.to_string_lossy().ends_with(".tmp") {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        if path.is_file() && !name.ends_with(".tmp") && name != "LOCK" {
             let to = tmp.join(path.file_name().unwrap_or_default());
             // Segments are never modified by recovery: hard links where the filesystem allows.
             // Logs may be truncated (torn tail), so they are copied.

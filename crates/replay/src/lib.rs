@@ -9,6 +9,33 @@
 //! every acknowledged append is durable ([`durable`] explains how). [`Shard`] is one store in
 //! one directory, [`ReplayService`] serves it over zenoh, [`ReplayClient`] reaches any number of
 //! shards.
+//!
+//! ```
+//! use sluice_core::trajectory::groups_to_batch;
+//! use sluice_core::{Finish, Group, Sample};
+//! use sluice_replay::{AckRequest, ReplayConfig, SampleRequest, Sampler, Shard};
+//!
+//! let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
+//! let shard = Shard::open(&dir, 0, ReplayConfig::default()).unwrap();
+//! let sample = |i: u16, reward: f32| Sample {
+//!     run_id: "doc".into(), group_id: 1, sample_idx: i, task_id: "1+1".into(), source: "arithmetic".into(),
+//!     prompt_tokens: vec![1, 2], completion_tokens: vec![3, 4], loss_mask: vec![1, 1],
+//!     behavior_logprobs: vec![-0.2, -0.3], token_versions: vec![0, 0], behavior_version: 0, reward,
+//!     reward_parts: Default::default(), finish: Finish::Stop, num_turns: 1, created_at_us: 0,
+//! };
+//! let group = Group { group_id: 1, samples: vec![sample(0, 1.0), sample(1, 0.0)] };
+//! let ack = shard.append(&groups_to_batch(&[group]).unwrap()).unwrap(); // durable when it returns
+//! assert_eq!(ack.new_groups, 1);
+//! let req = SampleRequest {
+//!     sampler: Sampler::Fifo, groups: 8, learner_version: 1, max_staleness: 1,
+//!     consumer: "learner-0".into(), drop_zero_variance: true, dedup: false,
+//! };
+//! let (batch, info) = shard.sample(&req).unwrap();
+//! assert_eq!((batch.num_rows(), info.groups), (2, 1));
+//! shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![1] }).unwrap();
+//! shard.close();
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
 
 mod client;
 mod config;

@@ -2,7 +2,7 @@
 //! `sluice/{run}/replay/{shard}/{append,sample,ack,tickets,stats}`.
 //!
 //! Requests are JSON except `append`, whose payload is an Arrow IPC stream; `sample` replies with
-//! an Arrow IPC stream and its [`SampleInfo`](crate::SampleInfo) as JSON in the attachment. Errors
+//! `[u32 LE length][SampleInfo JSON][Arrow IPC stream]` (see [`frame_sample`]). Errors
 //! are replied with `reply_err` carrying an [`ErrorReply`]; a malformed payload is counted and
 //! answered, and the service keeps serving (each request runs on the blocking pool under
 //! `catch_unwind`, at most [`MAX_IN_FLIGHT`] at a time).
@@ -107,9 +107,6 @@ impl Drop for ReplayService {
     }
 }
 
-/// Reply body and optional attachment.
-type Reply = (Vec<u8>, Option<Vec<u8>>);
-
 async fn handle(op: Op, shard: Arc<Shard>, query: Query) {
     let payload: Vec<u8> = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
     let worker_shard = shard.clone();
@@ -120,13 +117,7 @@ async fn handle(op: Op, shard: Arc<Shard>, query: Query) {
     .await
     .unwrap_or_else(|e| Err(ReplayError::Format(format!("the {} handler failed: {e}", op.name()))));
     let sent = match outcome {
-        Ok((body, attachment)) => {
-            let reply = query.reply(query.key_expr().clone(), body);
-            match attachment {
-                Some(a) => reply.attachment(a).await,
-                None => reply.await,
-            }
-        }
+        Ok(body) => query.reply(query.key_expr().clone(), body).await,
         Err(e) => {
             let kind = match &e {
                 ReplayError::Invalid(_) => ErrorKind::Invalid,
@@ -145,6 +136,22 @@ async fn handle(op: Op, shard: Arc<Shard>, query: Query) {
     }
 }
 
+/// The body of a sample reply: the info's JSON, length-prefixed, then the rows as Arrow IPC.
+pub fn frame_sample(info_json: &[u8], ipc: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + info_json.len() + ipc.len());
+    body.extend_from_slice(&(info_json.len() as u32).to_le_bytes());
+    body.extend_from_slice(info_json);
+    body.extend_from_slice(ipc);
+    body
+}
+
+/// Splits a sample reply body into (info JSON, Arrow IPC); None when it is too short.
+pub fn unframe_sample(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let info = body.get(4..4 + len)?;
+    Some((info, &body[4 + len..]))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(shard: &Shard, op: Op, payload: &[u8]) -> Result<T> {
     serde_json::from_slice(payload).map_err(|e| {
         shard.count_rejected_payload();
@@ -156,23 +163,22 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(ReplayError::format)
 }
 
-fn dispatch(op: Op, shard: &Shard, payload: &[u8]) -> Result<Reply> {
+fn dispatch(op: Op, shard: &Shard, payload: &[u8]) -> Result<Vec<u8>> {
     match op {
-        Op::Append => Ok((json(&shard.append_ipc(payload)?)?, None)),
+        Op::Append => json(&shard.append_ipc(payload)?),
         Op::Sample => {
             let req: SampleRequest = parse(shard, op, payload)?;
             let (batch, info) = shard.sample(&req)?;
-            let body = sluice_core::trajectory::encode_ipc(&[batch]).map_err(ReplayError::format)?;
-            Ok((body, Some(json(&info)?)))
+            Ok(frame_sample(&json(&info)?, &sluice_core::trajectory::encode_ipc(&[batch])?))
         }
         Op::Ack => {
             let req: AckRequest = parse(shard, op, payload)?;
-            Ok((json(&shard.ack(&req)?)?, None))
+            json(&shard.ack(&req)?)
         }
         Op::Tickets => {
             let req: TicketRequest = parse(shard, op, payload)?;
-            Ok((json(&shard.tickets(&req)?)?, None))
+            json(&shard.tickets(&req)?)
         }
-        Op::Stats => Ok((json(&shard.stats())?, None)),
+        Op::Stats => json(&shard.stats()),
     }
 }

@@ -19,14 +19,18 @@ use crate::wire::{
 pub struct Shard {
     id: u32,
     dir: PathBuf,
+    /// Held (flock) for the shard's lifetime: a second process on the same directory would
+    /// interleave its log with ours. The OS releases it when the process dies, even by SIGKILL.
+    _lock: std::fs::File,
     store: Mutex<Store>,
     wal: Wal,
     recovery: RecoveryReport,
 }
 
 /// Splits a validated batch into per-group entries, rows in `sample_idx` order. One `take` when
-/// the batch is not already in that order; each group is then a zero-copy slice.
-fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Result<Vec<Entry>> {
+/// the batch is not already in that order (or holds rows of other groups); each group is then a
+/// zero-copy slice. Also says whether the batch was used as it is.
+fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Result<(Vec<Entry>, bool)> {
     let in_order = spans.iter().flat_map(|s| &s.rows).enumerate().all(|(i, &r)| i as u32 == r)
         && spans.iter().map(|s| s.rows.len()).sum::<usize>() == batch.num_rows();
     let ordered = if in_order {
@@ -36,7 +40,7 @@ fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Resul
         arrow_select::take::take_record_batch(batch, &idx).map_err(ReplayError::format)?
     };
     let mut at = 0;
-    Ok(spans
+    let entries = spans
         .iter()
         .map(|s| {
             let n = s.rows.len();
@@ -53,7 +57,8 @@ fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Resul
             at += n;
             e
         })
-        .collect())
+        .collect();
+    Ok((entries, in_order))
 }
 
 fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
@@ -70,6 +75,19 @@ impl Shard {
     pub fn open(dir: impl AsRef<Path>, id: u32, cfg: ReplayConfig) -> Result<Shard> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(ReplayError::io(&dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(ReplayError::io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(ReplayError::Invalid(format!(
+                "replay shard directory {} is in use by another process",
+                dir.display()
+            )));
+        }
         let started = Instant::now();
         let Recovered { mut store, mut report, next_log: next_id, to_roll } = recover(&dir, cfg.clone())?;
         let wal = Wal::start(&dir, cfg.durability, cfg.segment_rows, next_id, to_roll)?;
@@ -78,7 +96,7 @@ impl Shard {
         store.stats_mut().recovery = Some(report.clone());
         let dead = store.take_dead_segments();
         wal.delete_segments(dead);
-        Ok(Shard { id, dir, store: Mutex::new(store), wal, recovery: report })
+        Ok(Shard { id, dir, _lock: lock, store: Mutex::new(store), wal, recovery: report })
     }
 
     /// The shard's number.
@@ -106,7 +124,7 @@ impl Shard {
     /// counted and refused.
     pub fn append_ipc(&self, payload: &[u8]) -> Result<AppendAck> {
         match trajectory::decode_ipc(payload) {
-            Ok(batch) => self.append(&batch),
+            Ok(batch) => self.append_inner(&batch, Some(payload)),
             Err(e) => {
                 self.store().stats_mut().rejected_payloads += 1;
                 Err(ReplayError::Invalid(e.to_string()))
@@ -117,6 +135,12 @@ impl Shard {
     /// Appends whole groups; returns once they are durable. A batch with any invalid row is
     /// refused whole; groups already held are acknowledged again without being stored twice.
     pub fn append(&self, batch: &RecordBatch) -> Result<AppendAck> {
+        self.append_inner(batch, None)
+    }
+
+    /// `encoded` is the batch's own IPC encoding when it arrived as one: logged as is when the
+    /// batch needs no reordering and holds no duplicate, saving a re-encode.
+    fn append_inner(&self, batch: &RecordBatch, encoded: Option<&[u8]>) -> Result<AppendAck> {
         let spans = match trajectory::validate_batch(batch) {
             Ok(s) => s,
             Err(e) => {
@@ -149,9 +173,14 @@ impl Shard {
             if new_spans.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut entries = split_groups(batch, &new_spans, 0)?;
-            let normalized = concat(&entries.iter().map(|e| e.batch.clone()).collect::<Vec<_>>())?;
-            let payload = trajectory::encode_ipc(&[normalized]).map_err(ReplayError::format)?;
+            let (mut entries, in_order) = split_groups(batch, &new_spans, 0)?;
+            let payload = match encoded {
+                Some(bytes) if in_order => bytes.to_vec(),
+                _ => {
+                    let normalized = concat(&entries.iter().map(|e| e.batch.clone()).collect::<Vec<_>>())?;
+                    trajectory::encode_ipc(&[normalized]).map_err(ReplayError::format)?
+                }
+            };
             let rows = entries.iter().map(|e| e.rows).sum();
             let segment = self.wal.append(payload, rows)?;
             for e in &mut entries {
@@ -307,7 +336,7 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
                 path: durable::segment_path(dir, id),
                 reason: e.to_string(),
             })?;
-            for entry in split_groups(&batch, &spans, id)? {
+            for entry in split_groups(&batch, &spans, id)?.0 {
                 if store.contains(entry.group_id) {
                     report.duplicate_groups += 1;
                 } else {

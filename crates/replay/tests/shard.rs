@@ -105,6 +105,16 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
 }
 
 #[test]
+fn a_shard_directory_is_used_by_one_shard_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let err = Shard::open(dir.path(), 0, cfg()).err().unwrap().to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+    first.close();
+    Shard::open(dir.path(), 0, cfg()).unwrap();
+}
+
+#[test]
 fn appending_a_group_twice_stores_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
