@@ -597,16 +597,21 @@ pub fn sample_idx(batch: &RecordBatch, row: usize) -> u16 {
 
 /// Encodes batches as one Arrow IPC stream (the wire format between roles).
 pub fn encode_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(trajectory_schema);
     let mut out = Vec::new();
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema)
-        .map_err(|e| Error::Arrow(e.to_string()))?;
+    encode_ipc_into(batches, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_ipc`] appending to `out` (a reply that frames the stream writes it in place).
+pub fn encode_ipc_into(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<()> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(trajectory_schema);
+    out.reserve(batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 4096);
+    let mut w =
+        arrow_ipc::writer::StreamWriter::try_new(out, &schema).map_err(|e| Error::Arrow(e.to_string()))?;
     for b in batches {
         w.write(b).map_err(|e| Error::Arrow(e.to_string()))?;
     }
-    w.finish().map_err(|e| Error::Arrow(e.to_string()))?;
-    drop(w);
-    Ok(out)
+    w.finish().map_err(|e| Error::Arrow(e.to_string()))
 }
 
 /// Decodes an Arrow IPC stream into one batch (several stream batches are concatenated as rows).
@@ -626,7 +631,8 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch> {
         let batch = if batches.len() == 1 {
             batches.pop().unwrap_or_else(|| RecordBatch::new_empty(schema.clone()))
         } else {
-            arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| Error::Arrow(e.to_string()))?
+            arrow_select::concat::concat_batches(&schema, &batches)
+                .map_err(|e| Error::Arrow(e.to_string()))?
         };
         // Producers in other languages may mark columns nullable; nulls themselves are refused
         // here (or by `validate_batch`), and every batch past this point has the one schema.

@@ -215,9 +215,14 @@ impl ReplayClient {
             info.duplicate_rows_dropped += p.2.duplicate_rows_dropped;
             info.redelivered += p.2.redelivered;
         }
-        let batches: Vec<RecordBatch> = parts.into_iter().map(|p| p.1).collect();
-        let batch = arrow_select::concat::concat_batches(&trajectory::trajectory_schema(), &batches)
-            .map_err(ReplayError::format)?;
+        let mut batches: Vec<RecordBatch> =
+            parts.into_iter().map(|p| p.1).filter(|b| b.num_rows() > 0).collect();
+        let batch = if batches.len() == 1 {
+            batches.remove(0)
+        } else {
+            arrow_select::concat::concat_batches(&trajectory::trajectory_schema(), &batches)
+                .map_err(ReplayError::format)?
+        };
         Ok(Sampled { batch, info })
     }
 

@@ -169,7 +169,9 @@ fn dispatch(op: Op, shard: &Shard, payload: &[u8]) -> Result<Vec<u8>> {
         Op::Sample => {
             let req: SampleRequest = parse(shard, op, payload)?;
             let (batch, info) = shard.sample(&req)?;
-            Ok(frame_sample(&json(&info)?, &sluice_core::trajectory::encode_ipc(&[batch])?))
+            let mut body = frame_sample(&json(&info)?, &[]);
+            sluice_core::trajectory::encode_ipc_into(&[batch], &mut body)?;
+            Ok(body)
         }
         Op::Ack => {
             let req: AckRequest = parse(shard, op, payload)?;
