@@ -10,6 +10,30 @@
 //! one directory, [`ReplayService`] serves it over zenoh, [`ReplayClient`] reaches any number of
 //! shards.
 //!
+//! # Design
+//! *Constraints.* Producers and consumers run at different speeds in different processes; the
+//! learner needs whole groups under a staleness bound; nothing acknowledged may be lost, and a
+//! hostile or broken producer must not take the store down.
+//! *Solution.* Validate at the door ([`sluice_core::trajectory::validate_batch`]), keep groups as
+//! zero-copy Arrow slices indexed by append order, version and consumption, log before
+//! acknowledging, and serve each shard as a set of zenoh queryables. Decisions where DESIGN.md is
+//! silent:
+//! - Eviction uses the shard's configured `max_staleness`; each sample request filters with its
+//!   own bound. When full, stale groups go first, then consumed ones; unconsumed groups are only
+//!   evicted when `evict_unconsumed` (a ring buffer), otherwise producers get backpressure.
+//! - Appends are idempotent by `group_id`, so a client may retry any append whose reply it lost.
+//! - Admission: shard 0 is the authority. A producer reports the groups it finished with its next
+//!   ticket request; a producer silent for longer than the ticket lease loses its outstanding
+//!   tickets, so a dead worker does not hold admission forever.
+//! - Across shards every non-stream sampler draws each shard's share of the request (stratified by
+//!   shard), then tops up from shards that had more; `reward` is therefore a softmax within each
+//!   shard.
+//! - `dedup` drops repeated completions from a returned group, so its `sample_idx` may have gaps.
+//!
+//! *Pros:* one code path from a laptop to many hosts; retries are safe; memory and disk stay
+//! bounded. *Cons:* the `meta.log` of acks is not compacted (8 bytes per consumed group); a
+//! sample reply carries every column (the learner needs most of them).
+//!
 //! ```
 //! use sluice_core::trajectory::groups_to_batch;
 //! use sluice_core::{Finish, Group, Sample};
