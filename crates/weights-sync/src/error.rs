@@ -1,0 +1,29 @@
+//! The error type of `sluice-weights-sync`.
+
+/// Errors of weight sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A layout does not fit a tensor.
+    #[error("tensor `{tensor}`: {reason}")]
+    Layout {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sources do not cover what a destination needs.
+    #[error(
+        "tensor `{tensor}`: the sources do not cover elements {start}..{end} that the destination needs"
+    )]
+    Uncovered {
+        /// The tensor.
+        tensor: String,
+        /// First element missing.
+        start: u64,
+        /// End of the missing run.
+        end: u64,
+    },
+}
+
+/// `Result` with [`SyncError`].
+pub type Result<T> = std::result::Result<T, SyncError>;
