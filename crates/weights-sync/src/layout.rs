@@ -59,7 +59,7 @@ impl Layout {
                 if parts == 0 || index >= parts {
                     return bad(format!("split part {index} of {parts}"));
                 }
-                if shape[dim] % parts != 0 {
+                if !shape[dim].is_multiple_of(parts) {
                     return bad(format!("dim {dim} of {shape:?} does not split into {parts} equal parts"));
                 }
                 Ok(())

@@ -48,7 +48,7 @@ fn random_layout(rng: &mut StdRng, shape: &[usize]) -> Layout {
         0 => Layout::Replicated,
         1 => {
             let dim = rng.random_range(0..shape.len());
-            let divisors: Vec<usize> = (1..=shape[dim]).filter(|p| shape[dim] % p == 0).collect();
+            let divisors: Vec<usize> = (1..=shape[dim]).filter(|&p| shape[dim].is_multiple_of(p)).collect();
             let parts = divisors[rng.random_range(0..divisors.len())];
             Layout::Split { dim, parts, index: rng.random_range(0..parts) }
         }
