@@ -392,4 +392,21 @@ fn exported_parquet_is_read_by_duckdb() {
     let want: Vec<String> =
         trajectory::trajectory_schema().fields().iter().map(|f| f.name().to_string()).collect();
     assert_eq!(cols, want);
+    // With SLUICE_EXPORT_PYTHON naming a python that has pandas and/or polars, every reader it
+    // has must see the same file.
+    if let Some(python) = std::env::var_os("SLUICE_EXPORT_PYTHON") {
+        let output = Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_export.py"))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        for line in String::from_utf8(output.stdout).unwrap().lines() {
+            eprintln!("{line}");
+            let other: serde_json::Value = serde_json::from_str(line).unwrap();
+            for key in ["rows", "groups", "tokens", "reward", "columns"] {
+                assert_eq!(other[key], r[key], "{} disagrees with duckdb on {key}", other["reader"]);
+            }
+        }
+    }
 }
