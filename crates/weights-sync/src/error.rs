@@ -23,6 +23,9 @@ pub enum SyncError {
         /// End of the missing run.
         end: u64,
     },
+    /// A manifest is inconsistent with its pieces or fails its digest.
+    #[error("manifest: {0}")]
+    Manifest(String),
 }
 
 /// `Result` with [`SyncError`].
