@@ -19,8 +19,9 @@
 //! segment's rename and its log's deletion) is kept once. A segment whose groups were all evicted
 //! is deleted.
 //! *Pros:* ack latency ≈ interval + one sync, throughput ≈ disk bandwidth; parquet at rest is
-//! readable by any tool. *Cons:* a segment is rewritten once (log, then parquet); `meta.log` grows
-//! with acks (8 bytes a group) until the shard directory is reset.
+//! readable by any tool. *Cons:* a segment is rewritten once (log, then parquet). `meta.log` grows
+//! with acks (8 bytes a group) until it passes [`META_COMPACT_BYTES`]; the shard then writes a
+//! snapshot (version, producers' count, acks of groups still held) over it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -45,6 +46,9 @@ const MAGIC: u32 = 0x534c_5243; // "SLRC"
 const HEADER: usize = 4 + 4 + 8 + 1;
 /// Longest record accepted when reading back (a corrupt length must not allocate terabytes).
 const MAX_RECORD: usize = 1 << 31;
+
+/// Size past which `meta.log` is replaced by a snapshot of what it says.
+pub const META_COMPACT_BYTES: u64 = 4 << 20;
 
 /// Record kinds.
 pub(crate) mod kind {
@@ -185,6 +189,8 @@ enum Op {
     Groups { payload: Vec<u8>, rows: u64, done: SyncSender<Result<u64>> },
     /// A `meta.log` record; answered once durable when someone waits.
     Meta { record: Vec<u8>, done: Option<SyncSender<Result<u64>>> },
+    /// Replace `meta.log` by these records (a snapshot of everything it said).
+    CompactMeta { records: Vec<u8> },
 }
 
 enum RollerOp {
@@ -195,6 +201,7 @@ enum RollerOp {
 /// Handle to the writer and roller threads of one shard directory.
 pub(crate) struct Wal {
     tx: Option<SyncSender<Op>>,
+    meta_len: Arc<AtomicU64>,
     roller_tx: Option<SyncSender<RollerOp>>,
     current: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
@@ -209,6 +216,8 @@ struct Writer {
     wal_id: u64,
     wal_rows: u64,
     meta: File,
+    /// Bytes in `meta.log`, read by the shard to decide when to compact it.
+    meta_len: Arc<AtomicU64>,
     current: Arc<AtomicU64>,
     roller_tx: SyncSender<RollerOp>,
 }
@@ -235,6 +244,7 @@ impl Wal {
             .append(true)
             .open(&meta_file)
             .map_err(ReplayError::io(&meta_file))?;
+        let meta_len = Arc::new(AtomicU64::new(meta.metadata().map(|m| m.len()).unwrap_or(0)));
         sync_dir(dir)?;
         let current = Arc::new(AtomicU64::new(first_id));
         // Bounded: appenders block (backpressure) rather than queue without limit.
@@ -257,6 +267,7 @@ impl Wal {
             wal_id: first_id,
             wal_rows: 0,
             meta,
+            meta_len: meta_len.clone(),
             current: current.clone(),
             roller_tx: roller_tx.clone(),
         };
@@ -266,6 +277,7 @@ impl Wal {
             .map_err(ReplayError::io(dir))?;
         Ok(Wal {
             tx: Some(tx),
+            meta_len,
             roller_tx: Some(roller_tx),
             current,
             writer: Some(writer),
@@ -296,6 +308,20 @@ impl Wal {
         } else {
             tx.send(Op::Meta { record, done: None }).map_err(|_| ReplayError::Closed)
         }
+    }
+
+    /// Bytes in `meta.log` now.
+    pub(crate) fn meta_len(&self) -> u64 {
+        self.meta_len.load(Ordering::Acquire)
+    }
+
+    /// Queues a snapshot to replace `meta.log` (ordered after everything sent before it).
+    pub(crate) fn compact_meta(&self, records: Vec<u8>) -> Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or(ReplayError::Closed)?
+            .send(Op::CompactMeta { records })
+            .map_err(|_| ReplayError::Closed)
     }
 
     /// Deletes the files of segments whose groups were all evicted (not the log being written).
@@ -380,6 +406,13 @@ impl Writer {
                     meta_buf.extend_from_slice(&record);
                     waiting.extend(done);
                 }
+                Op::CompactMeta { records } => {
+                    // Records queued before the snapshot are in it: drop them with the old file.
+                    meta_buf.clear();
+                    if let Err(e) = self.compact_meta(&records) {
+                        tracing::error!("replay: compacting meta.log failed (it keeps growing): {e}");
+                    }
+                }
             }
             if per_record_sync && outcome.is_ok() {
                 outcome = self.flush(&mut wal_buf, &mut meta_buf, true);
@@ -397,6 +430,19 @@ impl Writer {
         }
     }
 
+    /// Writes the snapshot beside `meta.log`, syncs it and renames it over the log.
+    fn compact_meta(&mut self, records: &[u8]) -> Result<()> {
+        let path = meta_path(&self.dir);
+        let tmp = path.with_extension("log.tmp");
+        let mut f = File::create(&tmp).map_err(ReplayError::io(&tmp))?;
+        f.write_all(records).and_then(|_| f.sync_all()).map_err(ReplayError::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(ReplayError::io(&path))?;
+        sync_dir(&self.dir)?;
+        self.meta = OpenOptions::new().append(true).open(&path).map_err(ReplayError::io(&path))?;
+        self.meta_len.store(records.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
     fn flush(&mut self, wal_buf: &mut Vec<u8>, meta_buf: &mut Vec<u8>, sync: bool) -> Result<()> {
         if !wal_buf.is_empty() {
             let path = wal_path(&self.dir, self.wal_id);
@@ -409,6 +455,7 @@ impl Writer {
         if !meta_buf.is_empty() {
             let path = meta_path(&self.dir);
             self.meta.write_all(meta_buf).map_err(ReplayError::io(&path))?;
+            self.meta_len.fetch_add(meta_buf.len() as u64, Ordering::AcqRel);
             if sync {
                 self.meta.sync_data().map_err(ReplayError::io(&path))?;
             }

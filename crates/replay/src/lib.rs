@@ -31,8 +31,8 @@
 //! - `dedup` drops repeated completions from a returned group, so its `sample_idx` may have gaps.
 //!
 //! *Pros:* one code path from a laptop to many hosts; retries are safe; memory and disk stay
-//! bounded. *Cons:* the `meta.log` of acks is not compacted (8 bytes per consumed group); a
-//! sample reply carries every column (the learner needs most of them).
+//! bounded. *Cons:* a sample reply carries every column (the learner needs most of them), and
+//! stratified cross-shard sampling is not one global draw.
 //!
 //! ```
 //! use sluice_core::trajectory::groups_to_batch;

@@ -242,7 +242,33 @@ impl Shard {
         if !fresh.is_empty() {
             self.wal.meta(kind::ACK, &u64s(&fresh), true)?;
         }
+        self.maybe_compact_meta(durable::META_COMPACT_BYTES)?;
         Ok(reply)
+    }
+
+    /// Replaces `meta.log` by a snapshot once it holds more than `threshold` bytes and twice what
+    /// a snapshot would. The snapshot is queued while the store is locked: a record about a change
+    /// made after the snapshot is queued after it, one made before is in it.
+    pub(crate) fn maybe_compact_meta(&self, threshold: u64) -> Result<bool> {
+        let len = self.wal.meta_len();
+        if len <= threshold {
+            return Ok(false);
+        }
+        let store = self.store();
+        let consumed = store.consumed_ids();
+        if len <= 2 * (3 * 17 + 16 + consumed.len() as u64 * 8) {
+            return Ok(false);
+        }
+        let mut records = Vec::new();
+        durable::encode_record(kind::VERSION, &store.learner_version().to_le_bytes(), &mut records);
+        durable::encode_record(
+            kind::TICKETS_COMPLETED,
+            &store.tickets_completed().to_le_bytes(),
+            &mut records,
+        );
+        durable::encode_record(kind::ACK, &u64s(&consumed), &mut records);
+        self.wal.compact_meta(records)?;
+        Ok(true)
     }
 
     /// Admission control: how many groups a producer may start.
@@ -375,4 +401,79 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
     store.enforce_capacity();
     let next_id = ids.last().map_or(0, |&i| i + 1);
     Ok(Recovered { store, report, next_log: next_id, to_roll })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Durability;
+    use crate::sampler::Sampler;
+
+    #[test]
+    fn meta_log_compaction_keeps_acks_and_versions() {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-compact-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let cfg = ReplayConfig { durability: Durability::Fsync, ..Default::default() };
+        let group = |gid: u64| sluice_core::Group {
+            group_id: gid,
+            samples: (0..2u16)
+                .map(|i| sluice_core::Sample {
+                    run_id: "r".into(),
+                    group_id: gid,
+                    sample_idx: i,
+                    task_id: "t".into(),
+                    source: "s".into(),
+                    prompt_tokens: vec![1],
+                    completion_tokens: vec![2],
+                    loss_mask: vec![1],
+                    behavior_logprobs: vec![-1.0],
+                    token_versions: vec![3],
+                    behavior_version: 3,
+                    reward: i as f32,
+                    reward_parts: Default::default(),
+                    finish: sluice_core::Finish::Stop,
+                    num_turns: 1,
+                    created_at_us: 0,
+                })
+                .collect(),
+        };
+        let req = |n| SampleRequest {
+            sampler: Sampler::Fifo,
+            groups: n,
+            learner_version: 4,
+            max_staleness: 1,
+            consumer: "c".into(),
+            drop_zero_variance: false,
+            dedup: false,
+        };
+        {
+            let shard = Shard::open(&dir, 0, cfg.clone()).unwrap();
+            let gs: Vec<_> = (0..30).map(group).collect();
+            shard.append(&trajectory::groups_to_batch(&gs).unwrap()).unwrap();
+            shard.sample(&req(30)).unwrap();
+            for gid in 0..20 {
+                shard.ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid] }).unwrap();
+            }
+            let before = std::fs::metadata(durable::meta_path(&dir)).unwrap().len();
+            assert!(shard.maybe_compact_meta(0).unwrap());
+            // Acks after the snapshot land in the new file.
+            for gid in 20..25 {
+                shard.ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid] }).unwrap();
+            }
+            let after = std::fs::metadata(durable::meta_path(&dir)).unwrap().len();
+            assert!(after < before, "meta.log shrank from {before} to {after} bytes");
+            shard.close();
+        }
+        let shard = Shard::open(&dir, 0, cfg).unwrap();
+        assert_eq!(shard.recovery().acked, 25);
+        assert_eq!(shard.recovery().learner_version, 4);
+        let (batch, _) = shard.sample(&req(30)).unwrap();
+        assert_eq!(batch.num_rows(), 10, "only the 5 unacknowledged groups are delivered again");
+        shard.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

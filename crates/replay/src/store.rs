@@ -465,6 +465,13 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Group ids of consumed groups still held (the acks a `meta.log` snapshot keeps).
+    pub(crate) fn consumed_ids(&self) -> Vec<u64> {
+        self.consumed.iter().filter_map(|s| self.entries.get(s)).map(|e| e.group_id).collect()
+    }
+}
+
 /// Drops rows whose completion tokens repeat an earlier row's.
 fn dedup_rows(batch: &RecordBatch, dropped: &mut u64) -> RecordBatch {
     let mut seen = HashSet::new();
