@@ -70,6 +70,8 @@ pub mod sampler;
 mod service;
 mod shard;
 mod store;
+#[cfg(test)]
+mod testing;
 mod wire;
 
 pub use client::{shard_of, ClientConfig, ReplayClient, Sampled};

@@ -418,29 +418,7 @@ mod tests {
             rand::random::<u32>()
         ));
         let cfg = ReplayConfig { durability: Durability::Fsync, ..Default::default() };
-        let group = |gid: u64| sluice_core::Group {
-            group_id: gid,
-            samples: (0..2u16)
-                .map(|i| sluice_core::Sample {
-                    run_id: "r".into(),
-                    group_id: gid,
-                    sample_idx: i,
-                    task_id: "t".into(),
-                    source: "s".into(),
-                    prompt_tokens: vec![1],
-                    completion_tokens: vec![2],
-                    loss_mask: vec![1],
-                    behavior_logprobs: vec![-1.0],
-                    token_versions: vec![3],
-                    behavior_version: 3,
-                    reward: i as f32,
-                    reward_parts: Default::default(),
-                    finish: sluice_core::Finish::Stop,
-                    num_turns: 1,
-                    created_at_us: 0,
-                })
-                .collect(),
-        };
+        let group = |gid: u64| crate::testing::two_sample_group(gid, 3);
         let req = |n| SampleRequest {
             sampler: Sampler::Fifo,
             groups: n,

@@ -498,29 +498,7 @@ mod tests {
     fn store_with(n: u64, cfg: ReplayConfig) -> Store {
         let mut store = Store::new(cfg);
         for gid in 0..n {
-            let g = sluice_core::Group {
-                group_id: gid,
-                samples: (0..2u16)
-                    .map(|i| sluice_core::Sample {
-                        run_id: "r".into(),
-                        group_id: gid,
-                        sample_idx: i,
-                        task_id: "t".into(),
-                        source: "s".into(),
-                        prompt_tokens: vec![1],
-                        completion_tokens: vec![2, 3],
-                        loss_mask: vec![1, 1],
-                        behavior_logprobs: vec![-1.0, -1.0],
-                        token_versions: vec![0, 0],
-                        behavior_version: 0,
-                        reward: i as f32,
-                        reward_parts: Default::default(),
-                        finish: sluice_core::Finish::Stop,
-                        num_turns: 1,
-                        created_at_us: 0,
-                    })
-                    .collect(),
-            };
+            let g = crate::testing::two_sample_group(gid, 0);
             let batch = groups_to_batch(&[g]).unwrap();
             let span = validate_batch(&batch).unwrap().remove(0);
             store.insert(Entry {
