@@ -431,10 +431,13 @@ pub fn check_schema(schema: &Schema) -> Result<()> {
 /// or reward part, an unknown `finish`, and a group whose `sample_idx` values are not exactly
 /// 0..G-1.
 pub fn validate_batch(batch: &RecordBatch) -> Result<Vec<GroupSpan>> {
-    let c = Columns::new(batch)?;
+    validate_columns(&Columns::new(batch)?, batch.num_rows())
+}
+
+fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> {
     let mut order: Vec<u64> = Vec::new();
     let mut by_group: std::collections::HashMap<u64, Vec<u32>> = std::collections::HashMap::new();
-    for row in 0..batch.num_rows() {
+    for row in 0..num_rows {
         let gid = c.group_id.value(row);
         let err = |reason: String| Error::Row { row, group_id: gid, reason };
         let n = c.completion.value_length(row);
@@ -550,8 +553,8 @@ pub fn validate_batch(batch: &RecordBatch) -> Result<Vec<GroupSpan>> {
 
 /// Decodes a batch with the trajectory schema into groups (validated first).
 pub fn batch_to_groups(batch: &RecordBatch) -> Result<Vec<Group>> {
-    let spans = validate_batch(batch)?;
     let c = Columns::new(batch)?;
+    let spans = validate_columns(&c, batch.num_rows())?;
     let sample = |r: usize| -> Sample {
         let parts = c.parts.value(r);
         let keys = parts.column(0).as_string::<i32>();

@@ -148,17 +148,8 @@ async fn over_zenoh(
         async move {
             let mut v = Vec::new();
             for i in 0..draws {
-                let req = SampleRequest {
-                    sampler,
-                    groups: 64,
-                    learner_version: 1000,
-                    max_staleness: 1000,
-                    consumer: "bench".into(),
-                    drop_zero_variance: false,
-                    dedup: false,
-                };
                 let t = Instant::now();
-                let s = client.sample(&req).await.unwrap();
+                let s = client.sample(&request(sampler)).await.unwrap();
                 let dt = t.elapsed().as_secs_f64() * 1e3;
                 assert_eq!(s.info.groups, 64, "{:?}", s.info);
                 if sampler == Sampler::Fifo {
@@ -174,17 +165,8 @@ async fn over_zenoh(
     // The store alone, without the transport.
     let mut direct_lat = Vec::new();
     for _ in 0..100 {
-        let req = SampleRequest {
-            sampler: Sampler::Uniform,
-            groups: 64,
-            learner_version: 1000,
-            max_staleness: 1000,
-            consumer: "bench".into(),
-            drop_zero_variance: false,
-            dedup: false,
-        };
         let t = Instant::now();
-        let _ = shard.sample(&req).unwrap();
+        let _ = shard.sample(&request(Sampler::Uniform)).unwrap();
         direct_lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let uniform = lat(Sampler::Uniform, 300).await;
@@ -195,6 +177,19 @@ async fn over_zenoh(
         pct(&direct_lat, 0.99)
     );
     (secs, uniform, fifo)
+}
+
+/// 64 groups, every stored group admissible.
+fn request(sampler: Sampler) -> SampleRequest {
+    SampleRequest {
+        sampler,
+        groups: 64,
+        learner_version: 1000,
+        max_staleness: 1000,
+        consumer: "bench".into(),
+        drop_zero_variance: false,
+        dedup: false,
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {

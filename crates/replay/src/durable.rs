@@ -140,6 +140,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(ReplayError::io(dir))
 }
 
+/// Cuts a file back to its last intact record (`end` of `len` bytes); returns the bytes dropped.
+pub(crate) fn drop_torn_tail(path: &Path, end: u64, len: u64) -> Result<u64> {
+    if end >= len {
+        return Ok(0);
+    }
+    tracing::warn!("replay: {} has a torn tail of {} bytes; dropped", path.display(), len - end);
+    let f = OpenOptions::new().write(true).open(path).map_err(ReplayError::io(path))?;
+    f.set_len(end).and_then(|_| f.sync_all()).map_err(ReplayError::io(path))?;
+    Ok(len - end)
+}
+
 /// Writes batches as a parquet file atomically (temporary name, fsync, rename, directory fsync).
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     let schema =
@@ -203,7 +214,6 @@ pub(crate) struct Wal {
     tx: Option<SyncSender<Op>>,
     meta_len: Arc<AtomicU64>,
     roller_tx: Option<SyncSender<RollerOp>>,
-    current: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
     roller: Option<JoinHandle<()>>,
 }
@@ -268,7 +278,7 @@ impl Wal {
             wal_rows: 0,
             meta,
             meta_len: meta_len.clone(),
-            current: current.clone(),
+            current,
             roller_tx: roller_tx.clone(),
         };
         let writer = std::thread::Builder::new()
@@ -279,7 +289,6 @@ impl Wal {
             tx: Some(tx),
             meta_len,
             roller_tx: Some(roller_tx),
-            current,
             writer: Some(writer),
             roller: Some(roller),
         })
@@ -326,9 +335,9 @@ impl Wal {
 
     /// Deletes the files of segments whose groups were all evicted (not the log being written).
     pub(crate) fn delete_segments(&self, ids: Vec<u64>) {
-        let current = self.current.load(Ordering::Acquire);
+        // The roller skips the log being written (it knows the current one when it gets there).
         if let Some(tx) = &self.roller_tx {
-            for id in ids.into_iter().filter(|&id| id < current) {
+            for id in ids {
                 let _ = tx.try_send(RollerOp::Delete(id));
             }
         }

@@ -111,7 +111,7 @@ async fn handle(op: Op, shard: Arc<Shard>, query: Query) {
     let payload: Vec<u8> = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
     let worker_shard = shard.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(op, &worker_shard, &payload)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || dispatch(op, &worker_shard, payload)))
             .unwrap_or_else(|_| Err(ReplayError::Format(format!("the {} handler panicked", op.name()))))
     })
     .await
@@ -163,22 +163,22 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(ReplayError::format)
 }
 
-fn dispatch(op: Op, shard: &Shard, payload: &[u8]) -> Result<Vec<u8>> {
+fn dispatch(op: Op, shard: &Shard, payload: Vec<u8>) -> Result<Vec<u8>> {
     match op {
         Op::Append => json(&shard.append_ipc(payload)?),
         Op::Sample => {
-            let req: SampleRequest = parse(shard, op, payload)?;
+            let req: SampleRequest = parse(shard, op, &payload)?;
             let (batch, info) = shard.sample(&req)?;
             let mut body = frame_sample(&json(&info)?, &[]);
             sluice_core::trajectory::encode_ipc_into(&[batch], &mut body)?;
             Ok(body)
         }
         Op::Ack => {
-            let req: AckRequest = parse(shard, op, payload)?;
+            let req: AckRequest = parse(shard, op, &payload)?;
             json(&shard.ack(&req)?)
         }
         Op::Tickets => {
-            let req: TicketRequest = parse(shard, op, payload)?;
+            let req: TicketRequest = parse(shard, op, &payload)?;
             json(&shard.tickets(&req)?)
         }
         Op::Stats => json(&shard.stats()),

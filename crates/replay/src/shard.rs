@@ -121,9 +121,9 @@ impl Shard {
     }
 
     /// Decodes an Arrow IPC payload and appends it. A payload that is not a trajectory batch is
-    /// counted and refused.
-    pub fn append_ipc(&self, payload: &[u8]) -> Result<AppendAck> {
-        match trajectory::decode_ipc(payload) {
+    /// counted and refused. Owned, so that a payload already in order goes to the log uncopied.
+    pub fn append_ipc(&self, payload: Vec<u8>) -> Result<AppendAck> {
+        match trajectory::decode_ipc(&payload) {
             Ok(batch) => self.append_inner(&batch, Some(payload)),
             Err(e) => {
                 self.store().stats_mut().rejected_payloads += 1;
@@ -140,7 +140,7 @@ impl Shard {
 
     /// `encoded` is the batch's own IPC encoding when it arrived as one: logged as is when the
     /// batch needs no reordering and holds no duplicate, saving a re-encode.
-    fn append_inner(&self, batch: &RecordBatch, encoded: Option<&[u8]>) -> Result<AppendAck> {
+    fn append_inner(&self, batch: &RecordBatch, encoded: Option<Vec<u8>>) -> Result<AppendAck> {
         let spans = match trajectory::validate_batch(batch) {
             Ok(s) => s,
             Err(e) => {
@@ -175,7 +175,7 @@ impl Shard {
             }
             let (mut entries, in_order) = split_groups(batch, &new_spans, 0)?;
             let payload = match encoded {
-                Some(bytes) if in_order => bytes.to_vec(),
+                Some(bytes) if in_order => bytes,
                 _ => {
                     let normalized = concat(&entries.iter().map(|e| e.batch.clone()).collect::<Vec<_>>())?;
                     trajectory::encode_ipc(&[normalized]).map_err(ReplayError::format)?
@@ -343,13 +343,7 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
             report.logs += 1;
             let path = durable::wal_path(dir, id);
             let (batches, end, len) = durable::read_log_batches(&path)?;
-            if end < len {
-                report.torn_tail_bytes += len - end;
-                tracing::warn!("replay: {} has a torn tail of {} bytes; dropped", path.display(), len - end);
-                let f =
-                    std::fs::OpenOptions::new().write(true).open(&path).map_err(ReplayError::io(&path))?;
-                f.set_len(end).and_then(|_| f.sync_all()).map_err(ReplayError::io(&path))?;
-            }
+            report.torn_tail_bytes += durable::drop_torn_tail(&path, end, len)?;
             if batches.is_empty() {
                 std::fs::remove_file(&path).map_err(ReplayError::io(&path))?;
             } else {
@@ -376,18 +370,14 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
     let meta = durable::meta_path(dir);
     if meta.exists() {
         let (records, end, len) = durable::read_records(&meta)?;
-        if end < len {
-            report.torn_tail_bytes += len - end;
-            let f = std::fs::OpenOptions::new().write(true).open(&meta).map_err(ReplayError::io(&meta))?;
-            f.set_len(end).and_then(|_| f.sync_all()).map_err(ReplayError::io(&meta))?;
-        }
+        report.torn_tail_bytes += durable::drop_torn_tail(&meta, end, len)?;
         let word =
             |p: &[u8]| u64::from_le_bytes(p.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
         for (k, payload) in records {
             match k {
                 kind::ACK => {
                     let ids: Vec<u64> = payload.chunks_exact(8).map(word).collect();
-                    report.acked += store.mark_consumed(&ids).acked as u64;
+                    report.acked += store.ack(&ids).1.acked as u64;
                 }
                 kind::VERSION => {
                     store.set_learner_version(word(&payload));

@@ -248,22 +248,25 @@ impl Store {
         seq
     }
 
-    /// Marks groups consumed as if acknowledged (recovery of persisted acks).
-    pub(crate) fn mark_consumed(&mut self, group_ids: &[u64]) -> AckReply {
+    /// Marks groups consumed (a consumer's ack, or persisted acks at recovery). Returns the ids
+    /// newly consumed (what to persist) and the reply.
+    pub(crate) fn ack(&mut self, group_ids: &[u64]) -> (Vec<u64>, AckReply) {
+        let mut fresh = Vec::new();
         let mut reply = AckReply::default();
-        for gid in group_ids {
-            match self.by_group.get(gid) {
+        for &gid in group_ids {
+            match self.by_group.get(&gid) {
                 Some(&seq) => {
                     self.pending.remove(&seq);
                     self.leased.remove(&seq);
                     if self.consumed.insert(seq) {
-                        reply.acked += 1;
+                        fresh.push(gid);
                     }
                 }
                 None => reply.unknown += 1,
             }
         }
-        reply
+        reply.acked = fresh.len() as u32;
+        (fresh, reply)
     }
 
     /// Evicts one group: the stalest stale one, else the oldest consumed one (or the oldest of all
@@ -335,7 +338,8 @@ impl Store {
                 info.redelivered += 1;
             }
             let mut chosen = Vec::with_capacity(n);
-            let mut passed_over = Vec::new();
+            let mut stale = Vec::new();
+            let mut zero_variance = Vec::new();
             for &seq in &self.pending {
                 if chosen.len() == n {
                     break;
@@ -343,24 +347,23 @@ impl Store {
                 let e = &self.entries[&seq];
                 if !admissible(e.behavior_version) {
                     // Stale for this learner for good (versions only grow): leave the stream.
-                    info.stale_skipped += 1;
-                    passed_over.push(seq);
+                    stale.push(seq);
                 } else if req.drop_zero_variance && e.reward_std == 0.0 {
-                    info.zero_variance_dropped += 1;
-                    passed_over.push(seq);
-                    auto_acked.push(e.group_id);
+                    // Consumed without delivery: no consumer will ever want it.
+                    zero_variance.push(seq);
                 } else {
                     chosen.push(seq);
                 }
             }
-            info.admissible = (self.pending.len() - passed_over.len()) as u64;
-            for seq in passed_over.iter().chain(&chosen) {
+            info.stale_skipped = stale.len() as u64;
+            info.zero_variance_dropped = zero_variance.len() as u64;
+            info.admissible = (self.pending.len() - stale.len() - zero_variance.len()) as u64;
+            for seq in stale.iter().chain(&zero_variance).chain(&chosen) {
                 self.pending.remove(seq);
             }
-            for &seq in &passed_over {
-                if auto_acked.contains(&self.entries[&seq].group_id) {
-                    self.consumed.insert(seq);
-                }
+            for &seq in &zero_variance {
+                self.consumed.insert(seq);
+                auto_acked.push(self.entries[&seq].group_id);
             }
             let deadline = now + self.cfg.fifo_lease();
             for &seq in &chosen {
@@ -406,17 +409,6 @@ impl Store {
         Sampled { batches, group_ids, info, auto_acked }
     }
 
-    /// Acknowledges `fifo` deliveries; returns the ids newly consumed (to persist) and the reply.
-    pub(crate) fn ack(&mut self, group_ids: &[u64]) -> (Vec<u64>, AckReply) {
-        let fresh: Vec<u64> = group_ids
-            .iter()
-            .copied()
-            .filter(|gid| self.by_group.get(gid).is_some_and(|s| !self.consumed.contains(s)))
-            .collect();
-        let reply = self.mark_consumed(group_ids);
-        (fresh, reply)
-    }
-
     /// Grants a producer up to `want` tickets under `(v + max_staleness + 1) * groups_per_step`,
     /// after crediting `redeemed` finished groups. Producers silent for longer than the ticket lease
     /// lose their outstanding tickets (a dead worker does not hold admission forever).
@@ -444,6 +436,11 @@ impl Store {
         TicketReply { granted, limit, started: started + granted, learner_version: self.learner_version }
     }
 
+    /// Group ids of consumed groups still held (the acks a `meta.log` snapshot keeps).
+    pub(crate) fn consumed_ids(&self) -> Vec<u64> {
+        self.consumed.iter().filter_map(|s| self.entries.get(s)).map(|e| e.group_id).collect()
+    }
+
     /// Finished groups credited to producers so far.
     pub fn tickets_completed(&self) -> u64 {
         self.tickets_completed
@@ -462,13 +459,6 @@ impl Store {
         s.tickets_completed = self.tickets_completed;
         s.tickets_outstanding = self.workers.values().map(|w| w.outstanding).sum();
         s
-    }
-}
-
-impl Store {
-    /// Group ids of consumed groups still held (the acks a `meta.log` snapshot keeps).
-    pub(crate) fn consumed_ids(&self) -> Vec<u64> {
-        self.consumed.iter().filter_map(|s| self.entries.get(s)).map(|e| e.group_id).collect()
     }
 }
 

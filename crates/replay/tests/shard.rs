@@ -96,12 +96,12 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
     // Garbage and truncated IPC are counted as rejected payloads.
     let ipc = trajectory::encode_ipc(&[batch]).unwrap();
     for payload in [b"definitely not arrow".to_vec(), ipc[..ipc.len() / 2].to_vec(), Vec::new()] {
-        assert!(matches!(shard.append_ipc(&payload), Err(ReplayError::Invalid(_))));
+        assert!(matches!(shard.append_ipc(payload), Err(ReplayError::Invalid(_))));
     }
     assert_eq!(shard.stats().rejected_payloads, 3);
     assert_eq!(shard.stats().rejected_batches, 10);
     // And the valid one is accepted.
-    assert_eq!(shard.append_ipc(&ipc).unwrap().new_groups, 1);
+    assert_eq!(shard.append_ipc(ipc).unwrap().new_groups, 1);
 }
 
 #[test]
