@@ -26,6 +26,20 @@ pub enum SyncError {
     /// A manifest is inconsistent with its pieces or fails its digest.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// A setting or a call is invalid.
+    #[error("weight sync: {0}")]
+    Config(String),
+    /// zenoh failed.
+    #[error("zenoh: {0}")]
+    Zenoh(String),
+    /// A version could not be fetched whole and verified; it was abandoned, never applied.
+    #[error("version {version} abandoned: {reason}")]
+    Abandoned {
+        /// The version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// `Result` with [`SyncError`].

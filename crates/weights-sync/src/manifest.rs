@@ -175,6 +175,12 @@ impl Manifest {
 
     /// The chunks of `(tensor, holder)` that overlap bytes `start..start + len`.
     pub fn chunks_covering(&self, tensor: usize, holder: usize, start: u64, len: u64) -> &[Chunk] {
+        &self.chunks[self.covering(tensor, holder, start, len)]
+    }
+
+    /// Indices into [`Manifest::chunks`] of the chunks of `(tensor, holder)` that overlap bytes
+    /// `start..start + len`.
+    pub fn covering(&self, tensor: usize, holder: usize, start: u64, len: u64) -> std::ops::Range<usize> {
         let key = (tensor as u32, holder as u32);
         let lo = self.chunks.partition_point(|c| {
             (c.tensor, c.holder) < key || ((c.tensor, c.holder) == key && c.start + c.len <= start)
@@ -182,7 +188,7 @@ impl Manifest {
         let hi = self.chunks.partition_point(|c| {
             (c.tensor, c.holder) < key || ((c.tensor, c.holder) == key && c.start < start + len)
         });
-        &self.chunks[lo..hi.max(lo)]
+        lo..hi.max(lo)
     }
 
     /// Whether `bytes` are chunk `c` intact.
