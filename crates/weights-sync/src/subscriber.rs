@@ -8,7 +8,7 @@
 //! abandoned with an error and never handed out), writes them into staging buffers, and hands the
 //! complete version to its owner ([`Subscriber::ready`], [`Subscriber::next_ready`]). The owner
 //! swaps it in between generation steps and calls [`Subscriber::applied`], which moves the
-//! [`StalenessGate`] and acknowledges the version on `ack/{worker}`.
+//! [`StalenessGate`] and acknowledges the version on `ack/{worker}` (repeated every `poll`).
 //!
 //! Versions are handed out in increasing order and only whole; a version older than the one
 //! staged or applied is ignored, and when several versions are announced while one is fetched,
@@ -195,10 +195,7 @@ impl Subscriber {
     pub async fn applied(&self, version: u64) -> Result<()> {
         self.inner.applied.fetch_max(version, Ordering::SeqCst);
         self.inner.gate.set_applied(version);
-        let key = wire::ack_key(&self.inner.cfg.run, &self.inner.cfg.worker);
-        let ack = Ack { worker: self.inner.cfg.worker.clone(), version };
-        let body = serde_json::to_vec(&ack).unwrap_or_default();
-        self.inner.session.put(&key, body).await.map_err(|e| SyncError::Zenoh(format!("{key}: {e}")))
+        self.inner.ack().await
     }
 
     /// The counters.
@@ -284,7 +281,19 @@ impl Inner {
         }
     }
 
+    /// Acknowledges the applied version (also repeated every `poll`, so a publisher that starts
+    /// or restarts later learns who is there and what they run).
+    async fn ack(&self) -> Result<()> {
+        let key = wire::ack_key(&self.cfg.run, &self.cfg.worker);
+        let ack = Ack { worker: self.cfg.worker.clone(), version: self.applied.load(Ordering::SeqCst) };
+        let body = serde_json::to_vec(&ack).unwrap_or_default();
+        self.session.put(&key, body).await.map_err(|e| SyncError::Zenoh(format!("{key}: {e}")))
+    }
+
     async fn ask_latest(&self) -> Option<Announce> {
+        if let Err(e) = self.ack().await {
+            tracing::warn!("weights ({}): {e}", self.cfg.worker);
+        }
         let body = self.get(&wire::latest_key(&self.cfg.run)).await.ok()?;
         serde_json::from_slice(&body.to_bytes()).ok()
     }
