@@ -9,6 +9,7 @@
 //! staging buffers as soon as it arrives and is verified.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -191,10 +192,30 @@ impl Placement {
     }
 
     /// Writes chunk `index`'s verified bytes into `buffers` (one per staged tensor).
-    pub fn write(&self, index: usize, bytes: &[u8], buffers: &mut [Vec<u8>]) {
+    pub fn write(&self, index: usize, bytes: &[u8], buffers: &[Mutex<Vec<u8>>]) {
+        self.write_parts(index, &[bytes], buffers);
+    }
+
+    /// [`Placement::write`] for a chunk received as fragments (`parts`, concatenated). Each
+    /// tensor's buffer is locked while its bytes are written, so chunks of different tensors are
+    /// written concurrently.
+    pub fn write_parts(&self, index: usize, parts: &[&[u8]], buffers: &[Mutex<Vec<u8>>]) {
         for p in self.by_chunk.get(&index).map(Vec::as_slice).unwrap_or_default() {
-            let (s, d, n) = (p.chunk_offset as usize, p.offset as usize, p.len as usize);
-            buffers[p.tensor][d..d + n].copy_from_slice(&bytes[s..s + n]);
+            let mut buffer = buffers[p.tensor].lock().unwrap_or_else(|e| e.into_inner());
+            let (mut from, mut to, mut left) = (p.chunk_offset as usize, p.offset as usize, p.len as usize);
+            let mut base = 0;
+            for part in parts {
+                if left == 0 {
+                    break;
+                }
+                if from < base + part.len() {
+                    let s = from - base;
+                    let n = left.min(part.len() - s);
+                    buffer[to..to + n].copy_from_slice(&part[s..s + n]);
+                    (from, to, left) = (from + n, to + n, left - n);
+                }
+                base += part.len();
+            }
         }
     }
 }

@@ -27,6 +27,6 @@ pub use gate::StalenessGate;
 pub use layout::{Layout, Range};
 pub use manifest::{Chunk, DType, Manifest, Piece, TensorEntry};
 pub use planner::{apply, plan_fused, plan_tensor, Copy, Fused, PartCopies};
-pub use publisher::{Publisher, PublisherConfig, SourceTensor};
+pub use publisher::{Publisher, PublisherConfig, PublisherStats, SourceTensor};
 pub use subscriber::{Subscriber, SubscriberConfig, SubscriberStats, Weights};
 pub use wire::{Ack, Announce};

@@ -193,7 +193,22 @@ impl Manifest {
 
     /// Whether `bytes` are chunk `c` intact.
     pub fn check_chunk(c: &Chunk, bytes: &[u8]) -> bool {
-        bytes.len() as u64 == c.len && xxhash_rust::xxh3::xxh3_64(bytes) == c.xxh3
+        Manifest::check_chunk_parts(c, &[bytes])
+    }
+
+    /// Whether `parts`, concatenated, are chunk `c` intact (a payload received in fragments).
+    pub fn check_chunk_parts(c: &Chunk, parts: &[&[u8]]) -> bool {
+        if parts.iter().map(|p| p.len() as u64).sum::<u64>() != c.len {
+            return false;
+        }
+        if let [one] = parts {
+            return xxhash_rust::xxh3::xxh3_64(one) == c.xxh3;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.digest() == c.xxh3
     }
 
     /// Total bytes of every chunk.

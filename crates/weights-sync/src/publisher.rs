@@ -7,6 +7,10 @@
 //! `shm` feature, chunks live in zenoh shared memory, so a subscriber on the same host maps them
 //! instead of receiving them through a socket (zenoh falls back to the network by itself when
 //! the two ends cannot share memory).
+//!
+//! One publisher serves every source holder's pieces of a version (a learner that runs as one
+//! process, whatever its internal sharding). A learner split over processes, each serving only
+//! its own holder's chunks under one manifest, is not built yet.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -93,8 +97,24 @@ struct Inner {
     versions: Mutex<VecDeque<Arc<Published>>>,
     acks: watch::Sender<BTreeMap<String, u64>>,
     corrupt_replies: AtomicU32,
+    stats: Mutex<PublisherStats>,
     #[cfg(feature = "shm")]
     shm: Mutex<ShmPool>,
+}
+
+/// What a publisher has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PublisherStats {
+    /// Versions announced.
+    pub versions: u64,
+    /// Chunks placed in shared memory.
+    pub shm_chunks: u64,
+    /// Chunks on the heap (no `shm` feature, shared memory off, or the pool full).
+    pub heap_chunks: u64,
+    /// Chunk requests answered.
+    pub chunk_replies: u64,
+    /// Requests answered with an error (unknown or dropped version, bad key).
+    pub error_replies: u64,
 }
 
 /// The shared-memory pool, made on the first publish (its size depends on the snapshot's).
@@ -128,6 +148,7 @@ impl Publisher {
             versions: Mutex::new(VecDeque::new()),
             acks,
             corrupt_replies: AtomicU32::new(0),
+            stats: Mutex::new(PublisherStats::default()),
             #[cfg(feature = "shm")]
             shm: Mutex::new(ShmPool::Untried),
         });
@@ -196,6 +217,11 @@ impl Publisher {
         tokio::time::timeout(timeout, done).await.unwrap_or(false)
     }
 
+    /// The counters.
+    pub fn stats(&self) -> PublisherStats {
+        self.inner.stats().clone()
+    }
+
     /// Fault injection for tests: the next `n` chunk replies carry one flipped byte.
     pub fn corrupt_next_replies(&self, n: u32) {
         self.inner.corrupt_replies.store(n, Ordering::SeqCst);
@@ -218,6 +244,10 @@ enum Serve {
 }
 
 impl Inner {
+    fn stats(&self) -> std::sync::MutexGuard<'_, PublisherStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn newest(&self) -> Option<Arc<Published>> {
         self.versions.lock().unwrap_or_else(|e| e.into_inner()).back().cloned()
     }
@@ -276,10 +306,12 @@ impl Inner {
         #[cfg(feature = "shm")]
         if self.cfg.shm {
             if let Some(buf) = self.shm_copy(bytes, version_bytes) {
+                self.stats().shm_chunks += 1;
                 return buf;
             }
         }
         let _ = version_bytes;
+        self.stats().heap_chunks += 1;
         ZBytes::from(bytes.to_vec())
     }
 
@@ -331,6 +363,7 @@ impl Inner {
                 versions.pop_front();
             }
         }
+        self.stats().versions += 1;
         let key = wire::announce_key(&self.cfg.run);
         let body = serde_json::to_vec(&announce).unwrap_or_default();
         self.session.put(&key, body).await.map_err(|e| zerr(&key, e))?;
@@ -364,8 +397,16 @@ impl Inner {
             },
         };
         let sent = match reply {
-            Ok(body) => query.reply(query.key_expr().clone(), body).await,
-            Err(message) => query.reply_err(message).await,
+            Ok(body) => {
+                if let Serve::Chunk = serve {
+                    self.stats().chunk_replies += 1;
+                }
+                query.reply(query.key_expr().clone(), body).await
+            }
+            Err(message) => {
+                self.stats().error_replies += 1;
+                query.reply_err(message).await
+            }
         };
         if let Err(e) = sent {
             tracing::warn!("weights: replying to {key}: {e}");

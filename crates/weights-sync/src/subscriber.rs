@@ -105,6 +105,8 @@ pub struct SubscriberStats {
     pub chunk_refetches: u64,
     /// Bytes of intact chunks.
     pub bytes_fetched: u64,
+    /// Versions staged into the previous version's buffers (no allocation).
+    pub staging_reused: u64,
     /// The newest version staged.
     pub staged_version: Option<u64>,
     /// Milliseconds from seeing the last staged version to having it whole.
@@ -328,22 +330,34 @@ impl Inner {
             )));
         }
         let placement = self.dest.place(&manifest).map_err(|e| Failure::Integrity(e.to_string()))?;
-        let mut buffers = self.staging(&placement);
-        let manifest = Arc::new(manifest);
+        let buffers: Arc<Vec<Mutex<Vec<u8>>>> =
+            Arc::new(self.staging(&placement).into_iter().map(Mutex::new).collect());
+        let (manifest, placement) = (Arc::new(manifest), Arc::new(placement));
         let mut pending = placement.by_chunk.keys().copied();
-        let mut set: JoinSet<std::result::Result<(usize, ZBytes), Failure>> = JoinSet::new();
+        // Each task fetches, verifies and writes its chunk, so hashing and copying use every core.
+        let mut set: JoinSet<std::result::Result<(), Failure>> = JoinSet::new();
         loop {
             while set.len() < self.cfg.parallel {
                 let Some(index) = pending.next() else { break };
                 let (me, chunk) = (self.clone(), manifest.chunks[index]);
-                set.spawn(async move { me.fetch_chunk(v, index, chunk).await.map(|b| (index, b)) });
+                let (placement, buffers) = (placement.clone(), buffers.clone());
+                set.spawn(async move {
+                    let bytes = me.fetch_chunk(v, index, chunk).await?;
+                    let parts: Vec<&[u8]> = bytes.slices().collect();
+                    placement.write_parts(index, &parts, &buffers);
+                    Ok(())
+                });
             }
             let Some(done) = set.join_next().await else { break };
-            let (index, bytes) =
-                done.map_err(|e| Failure::Transient(format!("chunk task failed: {e}")))??;
-            placement.write(index, &bytes.to_bytes(), &mut buffers);
+            done.map_err(|e| Failure::Transient(format!("chunk task failed: {e}")))??;
         }
-        Ok(Weights { version: v, dtype: manifest.transfer_dtype, tensors: placement.tensors, buffers })
+        let buffers = Arc::try_unwrap(buffers)
+            .map_err(|_| Failure::Transient("a chunk task outlived its fetch".into()))?
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let tensors = Arc::try_unwrap(placement).map_or_else(|p| p.tensors.clone(), |p| p.tensors);
+        Ok(Weights { version: v, dtype: manifest.transfer_dtype, tensors, buffers })
     }
 
     /// Staging buffers for `placement`: the last version's, when its owner has let go of them and
@@ -356,6 +370,7 @@ impl Inner {
                 let same = old.buffers.len() == placement.tensors.len()
                     && old.buffers.iter().zip(&placement.tensors).all(|(b, t)| b.len() as u64 == t.bytes);
                 if same {
+                    self.stats().staging_reused += 1;
                     return old.buffers;
                 }
             }
@@ -373,7 +388,8 @@ impl Inner {
         let mut bad = 0;
         loop {
             let bytes = self.get(&key).await.map_err(Failure::Transient)?;
-            if Manifest::check_chunk(&chunk, &bytes.to_bytes()) {
+            let parts: Vec<&[u8]> = bytes.slices().collect();
+            if Manifest::check_chunk_parts(&chunk, &parts) {
                 let mut stats = self.stats();
                 stats.chunks_fetched += 1;
                 stats.bytes_fetched += chunk.len;

@@ -6,7 +6,8 @@
 //! weights-peer publish   --listen EP --run R [--model tiny|smollm2|bytes:N] [--versions K]
 //!                        [--holders H] [--dtype bf16|f32] [--subscribers W] [--wait-each] [--no-shm]
 //! weights-peer subscribe --connect EP --run R --worker NAME [--layout replicated|tp2] [--fuse]
-//!                        [--until V] [--dump DIR] [--no-shm]
+//!                        [--until V] [--dump DIR] [--no-shm] [--parallel N]
+//! both:                  [--zenoh 'key=json5;key=json5'] (any zenoh setting) [--chunk-bytes B]
 //! ```
 //! Every event is one JSON line on stdout.
 
@@ -70,11 +71,17 @@ fn emit(value: serde_json::Value) {
     println!("{value}");
 }
 
-async fn open(opts: ZenohOptions, shm: bool) -> AnyResult<zenoh::Session> {
+async fn open(args: &Args, opts: ZenohOptions) -> AnyResult<zenoh::Session> {
     let mut config = opts.to_config()?;
+    let shm = if args.flag("no-shm") { "false" } else { "true" };
     config
-        .insert_json5("transport/shared_memory/enabled", if shm { "true" } else { "false" })
+        .insert_json5("transport/shared_memory/enabled", shm)
         .map_err(|e| format!("shared memory setting: {e}"))?;
+    // `--zenoh key=json5;key=json5`: any zenoh setting, for tuning.
+    for kv in args.get("zenoh").unwrap_or("").split(';').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--zenoh {kv}: expected key=value"))?;
+        config.insert_json5(k, v).map_err(|e| format!("--zenoh {kv}: {e}"))?;
+    }
     zenoh::open(config).await.map_err(|e| format!("opening zenoh: {e}").into())
 }
 
@@ -90,7 +97,7 @@ fn model(spec: &str) -> AnyResult<Vec<(String, Vec<usize>)>> {
 }
 
 async fn publish(args: &Args) -> AnyResult<()> {
-    let session = open(ZenohOptions::listen_on(args.need("listen")?), !args.flag("no-shm")).await?;
+    let session = open(args, ZenohOptions::listen_on(args.need("listen")?)).await?;
     let tensors = model(args.get("model").unwrap_or("tiny"))?;
     let dtype = match args.get("dtype").unwrap_or("bf16") {
         "bf16" => DType::Bf16,
@@ -114,9 +121,14 @@ async fn publish(args: &Args) -> AnyResult<()> {
     for v in 1..=versions {
         let snapshot = synthetic::snapshot(v, &tensors, holders);
         let t0 = Instant::now();
-        let announce = publisher.publish(v, snapshot).await??;
+        let handle = publisher.publish(v, snapshot);
+        // What the training loop waits for: handing the snapshot over.
+        let call_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let announce = handle.await??;
         let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
-        emit(json!({"event": "published", "version": v, "bytes": announce.bytes, "prepare_ms": prepare_ms}));
+        emit(
+            json!({"event": "published", "version": v, "bytes": announce.bytes, "call_ms": call_ms, "prepare_ms": prepare_ms, "stats": publisher.stats()}),
+        );
         if args.flag("wait-each") {
             let t1 = Instant::now();
             if !publisher.wait_for_acks(v, subscribers, patience).await {
@@ -137,7 +149,7 @@ async fn publish(args: &Args) -> AnyResult<()> {
 }
 
 async fn subscribe(args: &Args) -> AnyResult<()> {
-    let session = open(ZenohOptions::connect_to(args.need("connect")?), !args.flag("no-shm")).await?;
+    let session = open(args, ZenohOptions::connect_to(args.need("connect")?)).await?;
     let (run, worker) = (args.need("run")?, args.need("worker")?);
     let fuse = args.flag("fuse");
     let dests: Vec<(String, Destination)> = match args.get("layout").unwrap_or("replicated") {
@@ -148,11 +160,15 @@ async fn subscribe(args: &Args) -> AnyResult<()> {
         other => return Err(format!("--layout {other}: expected replicated or tp2").into()),
     };
     let until = args.num("until", 1)?;
+    let parallel = args.num("parallel", 8)?;
     let dump = args.get("dump").map(PathBuf::from);
     let mut ranks = tokio::task::JoinSet::new();
     for (name, dest) in dests {
-        let cfg =
-            SubscriberConfig { poll: Duration::from_millis(200), ..SubscriberConfig::new(run, name.clone()) };
+        let cfg = SubscriberConfig {
+            poll: Duration::from_millis(200),
+            parallel: parallel as usize,
+            ..SubscriberConfig::new(run, name.clone())
+        };
         let sub = Subscriber::start(&session, cfg, dest, StalenessGate::new(0, 0)).await?;
         let dump = dump.clone();
         ranks.spawn(async move {
