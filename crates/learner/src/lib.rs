@@ -2,13 +2,16 @@
 //! training loop, checkpoint/resume.
 //!
 //! Built so far: the objectives, as plain tensor functions over any burn backend, each checked
-//! against an independent numpy reference (`tests/fixtures/make_objectives.py`). The optimizer,
-//! the loop and checkpoints come with the rest of issue 5.
+//! against an independent numpy reference (`tests/fixtures/make_objectives.py`), and the
+//! optimizer (AdamW, global-norm clipping, warmup + cosine/constant schedule, gradient
+//! accumulation), checked against PyTorch (`tests/fixtures/make_optim.py`). The loop and
+//! checkpoints come with the rest of issue 5.
 
 mod advantages;
 mod error;
 mod grpo;
 mod kl;
+mod optim;
 mod tb;
 
 pub use advantages::{advantages, overlong_penalty, zero_variance, AdvantageConfig, Estimator};
@@ -17,4 +20,5 @@ pub use grpo::{
     clip_fraction, clipped_surrogate, importance_weights, reduce, ClipConfig, IsCorrection, Reduction,
 };
 pub use kl::{kl_per_token, KlEstimator};
+pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
 pub use tb::tb_vargrad_loss;
