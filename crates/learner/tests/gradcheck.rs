@@ -8,28 +8,14 @@ use std::path::Path;
 use burn::prelude::*;
 use sluice_learner::*;
 use sluice_model::weights::{to_vec_f32, Checkpoint};
-use sluice_model::{score, Architecture, CpuAutodiff, Llama, ModelConfig, ScoreRow};
+use sluice_model::{score, CpuAutodiff, Llama, ModelConfig, ScoreRow};
+
+mod common;
 
 type B = CpuAutodiff;
 
 fn config() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Qwen2,
-        vocab_size: 16,
-        hidden_size: 8,
-        intermediate_size: 12,
-        num_layers: 1,
-        num_heads: 2,
-        num_kv_heads: 1,
-        head_dim: 4,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 64,
-        qkv_bias: true,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    common::tiny_config(1)
 }
 
 const PROMPTS: [&[u32]; 4] = [&[1, 2, 3], &[4, 5], &[1, 2, 3], &[4, 5]];

@@ -7,6 +7,8 @@ use burn::prelude::*;
 use sluice_learner::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Schedule};
 use sluice_model::CpuAutodiff as B;
 
+mod common;
+
 #[derive(Module, Debug)]
 struct Two<B: Backend> {
     a: Param<Tensor<B, 2>>,
@@ -120,24 +122,8 @@ fn the_schedule_warms_up_linearly_then_follows_a_cosine_to_its_floor() {
 
 #[test]
 fn every_llama_parameter_has_its_own_state_key_and_a_step_moves_every_one() {
-    use sluice_model::{score, Architecture, Llama, ModelConfig, ScoreRow};
-    let cfg = ModelConfig {
-        architecture: Architecture::Qwen2,
-        vocab_size: 16,
-        hidden_size: 8,
-        intermediate_size: 12,
-        num_layers: 2,
-        num_heads: 2,
-        num_kv_heads: 1,
-        head_dim: 4,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 64,
-        qkv_bias: true,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    use sluice_model::{score, Llama, ScoreRow};
+    let cfg = common::tiny_config(2);
     let model = Llama::<B>::random(&cfg, 5, &Default::default());
     let paths = param_paths::<B, _>(&model);
     let named = model.named_tensors();

@@ -85,36 +85,25 @@ fn two_subscriber_processes_with_different_layouts_end_with_the_last_version_byt
     let mut first = String::new();
     BufReader::new(publisher.0.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
     assert!(first.contains("ready"), "{first}");
-    let whole = spawn(&[
-        "subscribe",
-        "--connect",
-        &ep,
-        "--run",
-        "mp",
-        "--worker",
-        "whole",
-        "--layout",
-        "replicated",
-        "--until",
-        "4",
-        "--dump",
-        dump,
-    ]);
-    let tp = spawn(&[
-        "subscribe",
-        "--connect",
-        &ep,
-        "--run",
-        "mp",
-        "--worker",
-        "tp",
-        "--layout",
-        "tp2",
-        "--until",
-        "4",
-        "--dump",
-        dump,
-    ]);
+    let subscriber = |worker: &str, layout: &str| {
+        spawn(&[
+            "subscribe",
+            "--connect",
+            &ep,
+            "--run",
+            "mp",
+            "--worker",
+            worker,
+            "--layout",
+            layout,
+            "--until",
+            "4",
+            "--dump",
+            dump,
+        ])
+    };
+    let whole = subscriber("whole", "replicated");
+    let tp = subscriber("tp", "tp2");
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut events = finish(whole, "the replicated subscriber", deadline);
     events.extend(finish(tp, "the tensor-parallel subscriber", deadline));
