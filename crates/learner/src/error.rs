@@ -29,6 +29,9 @@ pub enum LearnerError {
         /// Why.
         reason: String,
     },
+    /// A checkpoint could not be written, or is incomplete or corrupt.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// Result alias of this crate.

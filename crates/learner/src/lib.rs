@@ -4,10 +4,13 @@
 //! Built so far: the objectives, as plain tensor functions over any burn backend, each checked
 //! against an independent numpy reference (`tests/fixtures/make_objectives.py`), and the
 //! optimizer (AdamW, global-norm clipping, warmup + cosine/constant schedule, gradient
-//! accumulation), checked against PyTorch (`tests/fixtures/make_optim.py`). The loop and
-//! checkpoints come with the rest of issue 5.
+//! accumulation), checked against PyTorch (`tests/fixtures/make_optim.py`), and sealed
+//! [`checkpoint`]s (temporary directory, xxh3 seal, rename, prune; corrupt ones skipped) with the
+//! optimizer state as safetensors. The loop, the trainer state and resume come with the rest of
+//! issue 5.
 
 mod advantages;
+pub mod checkpoint;
 mod error;
 mod grpo;
 mod kl;
@@ -15,6 +18,7 @@ mod optim;
 mod tb;
 
 pub use advantages::{advantages, overlong_penalty, zero_variance, AdvantageConfig, Estimator};
+pub use checkpoint::{load_optimizer, save_optimizer, Checkpoints};
 pub use error::{LearnerError, Result};
 pub use grpo::{
     clip_fraction, clipped_surrogate, importance_weights, reduce, ClipConfig, IsCorrection, Reduction,
