@@ -202,7 +202,7 @@ impl Subscriber {
 
     /// The counters.
     pub fn stats(&self) -> SubscriberStats {
-        self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.stats().clone()
     }
 }
 

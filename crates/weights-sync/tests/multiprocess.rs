@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use sluice_weights_sync::synthetic::{self, TINY};
 use sluice_weights_sync::DType;
 
+mod common;
+
 const PEER: &str = env!("CARGO_BIN_EXE_weights-peer");
 
 struct Killed(Child);
@@ -39,19 +41,6 @@ fn finish(mut p: Killed, what: &str, deadline: Instant) -> Vec<serde_json::Value
     }
     let out = p.0.stdout.take().unwrap();
     BufReader::new(out).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect()
-}
-
-fn half(bytes: &[u8], shape: &[usize], dim: usize, index: usize) -> Vec<u8> {
-    let (rows, cols) = (shape[0], shape[1]);
-    let mut out = Vec::new();
-    for r in 0..rows {
-        for c in 0..cols {
-            if (if dim == 0 { r / (rows / 2) } else { c / (cols / 2) }) == index {
-                out.extend_from_slice(&bytes[(r * cols + c) * 2..(r * cols + c) * 2 + 2]);
-            }
-        }
-    }
-    out
 }
 
 fn read(dir: &Path, worker: &str, name: &str) -> Vec<u8> {
@@ -129,7 +118,7 @@ fn two_subscriber_processes_with_different_layouts_end_with_the_last_version_byt
             continue;
         }
         let dim = usize::from(name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"));
-        assert!(a == half(&full, shape, dim, 0), "{name} of tp rank 0");
-        assert!(b == half(&full, shape, dim, 1), "{name} of tp rank 1");
+        assert!(a == common::half(&full, shape, dim, 0), "{name} of tp rank 0");
+        assert!(b == common::half(&full, shape, dim, 1), "{name} of tp rank 1");
     }
 }

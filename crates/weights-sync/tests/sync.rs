@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use sluice_core::{free_local_port, ZenohOptions};
+
+mod common;
 use sluice_weights_sync::synthetic::{self, TINY};
 use sluice_weights_sync::{
     wire::Announce, DType, Destination, Publisher, PublisherConfig, StalenessGate, Subscriber,
@@ -37,21 +39,6 @@ async fn publish(p: &Publisher, version: u64) -> Announce {
 /// The bf16 bytes of the full tensor `t` at `version`, computed without the planner.
 fn full_bytes(version: u64, t: usize, shape: &[usize]) -> Vec<u8> {
     DType::Bf16.encode(&synthetic::values(version, t, shape.iter().product()))
-}
-
-/// Half `index` of a matrix's bytes split along `dim`, by plain loops.
-fn half(bytes: &[u8], shape: &[usize], dim: usize, index: usize) -> Vec<u8> {
-    let (rows, cols) = (shape[0], shape[1]);
-    let mut out = Vec::new();
-    for r in 0..rows {
-        for c in 0..cols {
-            let keep = if dim == 0 { r / (rows / 2) == index } else { c / (cols / 2) == index };
-            if keep {
-                out.extend_from_slice(&bytes[(r * cols + c) * 2..(r * cols + c) * 2 + 2]);
-            }
-        }
-    }
-    out
 }
 
 fn assert_replicated(w: &sluice_weights_sync::Weights, version: u64) {
@@ -158,11 +145,11 @@ async fn a_late_joiner_gets_the_latest_version_in_its_own_layout_and_ignores_old
         let want = match shape.len() {
             1 => bytes,
             _ if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") => {
-                half(&bytes, shape, 1, 1)
+                common::half(&bytes, shape, 1, 1)
             }
             _ if name.contains("q_proj") || name.contains("k_proj") || name.contains("v_proj") => continue,
             _ if name.contains("gate_proj") || name.contains("up_proj") => continue,
-            _ => half(&bytes, shape, 0, 1),
+            _ => common::half(&bytes, shape, 0, 1),
         };
         assert!(w.tensor(name).unwrap().1 == want.as_slice(), "{name}");
     }
@@ -176,7 +163,7 @@ async fn a_late_joiner_gets_the_latest_version_in_its_own_layout_and_ignores_old
             let mut want = Vec::new();
             for part in parts {
                 let (bytes, shape) = full(&format!("{p}.{prefix}.{part}.weight"));
-                want.extend(half(&bytes, &shape, 0, 1));
+                want.extend(common::half(&bytes, &shape, 0, 1));
             }
             let (staged, got) = w.tensor(&format!("{p}.{fused}.weight")).unwrap();
             assert!(got == want.as_slice(), "{p}.{fused}");
