@@ -1,11 +1,12 @@
 //! Shared vocabulary of sluice: policy versions and staleness, the trajectory schema (Arrow), zenoh
-//! key expressions and session setup.
+//! key expressions and session setup, metric names.
 //!
-//! Later work adds the environment traits, config types and metric names here (DESIGN.md §1); only
-//! what is used today lives here.
+//! Later work adds the environment traits and config types here (DESIGN.md §1); only what is used
+//! today lives here.
 
 mod error;
 pub mod keys;
+pub mod metrics;
 mod net;
 pub mod trajectory;
 mod version;

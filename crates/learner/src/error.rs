@@ -1,6 +1,6 @@
 //! The learner crate's one error type.
 
-/// What can go wrong when computing an objective.
+/// What can go wrong in the learner.
 #[derive(Debug, thiserror::Error)]
 pub enum LearnerError {
     /// A batch does not consist of whole groups of the configured size.
@@ -32,6 +32,26 @@ pub enum LearnerError {
     /// A checkpoint could not be written, or is incomplete or corrupt.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A batch of groups the learner cannot train on.
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    /// The model failed (scoring, loading, saving).
+    #[error(transparent)]
+    Model(#[from] sluice_model::ModelError),
+    /// The replay store failed.
+    #[error("replay: {0}")]
+    Replay(#[from] sluice_replay::ReplayError),
+    /// Weight sync failed.
+    #[error("weight sync: {0}")]
+    Sync(#[from] sluice_weights_sync::SyncError),
+    /// A file of the run could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
 }
 
 /// Result alias of this crate.

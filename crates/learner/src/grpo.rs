@@ -139,6 +139,38 @@ pub fn reduce<B: Backend>(per_token: Tensor<B, 2>, mask: Tensor<B, 2>, how: Redu
     }
 }
 
+/// The batch a micro-batch belongs to: what [`reduce_partial`] normalises by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTotals {
+    /// Sequences in the batch.
+    pub rows: usize,
+    /// Trained tokens (mask 1) in the batch.
+    pub tokens: usize,
+    /// The longest completion in the batch (Dr. GRPO's constant normaliser).
+    pub width: usize,
+}
+
+/// A micro-batch's share of the batch loss [`reduce`] would compute over the whole batch: summed
+/// over the micro-batches of a batch it equals `reduce` of the batch (for
+/// `seq-mean-token-sum-norm`, `reduce` of the batch padded to `totals.width`).
+pub fn reduce_partial<B: Backend>(
+    per_token: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    how: Reduction,
+    totals: &BatchTotals,
+) -> Tensor<B, 1> {
+    let masked = per_token * mask.clone();
+    let rows = totals.rows.max(1) as f32;
+    match how {
+        Reduction::SeqMeanTokenMean => {
+            let lens = mask.sum_dim(1).clamp_min(1.0);
+            (masked.sum_dim(1) / lens).sum().reshape([1]) / rows
+        }
+        Reduction::TokenMean => masked.sum() / totals.tokens.max(1) as f32,
+        Reduction::SeqMeanTokenSumNorm => masked.sum() / (totals.width.max(1) as f32 * rows),
+    }
+}
+
 /// Detached per-token importance weights `exp(logp_prox - logp_behavior)` under a correction.
 pub fn importance_weights<B: Backend>(
     logp_prox: Tensor<B, 2>,

@@ -11,18 +11,27 @@
 
 mod advantages;
 pub mod checkpoint;
+mod config;
 mod error;
 mod grpo;
 mod kl;
+mod learner;
 mod optim;
 mod tb;
+mod trainer;
 
 pub use advantages::{advantages, overlong_penalty, zero_variance, AdvantageConfig, Estimator};
 pub use checkpoint::{load_optimizer, save_optimizer, Checkpoints};
+pub use config::{
+    Algorithm, KlConfig, LearnerConfig, OffPolicyConfig, OffPolicyMode, OverlongConfig, TbConfig,
+};
 pub use error::{LearnerError, Result};
 pub use grpo::{
-    clip_fraction, clipped_surrogate, importance_weights, reduce, ClipConfig, IsCorrection, Reduction,
+    clip_fraction, clipped_surrogate, importance_weights, reduce, reduce_partial, BatchTotals, ClipConfig,
+    IsCorrection, Reduction,
 };
 pub use kl::{kl_per_token, KlEstimator};
+pub use learner::{load_checkpoint, record, GroupSource, Learner, MetricsLog, Restored, TrainerState};
 pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
 pub use tb::tb_vargrad_loss;
+pub use trainer::{StepStats, Trainer};

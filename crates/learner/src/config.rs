@@ -1,0 +1,328 @@
+//! The learner's settings: one typed tree, unknown keys refused, every range checked by
+//! [`LearnerConfig::check`] with the key's path in the error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::advantages::AdvantageConfig;
+use crate::error::{LearnerError, Result};
+use crate::grpo::{ClipConfig, IsCorrection, Reduction};
+use crate::kl::KlEstimator;
+use crate::optim::{AdamWConfig, Schedule};
+
+/// Which objective trains the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// The GRPO family: group advantages, clipped surrogate, optional KL.
+    #[default]
+    Grpo,
+    /// Trajectory balance (TBA, VarGrad form).
+    Tb,
+}
+
+/// How stale samples are corrected (DESIGN.md §3, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OffPolicyMode {
+    /// Decoupled PPO when `max_staleness > 0`, none otherwise.
+    #[default]
+    Auto,
+    /// Decoupled PPO (Hilton et al., 2022; AReaL): the ratio is taken against the proximal policy
+    /// (the current weights before the update) and each token is weighted by the detached
+    /// `exp(logp_prox - logp_behavior)`, truncated or masked by [`OffPolicyConfig::correction`].
+    Decoupled,
+    /// Plain truncated importance sampling, no proximal policy and no clipping: the per-token
+    /// loss is `-sg(min(exp(logp - logp_behavior), cap)) * A * logp` (IMPALA's truncated rho).
+    Tis,
+    /// No correction: the ratio is taken against the behaviour log-probs, clipped as in PPO.
+    Off,
+}
+
+/// Off-policy correction settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffPolicyConfig {
+    /// Which correction.
+    pub mode: OffPolicyMode,
+    /// How decoupled PPO bounds its weight (TIS always truncates at `cap` of a `truncate`
+    /// correction, or 2 when the correction masks).
+    pub correction: IsCorrection,
+}
+
+impl Default for OffPolicyConfig {
+    fn default() -> Self {
+        OffPolicyConfig { mode: OffPolicyMode::Auto, correction: IsCorrection::Truncate { cap: 2.0 } }
+    }
+}
+
+impl OffPolicyConfig {
+    /// The mode in force for a run with this staleness bound.
+    pub fn resolved(&self, max_staleness: u64) -> OffPolicyMode {
+        match self.mode {
+            OffPolicyMode::Auto if max_staleness > 0 => OffPolicyMode::Decoupled,
+            OffPolicyMode::Auto => OffPolicyMode::Off,
+            m => m,
+        }
+    }
+}
+
+/// KL penalty to the frozen reference (the initial weights).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KlConfig {
+    /// Coefficient; 0 skips the reference forward entirely.
+    pub beta: f32,
+    /// Which estimator.
+    pub estimator: KlEstimator,
+    /// Bound on `|logp_ref - logp|` before the estimator.
+    pub clamp: f32,
+}
+
+impl Default for KlConfig {
+    fn default() -> Self {
+        KlConfig { beta: 0.0, estimator: KlEstimator::K3, clamp: 10.0 }
+    }
+}
+
+/// Trajectory balance: `beta` moves linearly from `beta_start` to `beta_end` over `beta_steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TbConfig {
+    /// `beta` at step 0.
+    pub beta_start: f32,
+    /// `beta` from `beta_steps` on.
+    pub beta_end: f32,
+    /// Length of the ramp (0: `beta_end` throughout).
+    pub beta_steps: u64,
+}
+
+impl Default for TbConfig {
+    fn default() -> Self {
+        TbConfig { beta_start: 0.1, beta_end: 0.1, beta_steps: 0 }
+    }
+}
+
+impl TbConfig {
+    /// `beta` at optimizer step `step`.
+    pub fn beta_at(&self, step: u64) -> f32 {
+        if step >= self.beta_steps {
+            return self.beta_end;
+        }
+        let f = step as f32 / self.beta_steps as f32;
+        self.beta_start + (self.beta_end - self.beta_start) * f
+    }
+}
+
+/// DAPO's soft overlong penalty, added to the reward (see [`crate::overlong_penalty`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlongConfig {
+    /// The generation budget in tokens.
+    pub max_len: usize,
+    /// Length of the soft zone before `max_len`.
+    pub cache: usize,
+    /// Scale of the penalty (DAPO: 1).
+    #[serde(default = "one")]
+    pub factor: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// Everything the learner needs besides the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LearnerConfig {
+    /// GRPO family or trajectory balance.
+    pub algorithm: Algorithm,
+    /// Completions per prompt (every group must have exactly this many).
+    pub group_size: usize,
+    /// Groups per optimizer step.
+    pub groups_per_step: usize,
+    /// Groups per forward/backward pass; gradients of a step's micro-batches are summed before the
+    /// update, which equals one pass over the whole batch. 0: the whole batch at once.
+    pub micro_batch_groups: usize,
+    /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1).
+    pub epochs: u32,
+    /// The sampling temperature: log-probs are computed at it, as the sampler drew.
+    pub temperature: f32,
+    /// Staleness bound of the admissibility filter (DESIGN.md §3).
+    pub max_staleness: u64,
+    /// Replay sampler by name (`fifo`, `uniform`, `recency`, `reward:T`, `tba:P:T`).
+    pub sampler: String,
+    /// Drop zero-variance groups before the step (dynamic sampling). Default: on for GRPO, off for
+    /// TB (whose loss still learns from them).
+    pub drop_zero_variance: Option<bool>,
+    /// Advantage estimator.
+    pub advantage: AdvantageConfig,
+    /// Clip ranges.
+    pub clip: ClipConfig,
+    /// Loss reduction by name.
+    pub reduction: Reduction,
+    /// KL penalty.
+    pub kl: KlConfig,
+    /// Off-policy correction.
+    pub off_policy: OffPolicyConfig,
+    /// Trajectory balance.
+    pub tb: TbConfig,
+    /// Overlong reward shaping; off when absent.
+    pub overlong: Option<OverlongConfig>,
+    /// AdamW.
+    pub optimizer: AdamWConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Publish weights every this many steps (and after the last).
+    pub sync_every: u64,
+    /// Checkpoint every this many steps (and after the last); 0: only at the end.
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Steps of the run.
+    pub total_steps: u64,
+    /// Compute the policy entropy for the metrics (one more pass over the logits).
+    pub log_entropy: bool,
+    /// The name this learner holds replay leases and acks under.
+    pub consumer: String,
+    /// Seed of the run, stored in the trainer state.
+    pub seed: u64,
+}
+
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        LearnerConfig {
+            algorithm: Algorithm::Grpo,
+            group_size: 8,
+            groups_per_step: 8,
+            micro_batch_groups: 0,
+            epochs: 1,
+            temperature: 1.0,
+            max_staleness: 2,
+            sampler: "fifo".into(),
+            drop_zero_variance: None,
+            advantage: AdvantageConfig::default(),
+            clip: ClipConfig::default(),
+            reduction: Reduction::SeqMeanTokenMean,
+            kl: KlConfig::default(),
+            off_policy: OffPolicyConfig::default(),
+            tb: TbConfig::default(),
+            overlong: None,
+            optimizer: AdamWConfig::default(),
+            schedule: Schedule::constant(1e-6),
+            sync_every: 1,
+            checkpoint_every: 50,
+            keep_checkpoints: 3,
+            total_steps: 100,
+            log_entropy: true,
+            consumer: "learner".into(),
+            seed: 0,
+        }
+    }
+}
+
+impl LearnerConfig {
+    /// Whether zero-variance groups are dropped.
+    pub fn drops_zero_variance(&self) -> bool {
+        self.drop_zero_variance.unwrap_or(self.algorithm == Algorithm::Grpo)
+    }
+
+    /// Whether the frozen reference policy is needed.
+    pub fn needs_reference(&self) -> bool {
+        self.algorithm == Algorithm::Tb || self.kl.beta > 0.0
+    }
+
+    /// Micro-batch size in groups.
+    pub fn micro_groups(&self) -> usize {
+        if self.micro_batch_groups == 0 {
+            self.groups_per_step
+        } else {
+            self.micro_batch_groups.min(self.groups_per_step)
+        }
+    }
+
+    /// The xxh3 of the canonical JSON of the settings, recorded in checkpoints.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+    }
+
+    /// Checks every range; the error names the key.
+    pub fn check(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: String| Err(LearnerError::InvalidConfig { name, reason });
+        if self.group_size < 2 {
+            return bad(
+                "learner.group_size",
+                format!("{} must be >= 2 (groups need a baseline)", self.group_size),
+            );
+        }
+        if self.groups_per_step == 0 {
+            return bad("learner.groups_per_step", "must be >= 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("learner.epochs", "must be >= 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("learner.temperature", format!("{} must be > 0", self.temperature));
+        }
+        if let Err(e) = sluice_replay::Sampler::parse(&self.sampler) {
+            return bad("learner.sampler", e);
+        }
+        if !(self.advantage.eps.is_finite() && self.advantage.eps >= 0.0) {
+            return bad("learner.advantage.eps", format!("{} must be >= 0", self.advantage.eps));
+        }
+        let c = self.clip;
+        if !(c.eps_low > 0.0 && c.eps_low < 1.0) {
+            return bad("learner.clip.eps_low", format!("{} must be in (0, 1)", c.eps_low));
+        }
+        if !(c.eps_high > 0.0 && c.eps_high.is_finite()) {
+            return bad("learner.clip.eps_high", format!("{} must be > 0", c.eps_high));
+        }
+        if let Some(d) = c.dual_clip {
+            if !(d > 1.0 && d.is_finite()) {
+                return bad("learner.clip.dual_clip", format!("{d} must be > 1"));
+            }
+        }
+        if !(self.kl.beta.is_finite() && self.kl.beta >= 0.0) {
+            return bad("learner.kl.beta", format!("{} must be >= 0", self.kl.beta));
+        }
+        if self.kl.clamp.is_nan() || self.kl.clamp <= 0.0 {
+            return bad("learner.kl.clamp", format!("{} must be > 0", self.kl.clamp));
+        }
+        match self.off_policy.correction {
+            IsCorrection::Truncate { cap } if !(cap > 0.0 && cap.is_finite()) => {
+                return bad("learner.off_policy.correction.cap", format!("{cap} must be > 0"));
+            }
+            IsCorrection::Mask { lo, hi } if !(lo >= 0.0 && lo < hi && hi.is_finite()) => {
+                return bad("learner.off_policy.correction", format!("need 0 <= lo ({lo}) < hi ({hi})"));
+            }
+            _ => {}
+        }
+        let tb = self.tb;
+        if !(tb.beta_start > 0.0 && tb.beta_end > 0.0 && tb.beta_start.is_finite() && tb.beta_end.is_finite())
+        {
+            return bad(
+                "learner.tb.beta_start",
+                format!("beta_start ({}) and beta_end ({}) must be > 0", tb.beta_start, tb.beta_end),
+            );
+        }
+        if let Some(o) = self.overlong {
+            if o.cache == 0 || o.cache > o.max_len {
+                return bad(
+                    "learner.overlong.cache",
+                    format!("{} must be in 1..=max_len ({})", o.cache, o.max_len),
+                );
+            }
+        }
+        if self.sync_every == 0 {
+            return bad("learner.sync_every", "must be >= 1".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("learner.keep_checkpoints", "must be >= 1".into());
+        }
+        if self.consumer.is_empty() {
+            return bad("learner.consumer", "must not be empty".into());
+        }
+        self.optimizer.check()?;
+        self.schedule.check()
+    }
+}

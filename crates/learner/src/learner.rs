@@ -1,0 +1,527 @@
+//! The learner loop: pull whole groups from the replay, train, publish weights, checkpoint, log.
+//!
+//! # Design
+//! *Constraints.* Resume must neither skip nor repeat data (what practitioners hate most after a
+//! crash), the step must not stall the weight publisher or the zenoh runtime, and a run must be
+//! reproducible from its checkpoint. *Solution.* Groups drawn from the `fifo` stream are
+//! acknowledged to the replay only once a checkpoint that contains their update is sealed: until
+//! then they are held under the learner's lease, listed in the trainer state (`unacked`), and
+//! acknowledged on resume if the crash came after the seal. A crash before the seal leaves them
+//! unacknowledged, so the replay delivers them again when their lease ends; groups redelivered
+//! while this learner still holds them are skipped (counted as `data/duplicates_skipped`). Without
+//! checkpoints, groups are acknowledged after each step. The step runs on the caller's thread
+//! (inside `block_in_place` on a multi-thread runtime), so the publisher's casting and hashing
+//! proceed on tokio's blocking pool meanwhile. The trainer state (`trainer.json`) holds the
+//! version, the learner step, the seed, the schedule position, the replay consumer position and
+//! the config digest; the model directory beside it is an HF checkpoint, the optimizer's moments
+//! are `optimizer.safetensors`. *Cons:* the replay's `fifo_lease_ms` should exceed the time
+//! between checkpoints, or groups come back (and are skipped) while the learner still runs.
+//!
+//! The learner draws no random numbers itself (the replay's samplers hold their own seeded RNG);
+//! the state records the run's seed so that any draw is keyed by `(seed, step)`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use sluice_core::{metrics, trajectory, Group};
+use sluice_model::{save_model, Llama, ModelConfig};
+use sluice_replay::{AckRequest, ReplayClient, SampleInfo, SampleRequest, Sampler, Shard};
+use sluice_weights_sync::{Announce, Publisher, SourceTensor};
+use tokio::task::JoinHandle;
+
+use crate::advantages::zero_variance;
+use crate::checkpoint::{load_optimizer, save_optimizer, verify, Checkpoints};
+use crate::config::LearnerConfig;
+use crate::error::{LearnerError, Result};
+use crate::optim::AdamW;
+use crate::trainer::{StepStats, Trainer};
+
+/// Where the learner's batches come from: the replay over zenoh ([`ReplayClient`]) or a shard in
+/// this process ([`Shard`]).
+pub trait GroupSource: Send + Sync {
+    /// Draws whole groups as the request says.
+    fn sample(
+        &self,
+        req: &SampleRequest,
+    ) -> impl std::future::Future<Output = Result<(RecordBatch, SampleInfo)>> + Send;
+    /// Marks groups consumed by `consumer`.
+    fn ack(&self, consumer: &str, group_ids: &[u64]) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+impl GroupSource for ReplayClient {
+    async fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
+        let s = ReplayClient::sample(self, req).await?;
+        Ok((s.batch, s.info))
+    }
+
+    async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
+        ReplayClient::ack(self, consumer, group_ids).await?;
+        Ok(())
+    }
+}
+
+impl GroupSource for Shard {
+    async fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
+        Ok(Shard::sample(self, req)?)
+    }
+
+    async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
+        Shard::ack(self, &AckRequest { consumer: consumer.into(), group_ids: group_ids.to_vec() })?;
+        Ok(())
+    }
+}
+
+/// What a checkpoint records besides the weights and the optimizer (`trainer.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Format of this file.
+    pub format: u32,
+    /// Policy version: optimizer steps applied.
+    pub version: u64,
+    /// Learner steps (batches) taken; `version = step * epochs`.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The learning-rate schedule's position (its next step).
+    pub schedule_step: u64,
+    /// The replay consumer this learner acknowledges as.
+    pub consumer: String,
+    /// Groups trained on since the run began.
+    pub groups_consumed: u64,
+    /// Samples trained on since the run began.
+    pub samples_consumed: u64,
+    /// Groups trained on since the previous checkpoint: acknowledged once this one is sealed (and
+    /// again on resume, which is harmless).
+    pub unacked: Vec<u64>,
+    /// Digest of the config the checkpoint was made under ([`LearnerConfig::digest`]).
+    pub config_digest: String,
+}
+
+const STATE_FILE: &str = "trainer.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Tokenizer files copied from the initial model into every checkpoint, when present.
+const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+
+/// A checkpoint read back: the policy, its optimizer and the trainer state.
+pub struct Restored<B: AutodiffBackend> {
+    /// The policy at the checkpoint.
+    pub model: Llama<B>,
+    /// AdamW with its moments.
+    pub optimizer: AdamW<B>,
+    /// The trainer state.
+    pub state: TrainerState,
+}
+
+/// Reads a sealed checkpoint directory (refusing an unsealed or corrupt one).
+pub fn load_checkpoint<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Restored<B>> {
+    verify(dir)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = sluice_model::weights::read_hf_weights(dir)?;
+    let model = Llama::<B>::from_checkpoint(&cfg, &weights, dir, device)?;
+    let optimizer = load_optimizer::<B>(&dir.join(OPTIMIZER_FILE), device)?;
+    let path = dir.join(STATE_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| LearnerError::Io { path: path.clone(), source })?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| LearnerError::Checkpoint(format!("{}: {e}", path.display())))?;
+    if state.version != optimizer.step {
+        return Err(LearnerError::Checkpoint(format!(
+            "{}: trainer state says version {} but the optimizer took {} steps",
+            dir.display(),
+            state.version,
+            optimizer.step
+        )));
+    }
+    Ok(Restored { model, optimizer, state })
+}
+
+/// Appends one JSON object per line to `metrics.jsonl`.
+pub struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens (appending) or creates the log.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LearnerError::Io { path: dir.into(), source })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| LearnerError::Io { path: path.clone(), source })?;
+        Ok(MetricsLog { file, path })
+    }
+
+    /// Writes one record.
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(|source| LearnerError::Io { path: self.path.clone(), source })
+    }
+}
+
+/// A learner step's record: the trainer's metrics, the data side, and where it was taken.
+pub fn record(role: &str, step: u64, version: u64, stats: &StepStats) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert(metrics::ROLE.into(), role.into());
+    map.insert(metrics::STEP.into(), step.into());
+    map.insert(metrics::VERSION.into(), version.into());
+    for (k, v) in &stats.values {
+        if let Some(n) = serde_json::Number::from_f64(*v) {
+            map.insert((*k).into(), serde_json::Value::Number(n));
+        }
+    }
+    map.insert(metrics::STALENESS_HIST.into(), stats.staleness_hist.clone().into());
+    serde_json::Value::Object(map)
+}
+
+/// The learner: a [`Trainer`] fed from a [`GroupSource`], with optional weight publishing,
+/// checkpoints and a metrics log.
+pub struct Learner<B: AutodiffBackend> {
+    trainer: Trainer<B>,
+    state: TrainerState,
+    checkpoints: Option<Checkpoints>,
+    publisher: Option<Publisher>,
+    publishing: Option<JoinHandle<sluice_weights_sync::Result<Announce>>>,
+    metrics: Option<MetricsLog>,
+    tokenizer_dir: Option<PathBuf>,
+    /// Groups trained since the last checkpoint (== `state.unacked`), for duplicate detection.
+    held: HashSet<u64>,
+    /// Acks a restored checkpoint still owes the replay.
+    owed: Vec<u64>,
+    stop: Arc<AtomicBool>,
+    poll: Duration,
+}
+
+impl<B: AutodiffBackend> Learner<B> {
+    /// A learner starting at the trainer's version with a fresh state.
+    pub fn new(trainer: Trainer<B>) -> Self {
+        let cfg = trainer.config();
+        let state = TrainerState {
+            format: 1,
+            version: trainer.version(),
+            step: 0,
+            seed: cfg.seed,
+            schedule_step: trainer.version(),
+            consumer: cfg.consumer.clone(),
+            groups_consumed: 0,
+            samples_consumed: 0,
+            unacked: Vec::new(),
+            config_digest: cfg.digest(),
+        };
+        Self::with_state(trainer, state, Vec::new())
+    }
+
+    fn with_state(trainer: Trainer<B>, state: TrainerState, owed: Vec<u64>) -> Self {
+        Learner {
+            trainer,
+            state,
+            checkpoints: None,
+            publisher: None,
+            publishing: None,
+            metrics: None,
+            tokenizer_dir: None,
+            held: HashSet::new(),
+            owed,
+            stop: Arc::new(AtomicBool::new(false)),
+            poll: Duration::from_millis(50),
+        }
+    }
+
+    /// Resumes from a restored checkpoint: the model and optimizer go into a trainer built with
+    /// `cfg` and `reference`; the groups the checkpoint had not acknowledged yet are acknowledged
+    /// on the first step. A config whose digest differs from the checkpoint's is accepted with a
+    /// warning (changing, say, `total_steps` is legitimate; the digests are logged).
+    pub fn resume(
+        cfg: LearnerConfig,
+        restored: Restored<B>,
+        reference: Option<Llama<B::InnerBackend>>,
+    ) -> Result<Self> {
+        let Restored { model, optimizer, mut state } = restored;
+        if state.config_digest != cfg.digest() {
+            tracing::warn!(
+                "resuming under a different config (checkpoint {}, now {})",
+                state.config_digest,
+                cfg.digest()
+            );
+            state.config_digest = cfg.digest();
+        }
+        if state.consumer != cfg.consumer {
+            return Err(LearnerError::InvalidConfig {
+                name: "learner.consumer",
+                reason: format!(
+                    "the checkpoint consumed the replay as {:?}; resuming as {:?} would re-read its data",
+                    state.consumer, cfg.consumer
+                ),
+            });
+        }
+        let owed = std::mem::take(&mut state.unacked);
+        let trainer = Trainer::new(cfg, model, reference, optimizer)?;
+        Ok(Self::with_state(trainer, state, owed))
+    }
+
+    /// Writes checkpoints into `checkpoints` (every `checkpoint_every` steps and at the end).
+    pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
+    }
+
+    /// Publishes weights through `publisher` (at the start, every `sync_every` steps, at the end).
+    pub fn with_publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// Appends a record per step to `metrics.jsonl` at `path`.
+    pub fn with_metrics(mut self, log: MetricsLog) -> Self {
+        self.metrics = Some(log);
+        self
+    }
+
+    /// Copies the tokenizer files of `dir` into every checkpoint, so each one loads as a policy.
+    pub fn with_tokenizer_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tokenizer_dir = Some(dir.into());
+        self
+    }
+
+    /// A flag that ends [`Learner::run`] at the next point where it waits for data.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The trainer.
+    pub fn trainer(&self) -> &Trainer<B> {
+        &self.trainer
+    }
+
+    /// The trainer state as the next checkpoint would record it.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// Runs until `total_steps` (or the stop flag), then checkpoints and publishes the last
+    /// version. Returns the steps taken by this call.
+    pub async fn run<S: GroupSource>(&mut self, source: &S) -> Result<u64> {
+        let total = self.trainer.config().total_steps;
+        let start = self.state.step;
+        self.publish().await?;
+        while self.state.step < total {
+            if self.step(source).await?.is_none() {
+                break;
+            }
+        }
+        self.finish(source).await?;
+        Ok(self.state.step - start)
+    }
+
+    /// One learner step: fill the batch, train, then publish, checkpoint and log as configured.
+    /// `None` when the stop flag was raised while waiting for data.
+    pub async fn step<S: GroupSource>(&mut self, source: &S) -> Result<Option<StepStats>> {
+        if !self.owed.is_empty() {
+            let owed = std::mem::take(&mut self.owed);
+            source.ack(&self.state.consumer, &owed).await?;
+        }
+        let waited = Instant::now();
+        let Some((groups, mut data)) = self.fill(source).await? else { return Ok(None) };
+        let wait_s = waited.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut stats = in_place(|| self.trainer.train(&groups))?;
+        let step_s = started.elapsed().as_secs_f64();
+        stats.values.append(&mut data.values);
+        stats.values.insert(metrics::WAIT_DATA_S, wait_s);
+        stats.values.insert(metrics::STEP_S, step_s);
+        let tokens = stats.get(metrics::TOKENS).unwrap_or(0.0);
+        stats.values.insert(metrics::TOKENS_PER_S, tokens / step_s.max(1e-9));
+
+        self.state.step += 1;
+        self.state.version = self.trainer.version();
+        self.state.schedule_step = self.trainer.version();
+        self.state.groups_consumed += groups.len() as u64;
+        self.state.samples_consumed += groups.iter().map(|g| g.samples.len() as u64).sum::<u64>();
+        for g in &groups {
+            if self.held.insert(g.group_id) {
+                self.state.unacked.push(g.group_id);
+            }
+        }
+        let cfg = self.trainer.config();
+        let last = self.state.step >= cfg.total_steps;
+        let every = cfg.checkpoint_every;
+        if self.state.step.is_multiple_of(cfg.sync_every) && !last {
+            self.publish().await?;
+        }
+        match &self.checkpoints {
+            Some(_) => {
+                if every > 0 && self.state.step.is_multiple_of(every) && !last {
+                    self.checkpoint(source).await?;
+                }
+            }
+            None => self.ack_held(source).await?,
+        }
+        if let Some(log) = &mut self.metrics {
+            log.write(&record("learner", self.state.step, self.state.version, &stats))?;
+        }
+        Ok(Some(stats))
+    }
+
+    /// The final checkpoint and publish, and the acks they release.
+    pub async fn finish<S: GroupSource>(&mut self, source: &S) -> Result<()> {
+        self.publish().await?;
+        if self.checkpoints.is_some() {
+            self.checkpoint(source).await?;
+        } else {
+            self.ack_held(source).await?;
+        }
+        if let Some(handle) = self.publishing.take() {
+            let announce = handle.await.map_err(|e| LearnerError::Batch(format!("publish task: {e}")))??;
+            tracing::info!("published version {}", announce.version);
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current step, then acknowledges the groups it covers.
+    pub async fn checkpoint<S: GroupSource>(&mut self, source: &S) -> Result<PathBuf> {
+        let Some(ckpts) = &self.checkpoints else {
+            return Err(LearnerError::Checkpoint("no checkpoint directory configured".into()));
+        };
+        let state = &self.state;
+        let trainer = &self.trainer;
+        let tokenizer = self.tokenizer_dir.as_deref();
+        let path = in_place(|| {
+            ckpts.save(state.step, |tmp| {
+                save_model(trainer.model(), tmp)?;
+                if let Some(dir) = tokenizer {
+                    for name in TOKENIZER_FILES {
+                        let from = dir.join(name);
+                        if from.exists() {
+                            std::fs::copy(&from, tmp.join(name))
+                                .map_err(|source| LearnerError::Io { path: from.clone(), source })?;
+                        }
+                    }
+                }
+                save_optimizer(trainer.optimizer(), &tmp.join(OPTIMIZER_FILE))?;
+                let json =
+                    serde_json::to_vec_pretty(state).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
+                let p = tmp.join(STATE_FILE);
+                std::fs::write(&p, json).map_err(|source| LearnerError::Io { path: p, source })
+            })
+        })?;
+        tracing::info!("checkpoint {} (version {})", path.display(), self.state.version);
+        self.ack_held(source).await?;
+        Ok(path)
+    }
+
+    async fn ack_held<S: GroupSource>(&mut self, source: &S) -> Result<()> {
+        if self.state.unacked.is_empty() {
+            return Ok(());
+        }
+        source.ack(&self.state.consumer, &self.state.unacked).await?;
+        self.state.unacked.clear();
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Hands the current weights to the publisher (its casting and hashing run in the background;
+    /// the previous publish's outcome is checked here).
+    async fn publish(&mut self) -> Result<()> {
+        let Some(publisher) = &self.publisher else { return Ok(()) };
+        if let Some(prev) = self.publishing.take() {
+            // A publish still preparing finishes on its own; subscribers move to the newer one.
+            if prev.is_finished() {
+                prev.await.map_err(|e| LearnerError::Batch(format!("publish task: {e}")))??;
+            }
+        }
+        let snapshot = self
+            .trainer
+            .model()
+            .to_host_tensors()
+            .into_iter()
+            .map(|(name, t)| SourceTensor::whole(name, t.shape, t.data))
+            .collect();
+        self.publishing = Some(publisher.publish(self.trainer.version(), snapshot));
+        Ok(())
+    }
+
+    /// Draws groups until the batch is full; `None` if stopped while waiting.
+    async fn fill<S: GroupSource>(&mut self, source: &S) -> Result<Option<(Vec<Group>, StepStats)>> {
+        let cfg = self.trainer.config();
+        let want = cfg.groups_per_step;
+        let fifo = matches!(Sampler::parse(&cfg.sampler), Ok(Sampler::Fifo));
+        let drop_zero = cfg.drops_zero_variance();
+        let mut groups: Vec<Group> = Vec::with_capacity(want);
+        let mut taken: HashSet<u64> = HashSet::new();
+        let (mut requests, mut dropped, mut duplicates) = (0u64, 0u64, 0u64);
+        while groups.len() < want {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let req = SampleRequest {
+                sampler: Sampler::parse(&cfg.sampler)
+                    .map_err(|reason| LearnerError::InvalidConfig { name: "learner.sampler", reason })?,
+                groups: (want - groups.len()) as u32,
+                learner_version: self.trainer.version(),
+                max_staleness: cfg.max_staleness,
+                consumer: cfg.consumer.clone(),
+                drop_zero_variance: drop_zero,
+                dedup: false,
+            };
+            let (batch, info) = source.sample(&req).await?;
+            requests += 1;
+            dropped += info.zero_variance_dropped;
+            let drawn = if batch.num_rows() == 0 {
+                Vec::new()
+            } else {
+                trajectory::batch_to_groups(&batch).map_err(|e| {
+                    LearnerError::Batch(format!("the replay sent a batch that does not decode: {e}"))
+                })?
+            };
+            let got = drawn.len();
+            for g in drawn {
+                if fifo && (self.held.contains(&g.group_id) || taken.contains(&g.group_id)) {
+                    duplicates += 1;
+                    continue;
+                }
+                let rewards: Vec<f32> = g.samples.iter().map(|s| s.reward).collect();
+                if drop_zero && zero_variance(&rewards) {
+                    // Carries no GRPO signal; consumed all the same.
+                    dropped += 1;
+                    if self.held.insert(g.group_id) {
+                        self.state.unacked.push(g.group_id);
+                    }
+                    continue;
+                }
+                taken.insert(g.group_id);
+                groups.push(g);
+            }
+            if groups.len() < want && got == 0 {
+                tokio::time::sleep(self.poll).await;
+            }
+        }
+        let mut data = StepStats::default();
+        data.values.insert(metrics::SAMPLE_REQUESTS, requests as f64);
+        data.values.insert(metrics::ZERO_VARIANCE_DROPPED, dropped as f64);
+        data.values.insert(metrics::DUPLICATES_SKIPPED, duplicates as f64);
+        Ok(Some((groups, data)))
+    }
+}
+
+/// Runs CPU-heavy work without starving the runtime's other tasks.
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

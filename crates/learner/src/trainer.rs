@@ -1,0 +1,506 @@
+//! One optimizer step on a batch of whole groups: rewards and advantages on the host, then for each
+//! micro-batch a forward through the scorer at the sampling temperature, the objective, a backward
+//! pass whose gradients are summed, and one AdamW update.
+//!
+//! # Design
+//! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
+//! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
+//! nothing when unused; every number the metrics report must come from the step itself.
+//! *Solution.* Micro-batches hold whole groups (GRPO advantages and TB's `log Z` are per group) and
+//! each micro-batch's loss is normalised by the *batch's* row count, token count and longest
+//! completion ([`reduce_partial`]), so the summed gradients are the gradient of the batch loss.
+//! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
+//! the detached log-probs of the same forward (the current weights before the update, exactly);
+//! with `epochs > 1` they are computed once, before the first update, by a forward without
+//! autodiff. The reference forward runs only when `kl.beta > 0` or the objective is TB.
+//! *Cons:* the proximal forward with `epochs > 1` costs one extra forward per batch.
+
+use std::collections::BTreeMap;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use sluice_core::{metrics, Group, Sample};
+use sluice_model::{score, Llama, ScoreRow};
+
+use crate::advantages::{advantages, overlong_penalty};
+use crate::config::{Algorithm, LearnerConfig, OffPolicyMode};
+use crate::error::{LearnerError, Result};
+use crate::grpo::{
+    clip_fraction, clipped_surrogate, importance_weights, reduce_partial, BatchTotals, IsCorrection,
+};
+use crate::kl::kl_per_token;
+use crate::optim::{AdamW, GradAccumulator};
+use crate::tb::tb_vargrad_loss;
+
+/// What one step measured. Keys are the names of [`sluice_core::metrics`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// Scalar metrics by name.
+    pub values: BTreeMap<&'static str, f64>,
+    /// Samples per staleness value (index = staleness).
+    pub staleness_hist: Vec<u64>,
+}
+
+impl StepStats {
+    /// A metric, if the step measured it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
+
+    fn set(&mut self, name: &'static str, v: f64) {
+        self.values.insert(name, v);
+    }
+
+    fn add(&mut self, name: &'static str, v: f64) {
+        *self.values.entry(name).or_default() += v;
+    }
+}
+
+/// The policy, its frozen reference, the optimizer, and the step.
+pub struct Trainer<B: AutodiffBackend> {
+    cfg: LearnerConfig,
+    model: Option<Llama<B>>,
+    reference: Option<Llama<B::InnerBackend>>,
+    optimizer: AdamW<B>,
+}
+
+/// One sequence of the batch, with what the objective needs from the host.
+struct Row<'a> {
+    sample: &'a Sample,
+    reward: f32,
+    advantage: f32,
+}
+
+/// Host-side inputs of one micro-batch, padded to `[rows, width]`.
+struct Micro<'a> {
+    rows: &'a [Row<'a>],
+    width: usize,
+    loss_mask: Vec<f32>,
+    behavior: Vec<f32>,
+    /// Reference log-probs, when needed.
+    reference: Option<Vec<f32>>,
+    /// Proximal log-probs computed before the first update (`epochs > 1`).
+    proximal: Option<Vec<f32>>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer for `model` at the version the optimizer has counted (`optimizer.step`).
+    ///
+    /// `reference` is the frozen initial policy; it must be given when the objective needs it
+    /// ([`LearnerConfig::needs_reference`]).
+    pub fn new(
+        cfg: LearnerConfig,
+        model: Llama<B>,
+        reference: Option<Llama<B::InnerBackend>>,
+        optimizer: AdamW<B>,
+    ) -> Result<Self> {
+        cfg.check()?;
+        if cfg.needs_reference() && reference.is_none() {
+            return Err(LearnerError::InvalidConfig {
+                name: "reference",
+                reason:
+                    "the objective needs the frozen reference policy (TB, or kl.beta > 0) and none was given"
+                        .into(),
+            });
+        }
+        let reference = if cfg.needs_reference() { reference } else { None };
+        Ok(Trainer { cfg, model: Some(model), reference, optimizer })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.cfg
+    }
+
+    /// The policy.
+    pub fn model(&self) -> &Llama<B> {
+        match &self.model {
+            Some(m) => m,
+            None => unreachable!("the model is only taken for the duration of an update"),
+        }
+    }
+
+    /// The optimizer (its `step` is the policy version).
+    pub fn optimizer(&self) -> &AdamW<B> {
+        &self.optimizer
+    }
+
+    /// The policy version: optimizer steps applied (DESIGN.md §3).
+    pub fn version(&self) -> u64 {
+        self.optimizer.step
+    }
+
+    /// Takes `epochs` optimizer steps on `groups` (whole groups of `group_size`).
+    pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
+        let rows = self.prepare(groups)?;
+        let cfg = &self.cfg;
+        let totals = BatchTotals {
+            rows: rows.len(),
+            tokens: rows.iter().map(|r| model_tokens(r.sample)).sum(),
+            width: rows.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0).max(1),
+        };
+        let version = self.version();
+        let mut stats = StepStats::default();
+        batch_stats(&rows, version, &mut stats);
+        stats.set(metrics::GROUPS, groups.len() as f64);
+        stats.set(metrics::SAMPLES, rows.len() as f64);
+        stats.set(metrics::TOKENS, totals.tokens as f64);
+        stats.staleness_hist = staleness_hist(&rows, version);
+
+        let per_micro = cfg.micro_groups() * cfg.group_size;
+        let mut micros: Vec<Micro<'_>> = rows.chunks(per_micro).map(micro).collect();
+        let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
+        for m in &mut micros {
+            if let Some(reference) = &self.reference {
+                m.reference = Some(host_logprobs(reference, m, cfg.temperature)?);
+            }
+            if needs_proximal {
+                m.proximal = Some(host_logprobs(&self.model().valid(), m, cfg.temperature)?);
+            }
+        }
+        for epoch in 0..cfg.epochs {
+            let mut acc = GradAccumulator::<B>::default();
+            let mut epoch_stats = StepStats::default();
+            for m in &micros {
+                self.micro_step(m, &totals, &mut acc, &mut epoch_stats)?;
+            }
+            let lr = self.cfg.schedule.lr_at(self.optimizer.step);
+            let model = self.model.take().unwrap_or_else(|| unreachable!("model present between updates"));
+            let (model, report) = self.optimizer.step(model, &acc, lr);
+            self.model = Some(model);
+            if epoch == 0 {
+                // The first epoch's forward is the one on the weights the samples are judged by.
+                stats.values.extend(epoch_stats.values);
+                stats.set(metrics::GRAD_NORM, report.grad_norm);
+                stats.set(metrics::GRAD_CLIP_SCALE, report.clip_scale);
+                stats.set(metrics::LR, report.lr);
+            }
+        }
+        if self.cfg.algorithm == Algorithm::Tb {
+            stats.set(metrics::TB_BETA, self.cfg.tb.beta_at(version) as f64);
+        }
+        Ok(stats)
+    }
+
+    /// The off-policy mode in force.
+    fn mode(&self) -> OffPolicyMode {
+        self.cfg.off_policy.resolved(self.cfg.max_staleness)
+    }
+
+    /// Validates the groups and computes shaped rewards and advantages.
+    fn prepare<'a>(&self, groups: &'a [Group]) -> Result<Vec<Row<'a>>> {
+        let cfg = &self.cfg;
+        let bad = |m: String| Err(LearnerError::Batch(m));
+        if groups.is_empty() {
+            return bad("no groups to train on".into());
+        }
+        let vocab = self.model().config().vocab_size;
+        let mut rewards = Vec::new();
+        let mut samples = Vec::new();
+        for g in groups {
+            if g.samples.len() != cfg.group_size {
+                return bad(format!(
+                    "group {} has {} samples; learner.group_size is {}",
+                    g.group_id,
+                    g.samples.len(),
+                    cfg.group_size
+                ));
+            }
+            for s in &g.samples {
+                let n = s.completion_tokens.len();
+                if s.loss_mask.len() != n || s.behavior_logprobs.len() != n {
+                    return bad(format!(
+                        "group {} sample {}: {n} completion tokens but {} loss_mask and {} behavior_logprobs",
+                        g.group_id,
+                        s.sample_idx,
+                        s.loss_mask.len(),
+                        s.behavior_logprobs.len()
+                    ));
+                }
+                if s.prompt_tokens.is_empty() {
+                    return bad(format!("group {} sample {}: empty prompt", g.group_id, s.sample_idx));
+                }
+                if let Some(&t) =
+                    s.prompt_tokens.iter().chain(&s.completion_tokens).find(|&&t| t as usize >= vocab)
+                {
+                    return bad(format!(
+                        "group {} sample {}: token {t} is outside the model's vocabulary ({vocab})",
+                        g.group_id, s.sample_idx
+                    ));
+                }
+                let shaped = match cfg.overlong {
+                    Some(o) => s.reward + o.factor * overlong_penalty(n, o.max_len, o.cache),
+                    None => s.reward,
+                };
+                rewards.push(shaped);
+                samples.push(s);
+            }
+        }
+        let adv = match cfg.algorithm {
+            Algorithm::Grpo => advantages(&rewards, cfg.group_size, &cfg.advantage)?,
+            Algorithm::Tb => {
+                if let Some((row, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+                    return Err(LearnerError::NonFinite { what: "reward", row, value });
+                }
+                vec![0.0; rewards.len()]
+            }
+        };
+        Ok(samples
+            .into_iter()
+            .zip(rewards)
+            .zip(adv)
+            .map(|((sample, reward), advantage)| Row { sample, reward, advantage })
+            .collect())
+    }
+
+    /// Forward, loss and backward of one micro-batch; gradients go into `acc`.
+    fn micro_step(
+        &self,
+        m: &Micro<'_>,
+        totals: &BatchTotals,
+        acc: &mut GradAccumulator<B>,
+        stats: &mut StepStats,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let model = self.model();
+        let device = model.device();
+        let b = m.rows.len();
+        let c = m.width;
+        let t2 = |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [b, c]), &device);
+        let scored = score(model, &score_rows(m.rows), cfg.temperature, cfg.log_entropy)?;
+        let logp = scored.logprobs;
+        let lm = t2(&m.loss_mask);
+        let behavior = t2(&m.behavior);
+        let reference = m.reference.as_deref().map(t2);
+        let tokens = m.loss_mask.iter().sum::<f32>() as f64;
+        let logp_host = sluice_model::weights::to_vec_f32(logp.clone().detach());
+
+        // Diagnostics every mode reports: train/inference mismatch, entropy.
+        let prox_host: &[f32] = m.proximal.as_deref().unwrap_or(&logp_host);
+        stats.add(
+            metrics::LOGP_MISMATCH,
+            masked_sum(&m.loss_mask, |i| (prox_host[i] - m.behavior[i]).abs() as f64) / denom(totals.tokens),
+        );
+        if let Some(e) = scored.entropy {
+            let e = (e.detach() * lm.clone()).sum().into_scalar().elem::<f32>() as f64;
+            stats.add(metrics::ENTROPY, e / denom(totals.tokens));
+        }
+
+        let loss = match cfg.algorithm {
+            Algorithm::Grpo => {
+                let adv: Vec<f32> = m.rows.iter().map(|r| r.advantage).collect();
+                let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [b]), &device);
+                let mode = self.mode();
+                let (old, weight) = match mode {
+                    OffPolicyMode::Decoupled => {
+                        let prox = match &m.proximal {
+                            Some(p) => t2(p),
+                            None => logp.clone().detach(),
+                        };
+                        let w = importance_weights(
+                            prox.clone(),
+                            behavior.clone(),
+                            lm.clone(),
+                            &cfg.off_policy.correction,
+                        );
+                        (prox, Some(w))
+                    }
+                    OffPolicyMode::Tis => {
+                        let cap = match cfg.off_policy.correction {
+                            IsCorrection::Truncate { cap } => cap,
+                            IsCorrection::Mask { .. } => 2.0,
+                        };
+                        let current = logp.clone().detach();
+                        let w = importance_weights(
+                            current.clone(),
+                            behavior.clone(),
+                            lm.clone(),
+                            &IsCorrection::Truncate { cap },
+                        );
+                        (current, Some(w))
+                    }
+                    OffPolicyMode::Off | OffPolicyMode::Auto => (behavior.clone(), None),
+                };
+                if let Some(w) = &weight {
+                    is_stats(prox_host, &m.behavior, &m.loss_mask, w, totals, stats);
+                }
+                let clipped = clip_fraction(logp.clone().detach(), old.clone(), lm.clone(), &cfg.clip) as f64;
+                stats.add(metrics::CLIP_FRACTION, clipped * tokens / denom(totals.tokens));
+                let pg = clipped_surrogate(logp.clone(), old, adv, lm.clone(), &cfg.clip, weight);
+                let pg = reduce_partial(pg, lm.clone(), cfg.reduction, totals);
+                stats.add(metrics::LOSS_POLICY, scalar(&pg));
+                match reference {
+                    Some(r) if cfg.kl.beta > 0.0 => {
+                        let kl = kl_per_token(logp, r, lm.clone(), cfg.kl.estimator, cfg.kl.clamp);
+                        let kl_sum = kl.clone().detach().sum().into_scalar().elem::<f32>() as f64;
+                        stats.add(metrics::KL, kl_sum / denom(totals.tokens));
+                        let kl = reduce_partial(kl, lm, cfg.reduction, totals) * cfg.kl.beta;
+                        stats.add(metrics::LOSS_KL, scalar(&kl));
+                        pg + kl
+                    }
+                    _ => pg,
+                }
+            }
+            Algorithm::Tb => {
+                let beta = cfg.tb.beta_at(self.version());
+                let seq = (logp * lm.clone()).sum_dim(1).reshape([b]);
+                let Some(r) = reference else {
+                    unreachable!("TB always has its reference (checked in Trainer::new)")
+                };
+                let seq_ref = (r.clone() * lm.clone()).sum_dim(1).reshape([b]);
+                let kl_sum = kl_per_token(
+                    logp_tensor(&logp_host, b, c, &device),
+                    r,
+                    lm,
+                    cfg.kl.estimator,
+                    cfg.kl.clamp,
+                )
+                .sum()
+                .into_scalar()
+                .elem::<f32>() as f64;
+                stats.add(metrics::KL, kl_sum / denom(totals.tokens));
+                let rewards: Vec<f32> = m.rows.iter().map(|r| r.reward).collect();
+                let log_z = tb_log_z(&rewards, &seq_host(&seq), &seq_host(&seq_ref), cfg.group_size, beta);
+                stats.add(metrics::TB_LOG_Z, log_z * b as f64 / totals.rows as f64);
+                let r = Tensor::<B, 1>::from_data(TensorData::new(rewards, [b]), &device);
+                let tb =
+                    tb_vargrad_loss(seq, seq_ref, r, cfg.group_size, beta)? * (b as f32 / totals.rows as f32);
+                stats.add(metrics::LOSS_TB, scalar(&tb));
+                tb
+            }
+        };
+        stats.add(metrics::LOSS_TOTAL, scalar(&loss));
+        let grads = loss.backward();
+        acc.add(model, &grads);
+        Ok(())
+    }
+}
+
+fn logp_tensor<B: Backend>(v: &[f32], b: usize, c: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [b, c]), device)
+}
+
+fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().elem::<f32>() as f64
+}
+
+fn seq_host<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
+    sluice_model::weights::to_vec_f32(t.clone())
+}
+
+fn denom(n: usize) -> f64 {
+    n.max(1) as f64
+}
+
+fn masked_sum(mask: &[f32], f: impl Fn(usize) -> f64) -> f64 {
+    mask.iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| f(i)).sum()
+}
+
+/// Model tokens of a sample (loss mask 1).
+fn model_tokens(s: &Sample) -> usize {
+    s.loss_mask.iter().filter(|&&m| m != 0).count()
+}
+
+fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {
+    rows.iter()
+        .map(|r| ScoreRow { prompt: &r.sample.prompt_tokens, completion: &r.sample.completion_tokens })
+        .collect()
+}
+
+/// The padded host inputs of a micro-batch (width = its longest completion, as the scorer pads).
+fn micro<'a>(rows: &'a [Row<'a>]) -> Micro<'a> {
+    let width = rows.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0).max(1);
+    let mut loss_mask = Vec::with_capacity(rows.len() * width);
+    let mut behavior = Vec::with_capacity(rows.len() * width);
+    for r in rows {
+        let s = r.sample;
+        let pad = width - s.completion_tokens.len();
+        loss_mask.extend(s.loss_mask.iter().map(|&m| if m != 0 { 1.0f32 } else { 0.0 }));
+        loss_mask.extend(std::iter::repeat_n(0.0, pad));
+        behavior.extend(
+            s.loss_mask.iter().zip(&s.behavior_logprobs).map(|(&m, &l)| if m != 0 { l } else { 0.0 }),
+        );
+        behavior.extend(std::iter::repeat_n(0.0, pad));
+    }
+    Micro { rows, width, loss_mask, behavior, reference: None, proximal: None }
+}
+
+/// Log-probs of a micro-batch under a model without autodiff, padded like [`micro`].
+fn host_logprobs<B: Backend>(model: &Llama<B>, m: &Micro<'_>, temperature: f32) -> Result<Vec<f32>> {
+    let s = score(model, &score_rows(m.rows), temperature, false)?;
+    Ok(sluice_model::weights::to_vec_f32(s.logprobs))
+}
+
+/// Importance-weight diagnostics: raw weights' extremes, corrected weights' mean, and the share
+/// of tokens the correction changed.
+fn is_stats<B: Backend>(
+    prox: &[f32],
+    behavior: &[f32],
+    mask: &[f32],
+    corrected: &Tensor<B, 2>,
+    totals: &BatchTotals,
+    stats: &mut StepStats,
+) {
+    let corrected = sluice_model::weights::to_vec_f32(corrected.clone());
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut sum, mut changed) = (0.0, 0.0);
+    for i in (0..mask.len()).filter(|&i| mask[i] > 0.0) {
+        let raw = ((prox[i] - behavior[i]) as f64).exp();
+        lo = lo.min(raw);
+        hi = hi.max(raw);
+        sum += corrected[i] as f64;
+        if (corrected[i] as f64 - raw).abs() > 1e-6 * raw.max(1.0) {
+            changed += 1.0;
+        }
+    }
+    stats.add(metrics::IS_WEIGHT_MEAN, sum / denom(totals.tokens));
+    stats.add(metrics::IS_CORRECTED_FRACTION, changed / denom(totals.tokens));
+    if lo.is_finite() {
+        let min = stats.get(metrics::IS_WEIGHT_MIN).map_or(lo, |m| m.min(lo));
+        let max = stats.get(metrics::IS_WEIGHT_MAX).map_or(hi, |m| m.max(hi));
+        stats.set(metrics::IS_WEIGHT_MIN, min);
+        stats.set(metrics::IS_WEIGHT_MAX, max);
+    }
+}
+
+/// Mean over the micro-batch's groups of TB's VarGrad `log Z` (as [`tb_vargrad_loss`] computes it).
+fn tb_log_z(rewards: &[f32], seq: &[f32], seq_ref: &[f32], g: usize, beta: f32) -> f64 {
+    let n = rewards.len();
+    let inner: Vec<f64> =
+        (0..n).map(|i| (rewards[i] / beta) as f64 - seq[i] as f64 + seq_ref[i] as f64).collect();
+    let groups = inner.chunks(g).map(|c| c.iter().sum::<f64>() / c.len() as f64);
+    groups.sum::<f64>() / (n / g).max(1) as f64
+}
+
+/// Reward, accuracy and staleness summaries of the batch.
+fn batch_stats(rows: &[Row<'_>], version: u64, stats: &mut StepStats) {
+    let n = rows.len().max(1) as f64;
+    let mean = rows.iter().map(|r| r.reward as f64).sum::<f64>() / n;
+    let var = rows.iter().map(|r| (r.reward as f64 - mean).powi(2)).sum::<f64>() / n;
+    stats.set(metrics::REWARD_MEAN, mean);
+    stats.set(metrics::REWARD_STD, var.sqrt());
+    let correct: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.sample.reward_parts.get(metrics::ACCURACY_PART).map(|&v| v as f64))
+        .collect();
+    if !correct.is_empty() {
+        stats.set(metrics::ACCURACY, correct.iter().sum::<f64>() / correct.len() as f64);
+    }
+    let staleness: Vec<u64> =
+        rows.iter().map(|r| version.saturating_sub(r.sample.behavior_version)).collect();
+    stats.set(metrics::STALENESS_MEAN, staleness.iter().sum::<u64>() as f64 / n);
+    stats.set(metrics::STALENESS_MAX, staleness.iter().copied().max().unwrap_or(0) as f64);
+}
+
+fn staleness_hist(rows: &[Row<'_>], version: u64) -> Vec<u64> {
+    let mut hist = Vec::new();
+    for r in rows {
+        let s = version.saturating_sub(r.sample.behavior_version) as usize;
+        if hist.len() <= s {
+            hist.resize(s + 1, 0);
+        }
+        hist[s] += 1;
+    }
+    hist
+}
