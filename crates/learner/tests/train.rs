@@ -272,3 +272,97 @@ fn tb_on_fixed_groups_lowers_its_loss_and_raises_the_rewarded_completion() {
     };
     learns(cfg, metrics::LOSS_TB);
 }
+
+/// The whole loop over zenoh: a replay service on one session, the learner drawing from it with a
+/// `ReplayClient` and publishing every version, a rollout-side subscriber on another session.
+#[test]
+fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_zenoh() {
+    use sluice_core::{free_local_port, ZenohOptions};
+    use sluice_replay::{ClientConfig, ReplayClient, ReplayService};
+    use sluice_weights_sync::{
+        DType, Destination, Publisher, PublisherConfig, StalenessGate, Subscriber, SubscriberConfig,
+    };
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let data: Vec<Group> = (0..6).map(|i| group(i, 0, false)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+        let learner_session = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+        let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
+        let cfg =
+            ReplayConfig { durability: Durability::OsBuffer, max_staleness: 1000, ..Default::default() };
+        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
+        let service = ReplayService::start(&learner_session, "loop", shard.clone()).await.unwrap();
+        // The rollout side appends over zenoh, as a worker would.
+        let producer = ReplayClient::new(worker_session.clone(), ClientConfig::new("loop", 1)).unwrap();
+        producer.append(&data).await.unwrap();
+
+        let sub_cfg =
+            SubscriberConfig { poll: Duration::from_millis(100), ..SubscriberConfig::new("loop", "w0") };
+        let sub =
+            Subscriber::start(&worker_session, sub_cfg, Destination::REPLICATED, StalenessGate::new(8, 0))
+                .await
+                .unwrap();
+        let pub_cfg = PublisherConfig { shm: false, ..PublisherConfig::new("loop") };
+        let publisher = Publisher::start(&learner_session, pub_cfg).await.unwrap();
+        let source = ReplayClient::new(learner_session.clone(), ClientConfig::new("loop", 1)).unwrap();
+        let metrics_path = dir.path().join("metrics.jsonl");
+        let mut l = learner(LearnerConfig { max_staleness: 2, ..grpo_config(3) })
+            .with_publisher(publisher)
+            .with_metrics(MetricsLog::open(&metrics_path).unwrap());
+        assert_eq!(l.run(&source).await.unwrap(), 3);
+
+        // The subscriber ends on version 3, the learner's weights as bf16.
+        let w = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let w = sub.next_ready().await;
+                if w.version == 3 {
+                    return w;
+                }
+                sub.applied(w.version).await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        for (name, t) in l.trainer().model().to_host_tensors() {
+            let expected = DType::Bf16.decode(&DType::Bf16.encode(&t.data));
+            assert!(w.values(&name).unwrap() == expected, "{name} differs from the learner's weights");
+        }
+        // Every group consumed once and acknowledged over zenoh.
+        assert_eq!(l.state().groups_consumed, 6);
+        assert_eq!(shard.stats().fifo_pending + shard.stats().fifo_leased, 0);
+        service.stop();
+
+        // One record per step under the fixed names.
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for (i, rec) in lines.iter().enumerate() {
+            assert_eq!(rec[metrics::STEP], i as u64 + 1);
+            assert_eq!(rec[metrics::VERSION], i as u64 + 1);
+            for name in [
+                metrics::REWARD_MEAN,
+                metrics::ACCURACY,
+                metrics::LOSS_POLICY,
+                metrics::LOSS_KL,
+                metrics::KL,
+                metrics::ENTROPY,
+                metrics::CLIP_FRACTION,
+                metrics::IS_WEIGHT_MEAN,
+                metrics::GRAD_NORM,
+                metrics::TOKENS_PER_S,
+                metrics::WAIT_DATA_S,
+            ] {
+                assert!(rec[name].is_number(), "{name} missing from {rec}");
+            }
+            assert_eq!(rec[metrics::ACCURACY], 0.25);
+            assert!(rec[metrics::STALENESS_HIST].is_array());
+        }
+    });
+}
