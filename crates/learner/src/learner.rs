@@ -143,6 +143,25 @@ pub fn load_checkpoint<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Re
     Ok(Restored { model, optimizer, state })
 }
 
+/// What `--resume` loads: the newest checkpoint under `checkpoints` that is sealed, intact and
+/// readable. Incomplete, corrupt or unreadable ones are skipped with a warning, never loaded;
+/// `None` when no checkpoint qualifies (the run starts fresh).
+pub fn resume_latest<B: AutodiffBackend>(
+    checkpoints: &Checkpoints,
+    device: &B::Device,
+) -> Option<Restored<B>> {
+    for (_, path) in checkpoints.list().into_iter().rev() {
+        match load_checkpoint::<B>(&path, device) {
+            Ok(r) => {
+                tracing::info!("resuming from {} (version {})", path.display(), r.state.version);
+                return Some(r);
+            }
+            Err(e) => tracing::warn!("skipping checkpoint {}: {e}", path.display()),
+        }
+    }
+    None
+}
+
 /// Appends one JSON object per line to `metrics.jsonl`.
 pub struct MetricsLog {
     file: std::fs::File,

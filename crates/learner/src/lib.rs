@@ -1,13 +1,20 @@
 //! Learner: advantages, losses (GRPO family, TB, KL, IS corrections), optimizer and schedules,
 //! training loop, checkpoint/resume.
 //!
-//! Built so far: the objectives, as plain tensor functions over any burn backend, each checked
-//! against an independent numpy reference (`tests/fixtures/make_objectives.py`), and the
-//! optimizer (AdamW, global-norm clipping, warmup + cosine/constant schedule, gradient
-//! accumulation), checked against PyTorch (`tests/fixtures/make_optim.py`), and sealed
-//! [`checkpoint`]s (temporary directory, xxh3 seal, rename, prune; corrupt ones skipped) with the
-//! optimizer state as safetensors. The loop, the trainer state and resume come with the rest of
-//! issue 5.
+//! - Objectives ([`advantages`], [`clipped_surrogate`], [`kl_per_token`], [`importance_weights`],
+//!   [`tb_vargrad_loss`]) as plain tensor functions over any burn backend, each checked against an
+//!   independent numpy reference (`tests/fixtures/make_objectives.py`).
+//! - The optimizer ([`AdamW`], global-norm clipping, warmup + cosine/constant [`Schedule`],
+//!   [`GradAccumulator`]), checked against PyTorch (`tests/fixtures/make_optim.py`).
+//! - [`Trainer`]: one step on whole groups (shaping, advantages, micro-batches, off-policy
+//!   correction, KL or TB against the frozen reference, the update), reporting [`StepStats`] under
+//!   the names of `sluice_core::metrics`.
+//! - [`Learner`]: the loop over a [`GroupSource`] (the replay over zenoh, or a shard in process):
+//!   dynamic sampling, weight publishing, sealed [`checkpoint`]s with the trainer state, acks
+//!   aligned with checkpoints, exact resume ([`resume_latest`]), `metrics.jsonl`.
+//!
+//! Configured by [`LearnerConfig`] (`deny_unknown_fields`; [`LearnerConfig::check`] names the key
+//! of any out-of-range value).
 
 mod advantages;
 pub mod checkpoint;
@@ -31,7 +38,9 @@ pub use grpo::{
     IsCorrection, Reduction,
 };
 pub use kl::{kl_per_token, KlEstimator};
-pub use learner::{load_checkpoint, record, GroupSource, Learner, MetricsLog, Restored, TrainerState};
+pub use learner::{
+    load_checkpoint, record, resume_latest, GroupSource, Learner, MetricsLog, Restored, TrainerState,
+};
 pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
 pub use tb::tb_vargrad_loss;
 pub use trainer::{StepStats, Trainer};

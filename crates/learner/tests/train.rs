@@ -210,7 +210,10 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     assert_eq!(a.state().unacked.len(), 2);
     drop(a); // the crash
 
-    let restored = load_checkpoint::<B>(&ckpts.latest().unwrap().1, &Default::default()).unwrap();
+    // A later checkpoint torn mid-write (no seal) is skipped by `--resume`.
+    std::fs::create_dir_all(ckpts.path(3)).unwrap();
+    std::fs::write(ckpts.path(3).join("trainer.json"), "{").unwrap();
+    let restored = resume_latest::<B>(&ckpts, &Default::default()).unwrap();
     assert_eq!(restored.state.groups_consumed, 4);
     let mut b = Learner::resume(cfg, restored, Some(reference())).unwrap().with_checkpoints(ckpts);
     rt.block_on(b.run(&shard)).unwrap();
@@ -219,6 +222,74 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     assert_eq!(b.state().groups_consumed, 10);
     let stats = shard.stats();
     assert_eq!(stats.fifo_pending + stats.fifo_leased, 0, "{stats:?}");
+}
+
+#[test]
+fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
+    // Groups 0, 2 and 4 have equal rewards everywhere: no GRPO signal.
+    let data: Vec<Group> = (0..6)
+        .map(|i| {
+            let mut g = group(i, 0, false);
+            if i % 2 == 0 {
+                g.samples.iter_mut().for_each(|s| s.reward = 0.5);
+            }
+            g
+        })
+        .collect();
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &data, 60_000);
+    let mut l = learner(LearnerConfig { groups_per_step: 3, ..grpo_config(1) });
+    let stats = rt.block_on(l.step(&replay)).unwrap().unwrap();
+    assert_eq!(stats.get(metrics::GROUPS), Some(3.0));
+    assert_eq!(stats.get(metrics::ZERO_VARIANCE_DROPPED), Some(3.0));
+    assert_eq!(l.state().groups_consumed, 3);
+    // TB learns from them: nothing is dropped by default.
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &data, 60_000);
+    let cfg = LearnerConfig { algorithm: Algorithm::Tb, groups_per_step: 6, ..grpo_config(1) };
+    let stats = rt.block_on(learner(cfg).step(&replay)).unwrap().unwrap();
+    assert_eq!(
+        (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
+        (Some(6.0), Some(0.0))
+    );
+}
+
+#[test]
+fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
+    let e = serde_json::from_str::<LearnerConfig>(r#"{"group_size": 4, "grop_size": 4}"#).unwrap_err();
+    assert!(e.to_string().contains("grop_size"), "{e}");
+    for (cfg, key) in [
+        (LearnerConfig { group_size: 1, ..grpo_config(1) }, "learner.group_size"),
+        (LearnerConfig { sampler: "newest".into(), ..grpo_config(1) }, "learner.sampler"),
+        (
+            LearnerConfig {
+                clip: ClipConfig { dual_clip: Some(0.5), ..Default::default() },
+                ..grpo_config(1)
+            },
+            "learner.clip.dual_clip",
+        ),
+    ] {
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    // TB without its reference.
+    let cfg = LearnerConfig { algorithm: Algorithm::Tb, ..grpo_config(1) };
+    let e = Trainer::<B>::new(cfg, policy(), None, AdamW::new(Default::default())).err().unwrap();
+    assert!(e.to_string().contains("reference"), "{e}");
+    // A group of the wrong size, and a token outside the vocabulary: named, nothing trained.
+    let mut t =
+        Trainer::<B>::new(grpo_config(1), policy(), Some(reference()), AdamW::new(Default::default()))
+            .unwrap();
+    let mut short = group(9, 0, false);
+    short.samples.pop();
+    let e = t.train(&[short]).unwrap_err().to_string();
+    assert!(e.contains("group 9 has 3 samples"), "{e}");
+    let mut odd = group(8, 0, false);
+    odd.samples[2].completion_tokens[0] = 99;
+    let e = t.train(&[odd]).unwrap_err().to_string();
+    assert!(e.contains("group 8 sample 2") && e.contains("token 99"), "{e}");
+    assert_eq!(t.version(), 0);
 }
 
 /// Sum of completion 0's token log-probs (the high-reward one) for prompt `[1, 2]`.
