@@ -44,6 +44,9 @@ pub enum LearnerError {
     /// Weight sync failed.
     #[error("weight sync: {0}")]
     Sync(#[from] sluice_weights_sync::SyncError),
+    /// A background task died.
+    #[error("background task failed: {0}")]
+    Task(String),
     /// A file of the run could not be written or read.
     #[error("{path}: {source}")]
     Io {

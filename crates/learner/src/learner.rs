@@ -348,10 +348,7 @@ impl<B: AutodiffBackend> Learner<B> {
     /// One learner step: fill the batch, train, then publish, checkpoint and log as configured.
     /// `None` when the stop flag was raised while waiting for data.
     pub async fn step<S: GroupSource>(&mut self, source: &S) -> Result<Option<StepStats>> {
-        if !self.owed.is_empty() {
-            let owed = std::mem::take(&mut self.owed);
-            source.ack(&self.state.consumer, &owed).await?;
-        }
+        self.ack_owed(source).await?;
         let waited = Instant::now();
         let Some((groups, mut data)) = self.fill(source).await? else { return Ok(None) };
         let wait_s = waited.elapsed().as_secs_f64();
@@ -396,6 +393,7 @@ impl<B: AutodiffBackend> Learner<B> {
 
     /// The final checkpoint and publish, and the acks they release.
     pub async fn finish<S: GroupSource>(&mut self, source: &S) -> Result<()> {
+        self.ack_owed(source).await?;
         self.publish().await?;
         if self.checkpoints.is_some() {
             self.checkpoint(source).await?;
@@ -403,7 +401,8 @@ impl<B: AutodiffBackend> Learner<B> {
             self.ack_held(source).await?;
         }
         if let Some(handle) = self.publishing.take() {
-            let announce = handle.await.map_err(|e| LearnerError::Batch(format!("publish task: {e}")))??;
+            let announce =
+                handle.await.map_err(|e| LearnerError::Task(format!("weight publishing: {e}")))??;
             tracing::info!("published version {}", announce.version);
         }
         Ok(())
@@ -441,6 +440,15 @@ impl<B: AutodiffBackend> Learner<B> {
         Ok(path)
     }
 
+    /// Acknowledges what the restored checkpoint covered but had not acknowledged yet.
+    async fn ack_owed<S: GroupSource>(&mut self, source: &S) -> Result<()> {
+        if !self.owed.is_empty() {
+            source.ack(&self.state.consumer, &self.owed).await?;
+            self.owed.clear();
+        }
+        Ok(())
+    }
+
     async fn ack_held<S: GroupSource>(&mut self, source: &S) -> Result<()> {
         if self.state.unacked.is_empty() {
             return Ok(());
@@ -458,7 +466,7 @@ impl<B: AutodiffBackend> Learner<B> {
         if let Some(prev) = self.publishing.take() {
             // A publish still preparing finishes on its own; subscribers move to the newer one.
             if prev.is_finished() {
-                prev.await.map_err(|e| LearnerError::Batch(format!("publish task: {e}")))??;
+                prev.await.map_err(|e| LearnerError::Task(format!("weight publishing: {e}")))??;
             }
         }
         let snapshot = self

@@ -131,6 +131,13 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// Runs `fut` to completion on `rt`, failing the test if it takes longer than two minutes.
+fn within<T>(rt: &tokio::runtime::Runtime, fut: impl std::future::Future<Output = T>) -> T {
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(120), fut).await.expect("timed out")
+    })
+}
+
 #[test]
 fn micro_batches_give_the_same_update_as_one_pass_for_every_reduction() {
     let groups: Vec<Group> = (0..2).map(|i| group(i, 0, true)).collect();
@@ -166,14 +173,14 @@ fn resume_continues_exactly_as_an_uninterrupted_run() {
     let dir_a = tempfile::tempdir().unwrap();
     let shard_a = shard(&dir_a.path().join("replay"), &data, 60_000);
     let mut a = learner(grpo_config(n + m));
-    rt.block_on(a.run(&shard_a)).unwrap();
+    within(&rt, a.run(&shard_a)).unwrap();
 
     // N steps, checkpoint, a new process would start here: resume, M more.
     let dir_b = tempfile::tempdir().unwrap();
     let shard_b = shard(&dir_b.path().join("replay"), &data, 60_000);
     let ckpts = Checkpoints::new(dir_b.path().join("checkpoints"), 2);
     let mut b = learner(grpo_config(n)).with_checkpoints(ckpts.clone());
-    rt.block_on(b.run(&shard_b)).unwrap();
+    within(&rt, b.run(&shard_b)).unwrap();
     drop(b);
     let (step, path) = ckpts.latest().unwrap();
     assert_eq!(step, n);
@@ -182,7 +189,7 @@ fn resume_continues_exactly_as_an_uninterrupted_run() {
     assert_eq!(restored.state.seed, 0);
     let mut c =
         Learner::resume(grpo_config(n + m), restored, Some(reference())).unwrap().with_checkpoints(ckpts);
-    let taken = rt.block_on(c.run(&shard_b)).unwrap();
+    let taken = within(&rt, c.run(&shard_b)).unwrap();
     assert_eq!(taken, m);
     assert_eq!(c.trainer().version(), n + m);
 
@@ -205,7 +212,7 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     let mut a = learner(cfg.clone()).with_checkpoints(ckpts.clone());
     // Three steps: a checkpoint after the second; the third's groups are trained but not acked.
     for _ in 0..3 {
-        rt.block_on(a.step(&shard)).unwrap().unwrap();
+        within(&rt, a.step(&shard)).unwrap().unwrap();
     }
     assert_eq!(a.state().unacked.len(), 2);
     drop(a); // the crash
@@ -216,7 +223,7 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     let restored = resume_latest::<B>(&ckpts, &Default::default()).unwrap();
     assert_eq!(restored.state.groups_consumed, 4);
     let mut b = Learner::resume(cfg, restored, Some(reference())).unwrap().with_checkpoints(ckpts);
-    rt.block_on(b.run(&shard)).unwrap();
+    within(&rt, b.run(&shard)).unwrap();
     // 4 groups before the checkpoint + 6 after it = all 10, each once: the 2 the crash lost came
     // back after their lease; none was trained twice by the resumed learner.
     assert_eq!(b.state().groups_consumed, 10);
@@ -240,7 +247,7 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
     let dir = tempfile::tempdir().unwrap();
     let replay = shard(&dir.path().join("replay"), &data, 60_000);
     let mut l = learner(LearnerConfig { groups_per_step: 3, ..grpo_config(1) });
-    let stats = rt.block_on(l.step(&replay)).unwrap().unwrap();
+    let stats = within(&rt, l.step(&replay)).unwrap().unwrap();
     assert_eq!(stats.get(metrics::GROUPS), Some(3.0));
     assert_eq!(stats.get(metrics::ZERO_VARIANCE_DROPPED), Some(3.0));
     assert_eq!(l.state().groups_consumed, 3);
@@ -248,7 +255,7 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
     let dir = tempfile::tempdir().unwrap();
     let replay = shard(&dir.path().join("replay"), &data, 60_000);
     let cfg = LearnerConfig { algorithm: Algorithm::Tb, groups_per_step: 6, ..grpo_config(1) };
-    let stats = rt.block_on(learner(cfg).step(&replay)).unwrap().unwrap();
+    let stats = within(&rt, learner(cfg).step(&replay)).unwrap().unwrap();
     assert_eq!(
         (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
         (Some(6.0), Some(0.0))
@@ -307,7 +314,7 @@ fn learns(cfg: LearnerConfig, loss: &'static str) {
     let before = best_logprob(l.trainer().model());
     let mut losses = Vec::new();
     for _ in 0..40 {
-        let stats = rt.block_on(l.step(&shard)).unwrap().unwrap();
+        let stats = within(&rt, l.step(&shard)).unwrap().unwrap();
         losses.push(stats.get(loss).unwrap());
     }
     let after = best_logprob(l.trainer().model());
@@ -359,7 +366,7 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
     let data: Vec<Group> = (0..6).map(|i| group(i, 0, false)).collect();
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
-    rt.block_on(async {
+    within(&rt, async {
         let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
         let learner_session = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
         let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
