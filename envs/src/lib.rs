@@ -1,4 +1,20 @@
 //! Built-in environments (a module each) and the remote-env bridge; envs/python holds the Python SDK.
 //!
-//! Not built yet: this crate holds no API until its issue (#6) lands, so nothing can depend
-//! on behaviour it does not have.
+//! Built so far (issue 6, first step): answer extraction ([`answer`]), the train/held-out split of
+//! generated tasks ([`split`]), and the generated single-turn sources with their verifiers:
+//! [`arithmetic`], [`chain_sum`], [`countdown`]; the multi-turn tool environment [`calculator`].
+//! The JSONL sources (`knights_knaves`, `gsm_symbolic`) and the remote-env bridge come with the
+//! rest of issue 6.
+
+pub mod answer;
+pub mod arithmetic;
+pub mod calculator;
+pub mod chain_sum;
+pub mod countdown;
+pub mod split;
+
+pub use arithmetic::{Arithmetic, ArithmeticConfig, ArithmeticVerifier};
+pub use calculator::{Calculator, CalculatorConfig};
+pub use chain_sum::{ChainSum, ChainSumConfig, ChainSumVerifier};
+pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};
+pub use split::{split_of, Split};

@@ -1,9 +1,9 @@
-//! Shared vocabulary of sluice: policy versions and staleness, the trajectory schema (Arrow), zenoh
-//! key expressions and session setup, metric names.
+//! Shared vocabulary of sluice: policy versions and staleness, the trajectory schema (Arrow), the
+//! environment API, zenoh key expressions and session setup, metric names.
 //!
-//! Later work adds the environment traits and config types here (DESIGN.md §1); only what is used
-//! today lives here.
+//! Later work adds the run's config types here (DESIGN.md §1); only what is used today lives here.
 
+pub mod env;
 mod error;
 pub mod keys;
 pub mod metrics;
@@ -11,6 +11,10 @@ mod net;
 pub mod trajectory;
 mod version;
 
+pub use env::{
+    BoxFuture, Env, EnvError, Episode, Message, Prompt, Reward, Started, StepResult, Task, TaskSource,
+    Verifier,
+};
 pub use error::{Error, Result};
 pub use net::{free_local_port, ZenohOptions};
 pub use trajectory::{Finish, Group, GroupSpan, Sample};

@@ -1,0 +1,196 @@
+//! `arithmetic`: one multi-digit `+`, `-` or `x` question; the answer is an integer.
+//!
+//! Difficulty is the operands' digit range. Scored by [`crate::answer`]: part `format` is 1 when an
+//! answer in a recognised form was found, `correct` when it equals the exact result; the reward is
+//! `correct + format_weight * format`.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
+
+use crate::answer::{extract_answer, matches_integer};
+use crate::split::{split_of, Split};
+
+/// Settings of the `arithmetic` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArithmeticConfig {
+    /// Fewest digits of an operand.
+    pub min_digits: u32,
+    /// Most digits of an operand (at most 9).
+    pub max_digits: u32,
+    /// Operators drawn from, among `+`, `-`, `*`.
+    pub ops: Vec<char>,
+    /// Weight of the `format` part in the reward.
+    pub format_weight: f32,
+    /// Train or held-out tasks.
+    pub split: Split,
+    /// Seed of the draws.
+    pub seed: u64,
+}
+
+impl Default for ArithmeticConfig {
+    fn default() -> Self {
+        ArithmeticConfig {
+            min_digits: 1,
+            max_digits: 2,
+            ops: vec!['+', '-', '*'],
+            format_weight: 0.1,
+            split: Split::Train,
+            seed: 0,
+        }
+    }
+}
+
+impl ArithmeticConfig {
+    /// Checks the ranges; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_digits == 0 || self.min_digits > self.max_digits || self.max_digits > 9 {
+            return Err(format!(
+                "arithmetic.min_digits ({}) and max_digits ({}) must satisfy 1 <= min <= max <= 9",
+                self.min_digits, self.max_digits
+            ));
+        }
+        if self.ops.is_empty() || self.ops.iter().any(|o| !matches!(o, '+' | '-' | '*')) {
+            return Err(format!("arithmetic.ops {:?} must be a non-empty subset of + - *", self.ops));
+        }
+        Ok(())
+    }
+}
+
+/// The `arithmetic` task generator.
+pub struct Arithmetic {
+    cfg: ArithmeticConfig,
+    rng: StdRng,
+    drawn: u64,
+}
+
+impl Arithmetic {
+    /// A generator; refuses bad settings.
+    pub fn new(cfg: ArithmeticConfig) -> Result<Self, String> {
+        cfg.check()?;
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Ok(Arithmetic { cfg, rng, drawn: 0 })
+    }
+
+    fn operand(&mut self) -> i64 {
+        let digits = self.rng.random_range(self.cfg.min_digits..=self.cfg.max_digits);
+        let lo = if digits == 1 { 0 } else { 10i64.pow(digits - 1) };
+        self.rng.random_range(lo..10i64.pow(digits))
+    }
+}
+
+/// The exact result of `a op b`.
+pub fn evaluate(a: i64, op: char, b: i64) -> i64 {
+    match op {
+        '+' => a + b,
+        '-' => a - b,
+        _ => a * b,
+    }
+}
+
+impl TaskSource for Arithmetic {
+    fn name(&self) -> &str {
+        "arithmetic"
+    }
+
+    fn next_task(&mut self) -> Option<Task> {
+        loop {
+            let (a, b) = (self.operand(), self.operand());
+            let op = self.cfg.ops[self.rng.random_range(0..self.cfg.ops.len())];
+            let shown = if op == '*' { 'x' } else { op };
+            let question = format!("{a} {shown} {b}");
+            if split_of(&question) != self.cfg.split {
+                continue;
+            }
+            self.drawn += 1;
+            let text = format!("What is {question}? Put the final answer in \\boxed{{}}.");
+            return Some(Task {
+                id: format!("arithmetic-{}-{}", self.cfg.seed, self.drawn),
+                source: "arithmetic".into(),
+                prompt: Prompt::Chat(vec![Message::new("user", text)]),
+                answer: evaluate(a, op, b).into(),
+                metadata: serde_json::json!({"a": a, "op": op.to_string(), "b": b}),
+            });
+        }
+    }
+}
+
+/// Scores an integer answer against `task.answer`: parts `format` and `correct`.
+pub fn score_integer(task: &Task, completion: &str, format_weight: f32) -> Reward {
+    let expected = task.answer.as_i64();
+    let answer = extract_answer(completion);
+    let format = answer.is_some() as u8 as f32;
+    let correct = match (answer, expected) {
+        (Some(a), Some(e)) => matches_integer(&a, e) as u8 as f32,
+        _ => 0.0,
+    };
+    Reward::new(correct + format_weight * format).with_part("format", format).with_part("correct", correct)
+}
+
+/// The `arithmetic` verifier.
+#[derive(Debug, Clone, Copy)]
+pub struct ArithmeticVerifier {
+    /// Weight of the `format` part.
+    pub format_weight: f32,
+}
+
+impl Verifier for ArithmeticVerifier {
+    fn score(&self, task: &Task, completion: &str) -> Reward {
+        score_integer(task, completion, self.format_weight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(a: i64, op: char, b: i64) -> Task {
+        Task {
+            id: "t".into(),
+            source: "arithmetic".into(),
+            prompt: Prompt::Text(String::new()),
+            answer: evaluate(a, op, b).into(),
+            metadata: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn right_and_wrong_answers_in_every_format() {
+        let v = ArithmeticVerifier { format_weight: 0.1 };
+        let t = task(123, '*', 45);
+        for right in ["\\boxed{5535}", "#### 5,535", "so the answer is 5535.", "\\boxed{5535}<|im_end|>"] {
+            let r = v.score(&t, right);
+            assert_eq!((r.parts["correct"], r.parts["format"]), (1.0, 1.0), "{right}");
+            assert!((r.total - 1.1).abs() < 1e-6);
+        }
+        for (wrong, format) in [("\\boxed{5536}", 1.0), ("5535", 0.0), ("\\boxed{5535.5}", 1.0), ("", 0.0)] {
+            let r = v.score(&t, wrong);
+            assert_eq!((r.parts["correct"], r.parts["format"]), (0.0, format), "{wrong}");
+        }
+        assert_eq!(v.score(&task(3, '-', 10), "\\boxed{-7}").parts["correct"], 1.0);
+    }
+
+    #[test]
+    fn generation_is_seeded_in_range_and_splits_are_disjoint() {
+        let cfg = ArithmeticConfig { min_digits: 2, max_digits: 3, ..Default::default() };
+        let mut a = Arithmetic::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = Arithmetic::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let mut held = Arithmetic::new(ArithmeticConfig { split: Split::HeldOut, ..cfg })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let train: Vec<Task> = (0..300).filter_map(|_| a.next_task()).collect();
+        assert_eq!(train, (0..300).filter_map(|_| b.next_task()).collect::<Vec<_>>());
+        let key = |t: &Task| t.metadata.to_string();
+        let train_keys: std::collections::HashSet<String> = train.iter().map(key).collect();
+        for t in (0..300).filter_map(|_| held.next_task()) {
+            assert!(!train_keys.contains(&key(&t)), "{t:?} is in both splits");
+        }
+        for t in &train {
+            let (x, y) = (t.metadata["a"].as_i64().unwrap_or(-1), t.metadata["b"].as_i64().unwrap_or(-1));
+            assert!((10..1000).contains(&x) && (10..1000).contains(&y), "{t:?}");
+        }
+        assert!(Arithmetic::new(ArithmeticConfig { max_digits: 10, ..Default::default() }).is_err());
+        assert!(Arithmetic::new(ArithmeticConfig { ops: vec!['/'], ..Default::default() }).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! Train/held-out split of generated tasks, by the task's content.
+//!
+//! A generator with two different seeds can still draw the same question; evaluating on it would
+//! measure memorisation. So every generator decides a task's split from a hash of its content
+//! (FNV-1a, stable across platforms and releases): one task in [`HELD_OUT_ONE_IN`] is held out,
+//! and a source configured for one split redraws until it has a task of that split.
+
+use serde::{Deserialize, Serialize};
+
+/// One task in this many is held out.
+pub const HELD_OUT_ONE_IN: u64 = 8;
+
+/// Which tasks a source yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// Training tasks.
+    #[default]
+    Train,
+    /// Held-out tasks (evaluation), disjoint from training ones.
+    HeldOut,
+}
+
+/// The split of a task whose content is `key`.
+pub fn split_of(key: &str) -> Split {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    if h.is_multiple_of(HELD_OUT_ONE_IN) {
+        Split::HeldOut
+    } else {
+        Split::Train
+    }
+}
