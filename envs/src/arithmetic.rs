@@ -129,14 +129,14 @@ pub fn score_integer(task: &Task, completion: &str, format_weight: f32) -> Rewar
     Reward::new(correct + format_weight * format).with_part("format", format).with_part("correct", correct)
 }
 
-/// The `arithmetic` verifier.
+/// The verifier of tasks whose answer is an integer (`arithmetic`, `chain_sum`).
 #[derive(Debug, Clone, Copy)]
-pub struct ArithmeticVerifier {
+pub struct IntegerVerifier {
     /// Weight of the `format` part.
     pub format_weight: f32,
 }
 
-impl Verifier for ArithmeticVerifier {
+impl Verifier for IntegerVerifier {
     fn score(&self, task: &Task, completion: &str) -> Reward {
         score_integer(task, completion, self.format_weight)
     }
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn right_and_wrong_answers_in_every_format() {
-        let v = ArithmeticVerifier { format_weight: 0.1 };
+        let v = IntegerVerifier { format_weight: 0.1 };
         let t = task(123, '*', 45);
         for right in ["\\boxed{5535}", "#### 5,535", "so the answer is 5535.", "\\boxed{5535}<|im_end|>"] {
             let r = v.score(&t, right);

@@ -1,12 +1,11 @@
 //! `chain_sum`: a chain of additions and subtractions (`12 + 45 - 7 + 3`), as reasoning-gym's task
-//! of that name; the answer is an integer, scored like `arithmetic`.
+//! of that name; the answer is an integer, scored by [`crate::IntegerVerifier`].
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
+use sluice_core::{Message, Prompt, Task, TaskSource};
 
-use crate::arithmetic::score_integer;
 use crate::split::{split_of, Split};
 
 /// Settings of the `chain_sum` source.
@@ -104,22 +103,11 @@ impl TaskSource for ChainSum {
     }
 }
 
-/// The `chain_sum` verifier.
-#[derive(Debug, Clone, Copy)]
-pub struct ChainSumVerifier {
-    /// Weight of the `format` part.
-    pub format_weight: f32,
-}
-
-impl Verifier for ChainSumVerifier {
-    fn score(&self, task: &Task, completion: &str) -> Reward {
-        score_integer(task, completion, self.format_weight)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arithmetic::IntegerVerifier;
+    use sluice_core::Verifier;
 
     #[test]
     fn the_stored_answer_is_the_value_of_the_expression() {
@@ -137,7 +125,7 @@ mod tests {
             }
             assert_eq!(t.answer.as_i64(), Some(v), "{expr}");
             let right = format!("\\boxed{{{v}}}");
-            assert_eq!(ChainSumVerifier { format_weight: 0.0 }.score(&t, &right).total, 1.0);
+            assert_eq!(IntegerVerifier { format_weight: 0.0 }.score(&t, &right).total, 1.0);
         }
         assert!(ChainSum::new(ChainSumConfig { min_terms: 1, ..Default::default() }).is_err());
     }

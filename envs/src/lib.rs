@@ -13,8 +13,8 @@ pub mod chain_sum;
 pub mod countdown;
 pub mod split;
 
-pub use arithmetic::{Arithmetic, ArithmeticConfig, ArithmeticVerifier};
+pub use arithmetic::{Arithmetic, ArithmeticConfig, IntegerVerifier};
 pub use calculator::{Calculator, CalculatorConfig};
-pub use chain_sum::{ChainSum, ChainSumConfig, ChainSumVerifier};
+pub use chain_sum::{ChainSum, ChainSumConfig};
 pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};
 pub use split::{split_of, Split};
