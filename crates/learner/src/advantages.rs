@@ -45,9 +45,7 @@ pub fn advantages(rewards: &[f32], group_size: usize, cfg: &AdvantageConfig) -> 
     if group_size < 2 || !rewards.len().is_multiple_of(group_size) {
         return Err(LearnerError::RaggedGroups { rows: rewards.len(), group_size });
     }
-    if let Some((row, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
-        return Err(LearnerError::NonFinite { what: "reward", row, value });
-    }
+    check_rewards(rewards)?;
     let g = group_size as f64;
     let mut out = Vec::with_capacity(rewards.len());
     for group in rewards.chunks_exact(group_size) {
@@ -66,6 +64,14 @@ pub fn advantages(rewards: &[f32], group_size: usize, cfg: &AdvantageConfig) -> 
         }
     }
     Ok(out)
+}
+
+/// Refuses a non-finite reward, naming its row.
+pub(crate) fn check_rewards(rewards: &[f32]) -> Result<()> {
+    match rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+        Some((row, &value)) => Err(LearnerError::NonFinite { what: "reward", row, value }),
+        None => Ok(()),
+    }
 }
 
 /// Whether a group's rewards are all equal (its advantages carry no signal; DAPO's dynamic

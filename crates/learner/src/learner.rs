@@ -484,7 +484,9 @@ impl<B: AutodiffBackend> Learner<B> {
     async fn fill<S: GroupSource>(&mut self, source: &S) -> Result<Option<(Vec<Group>, StepStats)>> {
         let cfg = self.trainer.config();
         let want = cfg.groups_per_step;
-        let fifo = matches!(Sampler::parse(&cfg.sampler), Ok(Sampler::Fifo));
+        let sampler = Sampler::parse(&cfg.sampler)
+            .map_err(|reason| LearnerError::InvalidConfig { name: "learner.sampler", reason })?;
+        let fifo = matches!(sampler, Sampler::Fifo);
         let drop_zero = cfg.drops_zero_variance();
         let mut groups: Vec<Group> = Vec::with_capacity(want);
         let mut taken: HashSet<u64> = HashSet::new();
@@ -494,8 +496,7 @@ impl<B: AutodiffBackend> Learner<B> {
                 return Ok(None);
             }
             let req = SampleRequest {
-                sampler: Sampler::parse(&cfg.sampler)
-                    .map_err(|reason| LearnerError::InvalidConfig { name: "learner.sampler", reason })?,
+                sampler,
                 groups: (want - groups.len()) as u32,
                 learner_version: self.trainer.version(),
                 max_staleness: cfg.max_staleness,

@@ -23,7 +23,7 @@ use burn::tensor::backend::AutodiffBackend;
 use sluice_core::{metrics, Group, Sample};
 use sluice_model::{score, Llama, ScoreRow};
 
-use crate::advantages::{advantages, overlong_penalty};
+use crate::advantages::{advantages, check_rewards, overlong_penalty};
 use crate::config::{Algorithm, LearnerConfig, OffPolicyMode};
 use crate::error::{LearnerError, Result};
 use crate::grpo::{
@@ -146,7 +146,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats.set(metrics::GROUPS, groups.len() as f64);
         stats.set(metrics::SAMPLES, rows.len() as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
-        stats.staleness_hist = staleness_hist(&rows, version);
 
         let per_micro = cfg.micro_groups() * cfg.group_size;
         let mut micros: Vec<Micro<'_>> = rows.chunks(per_micro).map(micro).collect();
@@ -240,9 +239,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let adv = match cfg.algorithm {
             Algorithm::Grpo => advantages(&rewards, cfg.group_size, &cfg.advantage)?,
             Algorithm::Tb => {
-                if let Some((row, &value)) = rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
-                    return Err(LearnerError::NonFinite { what: "reward", row, value });
-                }
+                check_rewards(&rewards)?;
                 vec![0.0; rewards.len()]
             }
         };
@@ -344,15 +341,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             Algorithm::Tb => {
                 let beta = cfg.tb.beta_at(self.version());
-                let seq = (logp * lm.clone()).sum_dim(1).reshape([b]);
                 let Some(r) = reference else {
                     unreachable!("TB always has its reference (checked in Trainer::new)")
                 };
-                let seq_ref = (r.clone() * lm.clone()).sum_dim(1).reshape([b]);
                 let kl_sum = kl_per_token(
-                    logp_tensor(&logp_host, b, c, &device),
-                    r,
-                    lm,
+                    logp.clone().detach(),
+                    r.clone(),
+                    lm.clone(),
                     cfg.kl.estimator,
                     cfg.kl.clamp,
                 )
@@ -360,6 +355,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .into_scalar()
                 .elem::<f32>() as f64;
                 stats.add(metrics::KL, kl_sum / denom(totals.tokens));
+                let seq = (logp * lm.clone()).sum_dim(1).reshape([b]);
+                let seq_ref = (r * lm).sum_dim(1).reshape([b]);
                 let rewards: Vec<f32> = m.rows.iter().map(|r| r.reward).collect();
                 let log_z = tb_log_z(&rewards, &seq_host(&seq), &seq_host(&seq_ref), cfg.group_size, beta);
                 stats.add(metrics::TB_LOG_Z, log_z * b as f64 / totals.rows as f64);
@@ -375,10 +372,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         acc.add(model, &grads);
         Ok(())
     }
-}
-
-fn logp_tensor<B: Backend>(v: &[f32], b: usize, c: usize, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(v.to_vec(), [b, c]), device)
 }
 
 fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
@@ -473,7 +466,7 @@ fn tb_log_z(rewards: &[f32], seq: &[f32], seq_ref: &[f32], g: usize, beta: f32) 
     groups.sum::<f64>() / (n / g).max(1) as f64
 }
 
-/// Reward, accuracy and staleness summaries of the batch.
+/// Reward, accuracy and staleness summaries (and the staleness histogram) of the batch.
 fn batch_stats(rows: &[Row<'_>], version: u64, stats: &mut StepStats) {
     let n = rows.len().max(1) as f64;
     let mean = rows.iter().map(|r| r.reward as f64).sum::<f64>() / n;
@@ -487,20 +480,17 @@ fn batch_stats(rows: &[Row<'_>], version: u64, stats: &mut StepStats) {
     if !correct.is_empty() {
         stats.set(metrics::ACCURACY, correct.iter().sum::<f64>() / correct.len() as f64);
     }
-    let staleness: Vec<u64> =
-        rows.iter().map(|r| version.saturating_sub(r.sample.behavior_version)).collect();
-    stats.set(metrics::STALENESS_MEAN, staleness.iter().sum::<u64>() as f64 / n);
-    stats.set(metrics::STALENESS_MAX, staleness.iter().copied().max().unwrap_or(0) as f64);
-}
-
-fn staleness_hist(rows: &[Row<'_>], version: u64) -> Vec<u64> {
     let mut hist = Vec::new();
+    let mut total = 0u64;
     for r in rows {
-        let s = version.saturating_sub(r.sample.behavior_version) as usize;
-        if hist.len() <= s {
-            hist.resize(s + 1, 0);
+        let s = version.saturating_sub(r.sample.behavior_version);
+        total += s;
+        if hist.len() <= s as usize {
+            hist.resize(s as usize + 1, 0);
         }
-        hist[s] += 1;
+        hist[s as usize] += 1;
     }
-    hist
+    stats.set(metrics::STALENESS_MEAN, total as f64 / n);
+    stats.set(metrics::STALENESS_MAX, hist.len().saturating_sub(1) as f64);
+    stats.staleness_hist = hist;
 }
