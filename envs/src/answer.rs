@@ -49,16 +49,20 @@ pub fn last_boxed(text: &str) -> Option<&str> {
     found.map(|(_, s)| s.trim())
 }
 
+/// The content of the last `<answer>...</answer>` (to the end of the text when unclosed), trimmed.
+pub fn last_answer_tag(text: &str) -> Option<&str> {
+    let rest = &text[text.rfind("<answer>")? + "<answer>".len()..];
+    Some(rest[..rest.find("</answer>").unwrap_or(rest.len())].trim())
+}
+
 /// The model's final answer, if it gave one in a recognised form.
 pub fn extract_answer(text: &str) -> Option<String> {
     let text = strip_template(text);
     if let Some(b) = last_boxed(text) {
         return Some(clean(b));
     }
-    if let Some(i) = text.rfind("<answer>") {
-        let rest = &text[i + "<answer>".len()..];
-        let end = rest.find("</answer>").unwrap_or(rest.len());
-        return non_empty(clean(&rest[..end]));
+    if let Some(a) = last_answer_tag(text) {
+        return non_empty(clean(a));
     }
     if let Some(i) = text.rfind("####") {
         return non_empty(clean(first_line(&text[i + 4..])));

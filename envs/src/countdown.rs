@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
-use crate::answer::{last_boxed, strip_template};
+use crate::answer::{last_answer_tag, last_boxed, strip_template};
 use crate::split::{split_of, Split};
 
 /// Settings of the `countdown` source.
@@ -304,9 +304,8 @@ fn committed_expression(completion: &str) -> Option<&str> {
     if let Some(b) = last_boxed(text) {
         return Some(b);
     }
-    if let Some(i) = text.rfind("<answer>") {
-        let rest = &text[i + "<answer>".len()..];
-        return Some(rest[..rest.find("</answer>").unwrap_or(rest.len())].trim());
+    if let Some(a) = last_answer_tag(text) {
+        return Some(a);
     }
     text.lines().rev().map(str::trim).find(|l| !l.is_empty())
 }
