@@ -25,6 +25,16 @@ pub fn weights(run: &str, suffix: &str) -> String {
     format!("sluice/{run}/weights/{suffix}")
 }
 
+/// `sluice/{run}/rollout/{worker}`: a rollout worker's liveliness token (present while it runs).
+pub fn rollout_worker(run: &str, worker: &str) -> String {
+    format!("sluice/{run}/rollout/{worker}")
+}
+
+/// `sluice/{run}/env/{name}/{op}`: a remote environment's queryable for `op` (reset, step, close).
+pub fn env(run: &str, name: &str, op: &str) -> String {
+    format!("sluice/{run}/env/{name}/{op}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

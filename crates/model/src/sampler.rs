@@ -183,6 +183,12 @@ impl<B: Backend> Generator<B> {
         Ok(gen)
     }
 
+    /// Tokens generated so far by each row, in prompt order (a caller that swaps weights between
+    /// steps learns from it which tokens each version produced).
+    pub fn generated_lens(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.out.len()).collect()
+    }
+
     /// True when every row has stopped.
     pub fn is_done(&self) -> bool {
         self.live.is_empty()

@@ -98,6 +98,42 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// A character-level tokenizer for tiny test and benchmark models: id 0 `<pad>`, 1 `<eos>`
+    /// (the end-of-sequence token), 2 `<unk>`, then one id per distinct character of `alphabet`
+    /// in order. It is a real `tokenizers` BPE without merges, so `save` writes a `tokenizer.json`
+    /// that Python's `tokenizers`/`transformers` load unchanged. No chat template.
+    pub fn char_level(alphabet: &str) -> Result<Self> {
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in ["<pad>", "<eos>", "<unk>"].into_iter().enumerate() {
+            vocab.insert(t.into(), json!(i));
+        }
+        for c in alphabet.chars() {
+            let n = vocab.len();
+            vocab.entry(c.to_string()).or_insert(json!(n));
+        }
+        let special = |id: usize, content: &str| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        };
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(0, "<pad>"), special(1, "<eos>"), special(2, "<unk>")],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": false, "vocab": vocab, "merges": []},
+        });
+        let inner: tokenizers::Tokenizer =
+            spec.to_string().parse().map_err(|e| tok_err("char-level tokenizer", e))?;
+        Ok(Self {
+            inner: inner.into(),
+            chat_template: None,
+            bos_token: None,
+            eos_token: Some("<eos>".into()),
+        })
+    }
+
     /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`). Only byte-level BPE
     /// (`tokenizer.ggml.model = "gpt2"`) is supported.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
@@ -277,5 +313,30 @@ impl Tokenizer {
         let path = dir.join("tokenizer_config.json");
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::json(&path, e))?;
         std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_char_level_tokenizer_has_one_id_per_character_and_saves_as_a_real_tokenizer_json() {
+        let tok = Tokenizer::char_level("ab+=1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tok.vocab_size(), 8);
+        assert_eq!(tok.eos_token_id(), Some(1));
+        let ids = tok.encode("a+b=1", false).unwrap_or_default();
+        assert_eq!(ids, vec![3, 5, 4, 6, 7]);
+        assert_eq!(tok.decode(&ids, true).unwrap_or_default(), "a+b=1");
+        // Characters outside the alphabet are <unk>; special tokens vanish from decoded text.
+        assert_eq!(tok.encode("ax", false).unwrap_or_default(), vec![3, 2]);
+        assert_eq!(tok.decode(&[3, 0, 1, 4], true).unwrap_or_default(), "ab");
+        let dir = std::env::temp_dir().join(format!("sluice-char-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        tok.save(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let back = Tokenizer::from_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.encode("a+b=1", false).unwrap_or_default(), ids);
+        assert_eq!(back.eos_token_id(), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

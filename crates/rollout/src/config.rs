@@ -1,0 +1,109 @@
+//! The rollout worker's settings: one typed tree, unknown keys rejected, [`RolloutConfig::check`]
+//! naming the key that is wrong.
+
+use serde::{Deserialize, Serialize};
+
+use crate::curriculum::CurriculumConfig;
+
+/// How a rollout worker samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Completions per task (G); must equal the learner's `group_size`.
+    pub group_size: usize,
+    /// Tasks generated together in one batch (each gives one group of G rows).
+    pub tasks_per_batch: usize,
+    /// Softmax temperature of sampling (the learner's `temperature` must match it).
+    pub temperature: f32,
+    /// Nucleus sampling threshold (1 = off).
+    pub top_p: f32,
+    /// Top-k sampling (0 = off).
+    pub top_k: usize,
+    /// Most tokens the model produces in one turn.
+    pub max_new_tokens: usize,
+    /// Most completion tokens (model and environment) of a whole episode.
+    pub max_completion_tokens: usize,
+    /// Most environment turns of a multi-turn episode.
+    pub max_turns: u16,
+    /// Swap in new weights between decoding steps, so running sequences continue under the new
+    /// version (`token_versions` records the switch). When false, new weights are swapped in only
+    /// between batches and every episode is sampled by one version.
+    pub partial_rollout: bool,
+    /// Render prompts with the model's chat template (text prompts become one user message).
+    pub chat_template: bool,
+    /// Limit of one environment call (reset, step, verifier), in seconds.
+    pub env_timeout_s: f64,
+    /// Task-source mixture: DUMP's UCB or fixed weights.
+    pub curriculum: CurriculumConfig,
+    /// Seed of sampling and of the curriculum's draws.
+    pub seed: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            group_size: 8,
+            tasks_per_batch: 4,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            max_completion_tokens: 512,
+            max_turns: 4,
+            partial_rollout: true,
+            chat_template: true,
+            env_timeout_s: 30.0,
+            curriculum: CurriculumConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// Checks the values; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("rollout.group_size", self.group_size),
+            ("rollout.tasks_per_batch", self.tasks_per_batch),
+            ("rollout.max_new_tokens", self.max_new_tokens),
+            ("rollout.max_completion_tokens", self.max_completion_tokens),
+            ("rollout.max_turns", self.max_turns as usize),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be at least 1"));
+        }
+        if self.group_size > u16::MAX as usize {
+            return Err(format!("rollout.group_size {} is above {}", self.group_size, u16::MAX));
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "rollout.temperature {} must be > 0 (behavior log-probs of greedy decoding are not a \
+                 sampling distribution)",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("rollout.top_p {} must be in (0, 1]", self.top_p));
+        }
+        if !(self.env_timeout_s > 0.0 && self.env_timeout_s.is_finite()) {
+            return Err(format!("rollout.env_timeout_s {} must be > 0", self.env_timeout_s));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key() {
+        assert!(RolloutConfig::default().check().is_ok());
+        let e = RolloutConfig { group_size: 0, ..Default::default() }.check().unwrap_err();
+        assert!(e.contains("rollout.group_size"), "{e}");
+        let e = RolloutConfig { temperature: 0.0, ..Default::default() }.check().unwrap_err();
+        assert!(e.contains("rollout.temperature"), "{e}");
+        let e = serde_json::from_str::<RolloutConfig>(r#"{"group_sise": 4}"#).unwrap_err().to_string();
+        assert!(e.contains("group_sise"), "{e}");
+    }
+}
