@@ -11,10 +11,12 @@ pub mod arithmetic;
 pub mod calculator;
 pub mod chain_sum;
 pub mod countdown;
+pub mod remote;
 pub mod split;
 
 pub use arithmetic::{Arithmetic, ArithmeticConfig, IntegerVerifier};
 pub use calculator::{Calculator, CalculatorConfig};
 pub use chain_sum::{ChainSum, ChainSumConfig};
 pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};
+pub use remote::{serve, RemoteEnv, RemoteTasks, Served};
 pub use split::{split_of, Split};

@@ -1,0 +1,333 @@
+//! Remote environments: the environment API as JSON over zenoh queryables, so an environment can
+//! be another process in any language (DESIGN.md §7). `envs/python` serves a Python class this
+//! way; [`serve`] serves any Rust [`Env`] and [`TaskSource`].
+//!
+//! # Protocol
+//! An environment `name` of run `run` answers queries on `sluice/{run}/env/{name}/{op}`; every
+//! payload is a JSON object, every failure is an error reply `{"error": "..."}`.
+//!
+//! | op | request | reply |
+//! |---|---|---|
+//! | `task` | `{}` | `{"task": Task}`, or `{"task": null}` when the source is exhausted |
+//! | `reset` | `{"task": Task}` | `{"episode": "ID", "observation": "..."}` |
+//! | `step` | `{"episode": "ID", "action": "..."}` | `{"observation": str?, "reward": {"total", "parts"}?, "done": bool, "info": any}` |
+//! | `close` | `{"episode": "ID"}` | `{}` |
+//!
+//! `Task` is the JSON form of [`sluice_core::Task`] (`id`, `source`, `prompt` as a string or a
+//! list of `{role, content}`, `answer`, `metadata`). The server owns the episode state under the
+//! id it returned from `reset`; `step` on an unknown id is an error.
+//!
+//! # Design
+//! *Constraints.* The caller ([`crate`]'s users: the rollout worker) already runs every env call
+//! under its own timeout and turns failures into `finish = error`; the bridge must only make
+//! remote failures look like env errors, never hang longer than asked, and keep the process
+//! boundary invisible. *Solution.* [`RemoteEnv`] implements [`Env`] by one zenoh query per call
+//! (`timeout` per query); an error reply or silence becomes an [`EnvError`] naming the key.
+//! [`RemoteTasks`] implements [`TaskSource`] by querying `task`; `next_task` is synchronous in the
+//! API, so it blocks in place on the tokio runtime (multi-thread runtime required, as for zenoh).
+//! *Cons:* one round trip per call (sub-millisecond on loopback, negligible next to a model turn).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::{keys, BoxFuture, Env, EnvError, Episode, StepResult, Task, TaskSource};
+
+/// `{"task": Task?}`: a reset request, and the reply of `task`.
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskMsg {
+    task: Option<Task>,
+}
+
+/// The reply of `reset`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResetReply {
+    episode: String,
+    #[serde(default)]
+    observation: String,
+}
+
+/// A `step` request.
+#[derive(Debug, Serialize, Deserialize)]
+struct StepMsg {
+    episode: String,
+    action: String,
+}
+
+/// A `close` request.
+#[derive(Debug, Serialize, Deserialize)]
+struct CloseMsg {
+    episode: String,
+}
+
+/// An error reply.
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorMsg {
+    error: String,
+}
+
+struct Link {
+    session: zenoh::Session,
+    run: String,
+    name: String,
+    timeout: Duration,
+}
+
+impl Link {
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        op: &str,
+        body: &impl Serialize,
+    ) -> Result<T, EnvError> {
+        let key = keys::env(&self.run, &self.name, op);
+        let payload =
+            serde_json::to_vec(body).map_err(|e| EnvError(format!("{key}: encoding the request: {e}")))?;
+        let replies = self
+            .session
+            .get(&key)
+            .payload(payload)
+            .timeout(self.timeout)
+            .await
+            .map_err(|e| EnvError(format!("{key}: {e}")))?;
+        let reply = replies
+            .recv_async()
+            .await
+            .map_err(|_| EnvError(format!("{key}: no environment answered within {:?}", self.timeout)))?;
+        match reply.result() {
+            Ok(sample) => {
+                let bytes = sample.payload().to_bytes();
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    EnvError(format!("{key}: unreadable reply {:?}: {e}", String::from_utf8_lossy(&bytes)))
+                })
+            }
+            Err(err) => {
+                let bytes = err.payload().to_bytes();
+                let msg = serde_json::from_slice::<ErrorMsg>(&bytes)
+                    .map(|m| m.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                Err(EnvError(format!("{key}: {msg}")))
+            }
+        }
+    }
+}
+
+/// An environment served by another process.
+#[derive(Clone)]
+pub struct RemoteEnv {
+    link: Arc<Link>,
+}
+
+impl RemoteEnv {
+    /// The environment `name` of `run`, reached over `session`; each call waits at most `timeout`.
+    pub fn new(session: zenoh::Session, run: &str, name: &str, timeout: Duration) -> Result<Self, EnvError> {
+        keys::check_name("run", run).map_err(|e| EnvError(e.to_string()))?;
+        keys::check_name("environment", name).map_err(|e| EnvError(e.to_string()))?;
+        let link = Link { session, run: run.into(), name: name.into(), timeout };
+        Ok(RemoteEnv { link: Arc::new(link) })
+    }
+
+    /// Waits until the environment answers (a `task` query), up to `patience`.
+    pub async fn wait_until_served(&self, patience: Duration) -> Result<(), EnvError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.link.call::<TaskMsg>("task", &serde_json::json!({"peek": true})).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Its tasks, drawn one query at a time.
+    pub fn tasks(&self) -> RemoteTasks {
+        RemoteTasks { link: self.link.clone() }
+    }
+}
+
+impl Env for RemoteEnv {
+    fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    fn reset<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<sluice_core::Started, EnvError>> {
+        Box::pin(async move {
+            let r: ResetReply = self.link.call("reset", &TaskMsg { task: Some(task.clone()) }).await?;
+            let episode = RemoteEpisode { link: self.link.clone(), id: r.episode, open: true };
+            Ok((Box::new(episode) as Box<dyn Episode>, r.observation))
+        })
+    }
+}
+
+struct RemoteEpisode {
+    link: Arc<Link>,
+    id: String,
+    open: bool,
+}
+
+impl Episode for RemoteEpisode {
+    fn step<'a>(&'a mut self, action: &'a str) -> BoxFuture<'a, Result<StepResult, EnvError>> {
+        Box::pin(async move {
+            let r: StepResult = self
+                .link
+                .call("step", &StepMsg { episode: self.id.clone(), action: action.to_string() })
+                .await?;
+            if let Some(rw) = &r.reward {
+                if !rw.total.is_finite() {
+                    return Err(EnvError(format!("episode {}: non-finite reward {}", self.id, rw.total)));
+                }
+            }
+            self.open = !r.done;
+            Ok(r)
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A finished episode is closed by the server itself; only open ones are told.
+            if self.open {
+                self.open = false;
+                if let Err(e) =
+                    self.link.call::<serde_json::Value>("close", &CloseMsg { episode: self.id.clone() }).await
+                {
+                    tracing::debug!("closing remote episode {}: {e}", self.id);
+                }
+            }
+        })
+    }
+}
+
+/// The tasks of a remote environment.
+pub struct RemoteTasks {
+    link: Arc<Link>,
+}
+
+impl TaskSource for RemoteTasks {
+    fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    fn next_task(&mut self) -> Option<Task> {
+        let link = self.link.clone();
+        let ask = async move { link.call::<TaskMsg>("task", &serde_json::json!({})).await };
+        let result = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(ask));
+        match result {
+            Ok(m) => m.task,
+            Err(e) => {
+                tracing::warn!("remote task source {}: {e}", self.link.name);
+                None
+            }
+        }
+    }
+}
+
+/// A Rust environment served to other processes; dropping it stops serving.
+pub struct Served {
+    _queryables: Vec<zenoh::query::Queryable<()>>,
+}
+
+/// An episode the server holds between calls.
+type SharedEpisode = Arc<tokio::sync::Mutex<Box<dyn Episode>>>;
+
+struct ServerState {
+    env: Arc<dyn Env>,
+    tasks: Option<Mutex<Box<dyn TaskSource>>>,
+    episodes: tokio::sync::Mutex<HashMap<String, SharedEpisode>>,
+    next: AtomicU64,
+}
+
+/// Serves `env` (and `tasks`, if given) as `name` of `run` on `session`.
+pub async fn serve(
+    session: &zenoh::Session,
+    run: &str,
+    name: &str,
+    env: Arc<dyn Env>,
+    tasks: Option<Box<dyn TaskSource>>,
+) -> Result<Served, EnvError> {
+    keys::check_name("run", run).map_err(|e| EnvError(e.to_string()))?;
+    keys::check_name("environment", name).map_err(|e| EnvError(e.to_string()))?;
+    let state = Arc::new(ServerState {
+        env,
+        tasks: tasks.map(Mutex::new),
+        episodes: Default::default(),
+        next: AtomicU64::new(0),
+    });
+    // zenoh calls back on its own threads: the handlers run on the caller's runtime.
+    let rt = tokio::runtime::Handle::current();
+    let mut queryables = Vec::new();
+    for op in ["task", "reset", "step", "close"] {
+        let key = keys::env(run, name, op);
+        let state = state.clone();
+        let rt = rt.clone();
+        let q = session
+            .declare_queryable(&key)
+            .callback(move |query| {
+                let state = state.clone();
+                rt.spawn(async move {
+                    let body = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+                    let reply = match handle(&state, op, &body).await {
+                        Ok(v) => query.reply(query.key_expr().clone(), v.to_string()).await,
+                        Err(e) => query.reply_err(serde_json::json!({"error": e}).to_string()).await,
+                    };
+                    if let Err(e) = reply {
+                        tracing::debug!("env reply: {e}");
+                    }
+                });
+            })
+            .await
+            .map_err(|e| EnvError(format!("{key}: {e}")))?;
+        queryables.push(q);
+    }
+    Ok(Served { _queryables: queryables })
+}
+
+async fn handle(state: &ServerState, op: &str, body: &[u8]) -> Result<serde_json::Value, String> {
+    let parse_err =
+        |e: serde_json::Error| format!("{op}: bad request {:?}: {e}", String::from_utf8_lossy(body));
+    match op {
+        "task" => {
+            // `{"peek": true}` only asks whether the environment is served.
+            if serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("peek").cloned())
+                .is_some()
+            {
+                return Ok(serde_json::json!({"task": null}));
+            }
+            let Some(tasks) = &state.tasks else {
+                return Err("this environment serves no tasks".into());
+            };
+            let task = tasks.lock().map_err(|_| "task source poisoned".to_string())?.next_task();
+            Ok(serde_json::json!({ "task": task }))
+        }
+        "reset" => {
+            let msg: TaskMsg = serde_json::from_slice(body).map_err(parse_err)?;
+            let task = msg.task.ok_or("reset needs a task")?;
+            let (episode, observation) = state.env.reset(&task).await.map_err(|e| e.0)?;
+            let id = format!("{}-{}", task.id, state.next.fetch_add(1, Ordering::Relaxed));
+            state.episodes.lock().await.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(episode)));
+            Ok(serde_json::json!({"episode": id, "observation": observation}))
+        }
+        "step" => {
+            let msg: StepMsg = serde_json::from_slice(body).map_err(parse_err)?;
+            let ep = state.episodes.lock().await.get(&msg.episode).cloned();
+            let ep = ep.ok_or_else(|| format!("unknown episode {:?}", msg.episode))?;
+            let r = ep.lock().await.step(&msg.action).await.map_err(|e| e.0)?;
+            if r.done {
+                if let Some(ep) = state.episodes.lock().await.remove(&msg.episode) {
+                    ep.lock().await.close().await;
+                }
+            }
+            serde_json::to_value(r).map_err(|e| e.to_string())
+        }
+        "close" => {
+            let msg: CloseMsg = serde_json::from_slice(body).map_err(parse_err)?;
+            if let Some(ep) = state.episodes.lock().await.remove(&msg.episode) {
+                ep.lock().await.close().await;
+            }
+            Ok(serde_json::json!({}))
+        }
+        _ => Err(format!("unknown operation {op}")),
+    }
+}

@@ -1,0 +1,165 @@
+//! A Python environment served with the SDK in `envs/python` (the `letters` example, a separate
+//! process talking zenoh) and a Rust rollout worker plus learner training a tiny model against it.
+//! Skipped, with the reason printed, only when python3 with pip is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use burn::module::AutodiffModule;
+use sluice_core::{free_local_port, metrics, Finish, ZenohOptions};
+use sluice_envs::RemoteEnv;
+use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trainer};
+use sluice_model::{Architecture, CpuAutodiff, Llama, ModelConfig, Tokenizer};
+use sluice_rollout::{CurriculumConfig, FixedWeights, Job, Judge, RolloutConfig, Runner, Versioned};
+
+/// Installs eclipse-zenoh (the version sluice links; a wheel with no dependencies) under the sluice
+/// cache once and returns the directory to put on PYTHONPATH; None when python3 or pip is missing.
+fn zenoh_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice")))?;
+    let target = cache.join("pydeps-zenoh-1.10.2");
+    let importable = |dir: &Path| {
+        Command::new("python3")
+            .args(["-c", "import zenoh"])
+            .env("PYTHONPATH", dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable(&target) {
+        return Some(target);
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+        .arg(&target)
+        .arg("eclipse-zenoh==1.10.2")
+        .status()
+        .ok()?;
+    (status.success() && importable(&target)).then_some(target)
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const ALPHABET: &str = "abcde say:<no>";
+
+fn model_config(vocab: usize) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: vocab,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 64,
+        qkv_bias: false,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+#[test]
+fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
+    let Some(pydeps) = zenoh_path() else {
+        eprintln!("SKIPPED: python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(300), async {
+            let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+            let session = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/python/examples/letters.py");
+            let _env_process = KillOnDrop(
+                Command::new("python3")
+                    .arg(&script)
+                    .args(["--run", "py", "--connect", &ep])
+                    .env("PYTHONPATH", &pydeps)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let remote = RemoteEnv::new(session.clone(), "py", "letters", Duration::from_secs(10)).unwrap();
+            remote.wait_until_served(Duration::from_secs(60)).await.expect("the python env never answered");
+
+            let tok = Tokenizer::char_level(ALPHABET).unwrap();
+            let g = 8;
+            let rollout = RolloutConfig {
+                group_size: g,
+                tasks_per_batch: 4,
+                max_new_tokens: 2,
+                max_completion_tokens: 16,
+                max_turns: 2,
+                chat_template: false,
+                curriculum: CurriculumConfig::Fixed { weights: vec![1.0] },
+                seed: 3,
+                ..Default::default()
+            };
+            let mut runner = Runner::new("py", "w0", rollout, tok.clone(), Vec::new()).unwrap();
+            let learner = LearnerConfig {
+                group_size: g,
+                groups_per_step: 4,
+                max_staleness: 0,
+                kl: KlConfig { beta: 0.0, ..Default::default() },
+                schedule: Schedule::constant(2e-2),
+                optimizer: AdamWConfig { weight_decay: 0.0, ..Default::default() },
+                checkpoint_every: 0,
+                ..Default::default()
+            };
+            let model =
+                Llama::<CpuAutodiff>::random(&model_config(tok.vocab_size()), 11, &Default::default());
+            let mut trainer = Trainer::new(learner, model, None, AdamW::new(Default::default())).unwrap();
+            let env: Arc<RemoteEnv> = Arc::new(remote.clone());
+            let mut tasks = remote.tasks();
+
+            let mut rewards = Vec::new();
+            for step in 0..30 {
+                let jobs: Vec<Job> = (0..4)
+                    .map(|_| Job {
+                        task: sluice_core::TaskSource::next_task(&mut tasks)
+                            .expect("the python env gives tasks"),
+                        judge: Judge::Env(env.clone()),
+                        stop_strings: vec![],
+                    })
+                    .collect();
+                let mut policy = Versioned { model: trainer.model().valid(), version: trainer.version() };
+                let groups = runner.run(&mut policy, &mut FixedWeights, &jobs).await.unwrap();
+                for s in groups.iter().flat_map(|g| &g.samples) {
+                    assert_eq!(s.finish, Finish::EnvDone, "the python env ends every episode");
+                    assert!(s.num_turns == 1 || s.num_turns == 2);
+                    // A second try follows the `<no>` observation, which is not trained on.
+                    if s.num_turns == 2 {
+                        let no = tok.encode("<no>", false).unwrap();
+                        assert_eq!(&s.completion_tokens[2..6], no.as_slice());
+                        assert_eq!(&s.loss_mask[2..6], &[0, 0, 0, 0]);
+                    }
+                    assert!([0.0, 0.5, 1.0].contains(&s.reward), "reward {}", s.reward);
+                }
+                let stats = trainer.train(&groups).unwrap();
+                rewards.push(stats.get(metrics::REWARD_MEAN).unwrap());
+                assert_eq!(trainer.version(), step + 1);
+            }
+            let first: f64 = rewards[..5].iter().sum::<f64>() / 5.0;
+            let last: f64 = rewards[rewards.len() - 5..].iter().sum::<f64>() / 5.0;
+            eprintln!("mean reward: first 5 steps {first:.3}, last 5 steps {last:.3}");
+            assert!(last > first + 0.2, "no learning against the python env: {rewards:?}");
+            assert_eq!(runner.failures().snapshot(), (0, 0, 0));
+        })
+        .await
+        .unwrap();
+    });
+}
