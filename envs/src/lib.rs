@@ -11,6 +11,8 @@ pub mod arithmetic;
 pub mod calculator;
 pub mod chain_sum;
 pub mod countdown;
+pub mod jsonl;
+pub mod knights_knaves;
 pub mod remote;
 pub mod split;
 
@@ -18,5 +20,7 @@ pub use arithmetic::{Arithmetic, ArithmeticConfig, IntegerVerifier};
 pub use calculator::{Calculator, CalculatorConfig};
 pub use chain_sum::{ChainSum, ChainSumConfig};
 pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};
+pub use jsonl::{JsonlConfig, JsonlSource};
+pub use knights_knaves::KnightsKnavesVerifier;
 pub use remote::{serve, RemoteEnv, RemoteTasks, Served};
 pub use split::{split_of, Split};
