@@ -38,6 +38,45 @@ pub const INSTRUCTIONS: &str =
     "You can use a calculator: write <calc>EXPRESSION</calc> (numbers, + - * / and \
 parentheses) and wait for <result>VALUE</result>. When you know the answer, write it in \\boxed{}.";
 
+/// Tasks of the `calculator` environment: `arithmetic` questions (default 3–5 digit operands)
+/// with [`INSTRUCTIONS`] as the system message; source `calculator`.
+pub struct CalculatorTasks {
+    inner: crate::arithmetic::Arithmetic,
+}
+
+impl CalculatorTasks {
+    /// Tasks drawn with `cfg` (see [`CalculatorTasks::default_config`]).
+    pub fn new(cfg: crate::arithmetic::ArithmeticConfig) -> Result<Self, String> {
+        Ok(CalculatorTasks { inner: crate::arithmetic::Arithmetic::new(cfg)? })
+    }
+
+    /// 3–5 digit operands, where the tool pays off.
+    pub fn default_config() -> crate::arithmetic::ArithmeticConfig {
+        crate::arithmetic::ArithmeticConfig { min_digits: 3, max_digits: 5, ..Default::default() }
+    }
+}
+
+impl sluice_core::TaskSource for CalculatorTasks {
+    fn name(&self) -> &str {
+        "calculator"
+    }
+
+    fn next_task(&mut self) -> Option<Task> {
+        let mut t = self.inner.next_task()?;
+        t.id = t.id.replacen("arithmetic", "calculator", 1);
+        t.source = "calculator".into();
+        let question = match t.prompt {
+            sluice_core::Prompt::Text(q) => q,
+            sluice_core::Prompt::Chat(m) => m.into_iter().map(|m| m.content).collect::<Vec<_>>().join("\n"),
+        };
+        t.prompt = sluice_core::Prompt::Chat(vec![
+            sluice_core::Message::new("system", INSTRUCTIONS),
+            sluice_core::Message::new("user", question),
+        ]);
+        Some(t)
+    }
+}
+
 /// The `calculator` environment.
 #[derive(Debug, Clone, Default)]
 pub struct Calculator {
@@ -145,6 +184,19 @@ mod tests {
             answer: answer.into(),
             metadata: serde_json::Value::Null,
         }
+    }
+
+    #[test]
+    fn calculator_tasks_carry_the_tool_instructions() {
+        use sluice_core::{Prompt, TaskSource};
+        let mut tasks =
+            CalculatorTasks::new(CalculatorTasks::default_config()).unwrap_or_else(|e| panic!("{e}"));
+        let t = tasks.next_task().unwrap_or_else(|| panic!("no task"));
+        assert_eq!(t.source, "calculator");
+        assert!(t.id.starts_with("calculator-"));
+        let Prompt::Chat(m) = &t.prompt else { panic!("a chat prompt") };
+        assert_eq!((m[0].role.as_str(), m[0].content.as_str()), ("system", INSTRUCTIONS));
+        assert!(m[1].content.starts_with("What is ") && t.answer.is_i64());
     }
 
     #[tokio::test]

@@ -106,6 +106,10 @@ pub struct RunnerStats {
     pub mid_generation_swaps: u64,
     /// Samples that ended with `finish = error`.
     pub errored_samples: u64,
+    /// Environment `step` calls.
+    pub env_steps: u64,
+    /// Wall seconds spent waiting for environment steps (all of a turn's steps run at once).
+    pub env_wait_s: f64,
 }
 
 /// A row while its episode runs.
@@ -357,9 +361,15 @@ impl Runner {
             handles.push((i, tokio::spawn(guard::step(episode, action, self.timeout()))));
         }
         let max_tokens = self.cfg.max_completion_tokens;
+        self.stats.env_steps += handles.len() as u64;
+        let t0 = std::time::Instant::now();
+        let mut results = Vec::with_capacity(handles.len());
         for (i, h) in handles {
+            results.push((i, h.await.map_err(|e| RolloutError::Internal(format!("step task: {e}")))?));
+        }
+        self.stats.env_wait_s += t0.elapsed().as_secs_f64();
+        for (i, result) in results {
             let ep = &mut eps[i];
-            let result = h.await.map_err(|e| RolloutError::Internal(format!("step task: {e}")))?;
             let (episode, r) = match result {
                 Ok(x) => x,
                 Err(f) => {

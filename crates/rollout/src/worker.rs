@@ -173,6 +173,20 @@ impl<B: Backend> Worker<B> {
         &self.curriculum
     }
 
+    /// Continues the curriculum from a checkpointed state (same sources, same order).
+    pub fn restore_curriculum(&mut self, state: crate::curriculum::CurriculumState) -> Result<()> {
+        if state.counts.len() != self.sources.len() {
+            return Err(RolloutError::Config(format!(
+                "curriculum state has {} sources, this worker {}",
+                state.counts.len(),
+                self.sources.len()
+            )));
+        }
+        self.curriculum = Curriculum::restore(self.runner.config().curriculum.clone(), state)
+            .map_err(RolloutError::Config)?;
+        Ok(())
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> WorkerStats {
         let mut s = self.stats.clone();
