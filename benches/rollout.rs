@@ -67,8 +67,16 @@ fn arithmetic_cfg() -> RolloutConfig {
     }
 }
 
+/// Every response opens a tool call (`<calc>` ends the prompt), so each episode makes at least one
+/// call: SmolLM2-135M does not open one by itself.
 fn calculator_cfg() -> RolloutConfig {
-    RolloutConfig { max_new_tokens: 48, max_completion_tokens: 160, max_turns: 3, ..arithmetic_cfg() }
+    RolloutConfig {
+        max_new_tokens: 48,
+        max_completion_tokens: 160,
+        max_turns: 3,
+        response_prefix: "<calc>".into(),
+        ..arithmetic_cfg()
+    }
 }
 
 fn arithmetic_source(seed: u64) -> EnvSource {

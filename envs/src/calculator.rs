@@ -96,10 +96,12 @@ struct CalculatorEpisode {
     turns: u32,
 }
 
-/// The expression of the last `<calc>...</calc>` call in `action`, if any.
+/// The expression of the last `<calc>...</calc>` call in `action`, if any. An action that closes a
+/// call it did not open (`EXPR</calc>`) calls `EXPR`: the opening tag was in the prompt (a
+/// response prefix such as `rollout.response_prefix = "<calc>"`).
 pub fn tool_call(action: &str) -> Option<&str> {
-    let start = action.rfind("<calc>")? + "<calc>".len();
-    let end = action[start..].find("</calc>")? + start;
+    let end = action.rfind("</calc>")?;
+    let start = action[..end].rfind("<calc>").map(|i| i + "<calc>".len()).unwrap_or(0);
     Some(action[start..end].trim())
 }
 
@@ -197,6 +199,15 @@ mod tests {
         let Prompt::Chat(m) = &t.prompt else { panic!("a chat prompt") };
         assert_eq!((m[0].role.as_str(), m[0].content.as_str()), ("system", INSTRUCTIONS));
         assert!(m[1].content.starts_with("What is ") && t.answer.is_i64());
+    }
+
+    #[test]
+    fn tool_calls_are_read_with_or_without_their_opening_tag() {
+        assert_eq!(tool_call("let me see <calc>12 * 3</calc>"), Some("12 * 3"));
+        assert_eq!(tool_call("<calc>1+1</calc> then <calc>2*(3+4)</calc>"), Some("2*(3+4)"));
+        assert_eq!(tool_call(" 17 + 25 </calc>"), Some("17 + 25"));
+        assert_eq!(tool_call("<calc>1+1"), None);
+        assert_eq!(tool_call("the answer is 4"), None);
     }
 
     #[tokio::test]

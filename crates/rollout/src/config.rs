@@ -31,6 +31,9 @@ pub struct RolloutConfig {
     pub partial_rollout: bool,
     /// Render prompts with the model's chat template (text prompts become one user message).
     pub chat_template: bool,
+    /// Text that starts every response (e.g. `<think>`, or `<calc>` to open a tool call): tokenized
+    /// once and appended to the prompt, so it is part of the prompt and never trained on.
+    pub response_prefix: String,
     /// Limit of one environment call (reset, step, verifier), in seconds.
     pub env_timeout_s: f64,
     /// Task-source mixture: DUMP's UCB or fixed weights.
@@ -52,6 +55,7 @@ impl Default for RolloutConfig {
             max_turns: 4,
             partial_rollout: true,
             chat_template: true,
+            response_prefix: String::new(),
             env_timeout_s: 30.0,
             curriculum: CurriculumConfig::default(),
             seed: 0,

@@ -247,6 +247,12 @@ impl Runner {
             }
         }
         .map_err(|e| bad(e.to_string()))?;
+        let mut tokens = tokens;
+        if !self.cfg.response_prefix.is_empty() {
+            tokens.extend(
+                self.tokenizer.encode(&self.cfg.response_prefix, false).map_err(|e| bad(e.to_string()))?,
+            );
+        }
         if tokens.is_empty() {
             return Err(bad("the prompt encodes to no tokens".into()));
         }

@@ -286,7 +286,12 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
         let tok = tokenizer();
         let actions = Arc::new(Mutex::new(Vec::new()));
         let env: Arc<dyn Env> = Arc::new(Script { actions: actions.clone() });
-        let cfg = RolloutConfig { max_completion_tokens: 100, max_turns: 5, ..rollout_config(8) };
+        let cfg = RolloutConfig {
+            max_completion_tokens: 100,
+            max_turns: 5,
+            response_prefix: "say ".into(),
+            ..rollout_config(8)
+        };
         let mut runner = Runner::new("tito", "w0", cfg.clone(), tok.clone(), Vec::new()).unwrap();
         let m = model(3);
         let mut policy = Versioned { model: m.clone(), version: 5 };
@@ -303,6 +308,8 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
         let mut turns_text = Vec::new();
         let mut lossy = 0;
         for s in groups.iter().flat_map(|g| &g.samples) {
+            // The response prefix closes the prompt; the completion starts after it.
+            assert_eq!(s.prompt_tokens, tok.encode("2+2=say ", false).unwrap());
             assert_eq!(s.finish, Finish::EnvDone);
             assert_eq!(s.num_turns, 3);
             assert_eq!(s.reward, 3.0);
