@@ -38,7 +38,8 @@ pub struct RolloutConfig {
     pub env_timeout_s: f64,
     /// Task-source mixture: DUMP's UCB or fixed weights.
     pub curriculum: CurriculumConfig,
-    /// Seed of sampling and of the curriculum's draws.
+    /// Seed of sampling and of the curriculum's draws (mixed with the worker's name, so workers of
+    /// one config sample differently; task sources take their own seeds).
     pub seed: u64,
 }
 

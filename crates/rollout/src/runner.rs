@@ -149,15 +149,18 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// FNV-1a of a name.
+pub(crate) fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 impl GroupIds {
     fn new(worker: &str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let name = worker
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let name = name_hash(worker);
         GroupIds { base: splitmix(nanos ^ splitmix(name ^ std::process::id() as u64)), next: 0 }
     }
 
@@ -175,6 +178,8 @@ pub struct Runner {
     stop_token_ids: Vec<u32>,
     failures: Arc<FailureCounts>,
     ids: GroupIds,
+    /// `seed` mixed with the worker's name: workers of one config sample differently.
+    seed: u64,
     batches: u64,
     stats: RunnerStats,
 }
@@ -189,6 +194,7 @@ impl Runner {
         stop_token_ids: Vec<u32>,
     ) -> Result<Self> {
         cfg.check().map_err(RolloutError::Config)?;
+        let seed = splitmix(cfg.seed) ^ name_hash(worker);
         Ok(Runner {
             cfg,
             run: run.to_string(),
@@ -196,6 +202,7 @@ impl Runner {
             stop_token_ids,
             failures: Arc::new(FailureCounts::default()),
             ids: GroupIds::new(worker),
+            seed,
             batches: 0,
             stats: RunnerStats::default(),
         })
@@ -298,7 +305,7 @@ impl Runner {
         let mut turn = 0u64;
         while eps.iter().any(|e| e.finish.is_none()) {
             turn += 1;
-            let seed = splitmix(self.cfg.seed ^ splitmix(self.batches) ^ splitmix(turn.rotate_left(32)));
+            let seed = splitmix(self.seed ^ splitmix(self.batches) ^ splitmix(turn.rotate_left(32)));
             let outs = tokio::task::block_in_place(|| self.generate_turn(policy, feed, &eps, jobs, seed))?;
             let mut actions = Vec::new();
             for (i, out) in outs {

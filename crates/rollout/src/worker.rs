@@ -136,8 +136,10 @@ impl<B: Backend> Worker<B> {
     ) -> Result<Self> {
         keys::check_name("worker", name).map_err(|e| RolloutError::Config(e.to_string()))?;
         let cfg = runner.config();
+        // Workers of one config draw sources differently.
+        let seed = cfg.seed ^ crate::runner::name_hash(name);
         let curriculum =
-            Curriculum::new(cfg.curriculum.clone(), sources.len(), cfg.seed).map_err(RolloutError::Config)?;
+            Curriculum::new(cfg.curriculum.clone(), sources.len(), seed).map_err(RolloutError::Config)?;
         Ok(Worker {
             name: name.to_string(),
             session,

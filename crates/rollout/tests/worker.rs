@@ -391,7 +391,9 @@ fn hanging_panicking_and_failing_envs_end_their_episodes_as_errors_and_the_batch
     let rt = rt();
     within(&rt, async {
         let env: Arc<dyn Env> = Arc::new(Unruly);
-        let cfg = RolloutConfig { env_timeout_s: 0.5, tasks_per_batch: 4, ..rollout_config(4) };
+        // The limit must exceed the time a panic takes to unwind and print its backtrace on a
+        // loaded CI machine, or a panicking step is counted as a timeout.
+        let cfg = RolloutConfig { env_timeout_s: 5.0, tasks_per_batch: 4, ..rollout_config(4) };
         let mut runner = Runner::new("bad", "w0", cfg, tokenizer(), Vec::new()).unwrap();
         let mut policy = Versioned { model: model(4), version: 0 };
         let jobs: Vec<Job> = ["hang", "panic", "error", "fine"]
