@@ -3,7 +3,7 @@
 //! Skipped, with the reason printed, only when python3 with pip is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,31 +15,7 @@ use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trai
 use sluice_model::{Architecture, CpuAutodiff, Llama, ModelConfig, Tokenizer};
 use sluice_rollout::{CurriculumConfig, FixedWeights, Job, Judge, RolloutConfig, Runner, Versioned};
 
-/// Installs eclipse-zenoh (the version sluice links; a wheel with no dependencies) under the sluice
-/// cache once and returns the directory to put on PYTHONPATH; None when python3 or pip is missing.
-fn zenoh_path() -> Option<PathBuf> {
-    let cache = std::env::var_os("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice")))?;
-    let target = cache.join("pydeps-zenoh-1.10.2");
-    let importable = |dir: &Path| {
-        Command::new("python3")
-            .args(["-c", "import zenoh"])
-            .env("PYTHONPATH", dir)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if importable(&target) {
-        return Some(target);
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
-        .arg(&target)
-        .arg("eclipse-zenoh==1.10.2")
-        .status()
-        .ok()?;
-    (status.success() && importable(&target)).then_some(target)
-}
+mod common;
 
 struct KillOnDrop(Child);
 
@@ -74,7 +50,7 @@ fn model_config(vocab: usize) -> ModelConfig {
 
 #[test]
 fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
-    let Some(pydeps) = zenoh_path() else {
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
         eprintln!("SKIPPED: python3 with pip is not available to install eclipse-zenoh");
         return;
     };

@@ -14,6 +14,8 @@ use sluice_core::trajectory::{self, groups_to_batch};
 use sluice_core::{Finish, Group, Sample, ZenohOptions};
 use sluice_replay::{ClientConfig, Op, ReplayClient, ReplayError, SampleRequest, Sampler};
 
+mod common;
+
 /// A replay shard process and the JSON line it printed when ready.
 struct Server {
     child: Child,
@@ -321,35 +323,9 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
     });
 }
 
-/// Installs duckdb (a PyPI wheel, no other dependency) under the sluice cache once and returns
-/// the directory to put on PYTHONPATH; None when python3 or pip is missing.
-fn duckdb_path() -> Option<std::path::PathBuf> {
-    let cache = std::env::var_os("SLUICE_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sluice")))?;
-    let target = cache.join("pydeps-duckdb");
-    let importable = |dir: &Path| {
-        Command::new("python3")
-            .args(["-c", "import duckdb"])
-            .env("PYTHONPATH", dir)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if importable(&target) {
-        return Some(target);
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
-        .arg(&target)
-        .arg("duckdb==1.4.2")
-        .status()
-        .ok()?;
-    (status.success() && importable(&target)).then_some(target)
-}
-
 #[test]
 fn exported_parquet_is_read_by_duckdb() {
-    let Some(pydeps) = duckdb_path() else {
+    let Some(pydeps) = common::python_package("duckdb==1.4.2", "duckdb", "duckdb") else {
         eprintln!("SKIPPED: python3 with pip is not available to install duckdb");
         return;
     };
