@@ -484,20 +484,25 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(stats().groups, 2, "the worker ran past its tickets");
 
-        // The learner steps to version 1: it takes the two groups and publishes the weights.
+        // The learner at version 0 takes the two groups, steps to version 1, publishes the weights
+        // and asks for its next batch as version 1 (which opens admission for two more groups).
         let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("loop", 1)).unwrap();
-        let req = sluice_replay::SampleRequest {
+        let at_v0 = sluice_replay::SampleRequest {
             sampler: Sampler::Fifo,
             groups: 2,
-            learner_version: 1,
+            learner_version: 0,
             max_staleness: 0,
             consumer: "learner".into(),
             drop_zero_variance: false,
             dedup: false,
         };
-        let first = learner_client.sample(&req).await.unwrap().groups().unwrap();
+        let first = learner_client.sample(&at_v0).await.unwrap().groups().unwrap();
+        assert_eq!(first.len(), 2);
         assert!(first.iter().flat_map(|g| &g.samples).all(|s| s.behavior_version == 0));
         publisher.publish(1, snapshot(&model(6))).await.unwrap().unwrap();
+        let req = sluice_replay::SampleRequest { learner_version: 1, ..at_v0 };
+        let early = learner_client.sample(&req).await.unwrap().groups().unwrap();
+        assert!(early.is_empty(), "nothing was admitted at version 1 before this request");
 
         let (stats, _worker) = handle.await.unwrap();
         assert!(!stop.load(Ordering::Relaxed));
@@ -513,14 +518,24 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
             let stopped = s.completion_tokens.last() == Some(&1);
             assert_eq!(s.finish, if stopped { Finish::Stop } else { Finish::Length });
         }
-        // Gone from liveliness once it stopped.
-        let replies = learner.liveliness().get("sluice/loop/rollout/*").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut n = 0;
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), replies.recv_async()).await {
-            n += 1;
-        }
-        assert_eq!(n, 0, "the liveliness token outlived the worker");
+        // Gone from liveliness once it stopped (the undeclaration reaches the other session
+        // shortly after).
+        let gone = async {
+            loop {
+                let replies = learner.liveliness().get("sluice/loop/rollout/*").await.unwrap();
+                let mut n = 0;
+                while replies.recv_async().await.is_ok() {
+                    n += 1;
+                }
+                if n == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .expect("the liveliness token outlived the worker");
         service.stop();
     });
 }
