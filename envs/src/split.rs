@@ -23,12 +23,7 @@ pub enum Split {
 
 /// The split of a task whose content is `key`.
 pub fn split_of(key: &str) -> Split {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    if h.is_multiple_of(HELD_OUT_ONE_IN) {
+    if sluice_core::fnv1a64(key.as_bytes()).is_multiple_of(HELD_OUT_ONE_IN) {
         Split::HeldOut
     } else {
         Split::Train

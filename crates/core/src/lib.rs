@@ -5,6 +5,7 @@
 
 pub mod env;
 mod error;
+pub mod hash;
 pub mod keys;
 pub mod metrics;
 mod net;
@@ -16,6 +17,7 @@ pub use env::{
     Verifier,
 };
 pub use error::{Error, Result};
+pub use hash::{fnv1a64, splitmix64};
 pub use net::{free_local_port, ZenohOptions};
 pub use trajectory::{Finish, Group, GroupSpan, Sample};
 pub use version::{admission_limit, is_admissible, PolicyVersion};

@@ -15,6 +15,7 @@
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use sluice_core::splitmix64;
 
 use crate::batch::forward_ctx;
 use crate::cache::KvCache;
@@ -75,13 +76,6 @@ pub struct Completion {
     pub logprobs: Vec<f32>,
     /// Why it stopped.
     pub finish: FinishReason,
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 struct Row {
@@ -151,7 +145,7 @@ impl<B: Backend> Generator<B> {
                 out: Vec::new(),
                 logprobs: Vec::new(),
                 finish: (params.max_new_tokens == 0).then_some(FinishReason::Length),
-                rng: rand::rngs::StdRng::seed_from_u64(splitmix(params.seed ^ splitmix(i as u64))),
+                rng: rand::rngs::StdRng::seed_from_u64(splitmix64(params.seed ^ splitmix64(i as u64))),
             })
             .collect();
         let device = model.device();

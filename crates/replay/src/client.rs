@@ -52,11 +52,7 @@ impl ClientConfig {
 
 /// The shard a group lives on (splitmix64 finalizer: sequential ids spread evenly).
 pub fn shard_of(group_id: u64, shards: u32) -> u32 {
-    let mut z = group_id.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % shards.max(1) as u64) as u32
+    (sluice_core::splitmix64(group_id) % shards.max(1) as u64) as u32
 }
 
 /// A sampled batch of whole groups.

@@ -183,11 +183,8 @@ impl Curriculum {
 
     /// A uniform draw in `[0, 1)` (splitmix64).
     fn next_unit(&mut self) -> f64 {
+        let z = sluice_core::splitmix64(self.state.rng);
         self.state.rng = self.state.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burn::prelude::Backend;
-use sluice_core::{Env, Episode, Finish, Group, Prompt, Reward, Sample, Task, Verifier};
+use sluice_core::{fnv1a64, splitmix64, Env, Episode, Finish, Group, Prompt, Reward, Sample, Task, Verifier};
 use sluice_model::{ChatMessage, FinishReason, Generator, Llama, SamplingParams, Tokenizer};
 
 use crate::config::RolloutConfig;
@@ -142,31 +142,19 @@ struct GroupIds {
     next: u64,
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// FNV-1a of a name.
-pub(crate) fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
 impl GroupIds {
     fn new(worker: &str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let name = name_hash(worker);
-        GroupIds { base: splitmix(nanos ^ splitmix(name ^ std::process::id() as u64)), next: 0 }
+        let name = fnv1a64(worker.as_bytes());
+        GroupIds { base: splitmix64(nanos ^ splitmix64(name ^ std::process::id() as u64)), next: 0 }
     }
 
     fn take(&mut self) -> u64 {
         self.next += 1;
-        splitmix(self.base.wrapping_add(self.next))
+        splitmix64(self.base.wrapping_add(self.next))
     }
 }
 
@@ -194,7 +182,7 @@ impl Runner {
         stop_token_ids: Vec<u32>,
     ) -> Result<Self> {
         cfg.check().map_err(RolloutError::Config)?;
-        let seed = splitmix(cfg.seed) ^ name_hash(worker);
+        let seed = splitmix64(cfg.seed) ^ fnv1a64(worker.as_bytes());
         Ok(Runner {
             cfg,
             run: run.to_string(),
@@ -305,7 +293,7 @@ impl Runner {
         let mut turn = 0u64;
         while eps.iter().any(|e| e.finish.is_none()) {
             turn += 1;
-            let seed = splitmix(self.seed ^ splitmix(self.batches) ^ splitmix(turn.rotate_left(32)));
+            let seed = splitmix64(self.seed ^ splitmix64(self.batches) ^ splitmix64(turn.rotate_left(32)));
             let outs = tokio::task::block_in_place(|| self.generate_turn(policy, feed, &eps, jobs, seed))?;
             let mut actions = Vec::new();
             for (i, out) in outs {
@@ -480,7 +468,7 @@ impl Runner {
                 max_new_tokens: self.cfg.max_new_tokens.min(budgets.iter().copied().max().unwrap_or(0)),
                 stop_token_ids: self.stop_token_ids.clone(),
                 stop_strings: stops.to_vec(),
-                seed: splitmix(seed ^ part as u64),
+                seed: splitmix64(seed ^ part as u64),
             };
             let mut gen = Generator::new(&policy.model, &prompts, &params, Some(&self.tokenizer))?;
             let mut versions: Vec<Vec<u64>> =

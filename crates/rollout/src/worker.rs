@@ -137,7 +137,7 @@ impl<B: Backend> Worker<B> {
         keys::check_name("worker", name).map_err(|e| RolloutError::Config(e.to_string()))?;
         let cfg = runner.config();
         // Workers of one config draw sources differently.
-        let seed = cfg.seed ^ crate::runner::name_hash(name);
+        let seed = cfg.seed ^ sluice_core::fnv1a64(name.as_bytes());
         let curriculum =
             Curriculum::new(cfg.curriculum.clone(), sources.len(), seed).map_err(RolloutError::Config)?;
         Ok(Worker {
