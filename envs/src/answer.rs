@@ -10,6 +10,16 @@
 const END_MARKERS: [&str; 6] =
     ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
 
+/// The reward of a graded answer: parts `format` (an answer in a recognised form was found) and
+/// `correct`, total `correct + format_weight * format`. Every verifier of the built-in envs
+/// reports these two parts under these names.
+pub fn graded(format: bool, correct: bool, format_weight: f32) -> sluice_core::Reward {
+    let (format, correct) = (format as u8 as f32, correct as u8 as f32);
+    sluice_core::Reward::new(correct + format_weight * format)
+        .with_part("format", format)
+        .with_part("correct", correct)
+}
+
 /// The text before the first chat-template end marker.
 pub fn strip_template(text: &str) -> &str {
     let end = END_MARKERS.iter().filter_map(|m| text.find(m)).min().unwrap_or(text.len());

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
-use crate::answer::{extract_answer, matches_integer};
+use crate::answer::{extract_answer, graded, matches_integer};
 use crate::split::{split_of, Split};
 
 /// Settings of the `arithmetic` source.
@@ -121,12 +121,11 @@ impl TaskSource for Arithmetic {
 pub fn score_integer(task: &Task, completion: &str, format_weight: f32) -> Reward {
     let expected = task.answer.as_i64();
     let answer = extract_answer(completion);
-    let format = answer.is_some() as u8 as f32;
-    let correct = match (answer, expected) {
-        (Some(a), Some(e)) => matches_integer(&a, e) as u8 as f32,
-        _ => 0.0,
+    let correct = match (&answer, expected) {
+        (Some(a), Some(e)) => matches_integer(a, e),
+        _ => false,
     };
-    Reward::new(correct + format_weight * format).with_part("format", format).with_part("correct", correct)
+    graded(answer.is_some(), correct, format_weight)
 }
 
 /// The verifier of tasks whose answer is an integer (`arithmetic`, `chain_sum`).

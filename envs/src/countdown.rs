@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
-use crate::answer::{last_answer_tag, last_boxed, strip_template};
+use crate::answer::{graded, last_answer_tag, last_boxed, strip_template};
 use crate::split::{split_of, Split};
 
 /// Settings of the `countdown` source.
@@ -319,17 +319,15 @@ impl Verifier for CountdownVerifier {
             .unwrap_or_default();
         given.sort_unstable();
         let parsed = committed_expression(completion).and_then(|e| evaluate(e.trim_matches('$')));
-        let format = parsed.is_some() as u8 as f32;
+        let format = parsed.is_some();
         let correct = match (parsed, target) {
             (Some(mut e), Some(t)) => {
                 e.numbers.sort_unstable();
-                (e.numbers == given && e.value == Ratio::int(t as i128)) as u8 as f32
+                e.numbers == given && e.value == Ratio::int(t as i128)
             }
-            _ => 0.0,
+            _ => false,
         };
-        Reward::new(correct + self.format_weight * format)
-            .with_part("format", format)
-            .with_part("correct", correct)
+        graded(format, correct, self.format_weight)
     }
 }
 

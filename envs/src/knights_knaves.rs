@@ -11,7 +11,7 @@
 
 use sluice_core::{Reward, Task, Verifier};
 
-use crate::answer::{extract_answer, strip_template};
+use crate::answer::{extract_answer, graded, strip_template};
 
 /// The role the text last gives `name`, among `roles`.
 fn last_role<'r>(text: &str, name: &str, roles: &[&'r str]) -> Option<&'r str> {
@@ -42,13 +42,12 @@ fn last_role<'r>(text: &str, name: &str, roles: &[&'r str]) -> Option<&'r str> {
 
 /// Scores a knights-and-knaves answer: parts `format` and `correct`.
 pub fn score_knights_knaves(task: &Task, completion: &str, format_weight: f32) -> Reward {
-    let zero = || Reward::new(0.0).with_part("format", 0.0).with_part("correct", 0.0);
     let (Some(answer), Some(knight), Some(knave)) = (
         task.answer.as_object(),
         task.metadata.get("knight").and_then(|v| v.as_str()),
         task.metadata.get("knave").and_then(|v| v.as_str()),
     ) else {
-        return zero();
+        return graded(false, false, format_weight);
     };
     let text = extract_answer(completion).unwrap_or_else(|| strip_template(completion).to_string());
     let roles = [knight, knave];
@@ -63,8 +62,7 @@ pub fn score_knights_knaves(task: &Task, completion: &str, format_weight: f32) -
             }
         }
     }
-    let (format, correct) = (all_named as u8 as f32, (all_named && all_right) as u8 as f32);
-    Reward::new(correct + format_weight * format).with_part("format", format).with_part("correct", correct)
+    graded(all_named, all_named && all_right, format_weight)
 }
 
 /// The verifier of `knights_knaves` tasks.
