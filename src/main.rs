@@ -1,6 +1,9 @@
 //! The `sluice` command line.
 
-use sluice::{fetch, replay_role};
+use sluice::config::RunConfig;
+use sluice::env_spec::EnvSpec;
+use sluice::launch::{self, RoleArgs};
+use sluice::{fetch, replay_role, with_device};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,11 +40,81 @@ enum Command {
     Generate(GenerateArgs),
     /// Per-token log-probs of a text under the model.
     Logprobs(LogprobsArgs),
-    /// Run a replay shard, or export a replay store to parquet.
-    Replay {
-        #[command(subcommand)]
-        command: ReplayCommand,
+    /// Run a whole training run in this process: replay, learner and rollout workers. Without a
+    /// config, the quickstart (SmolLM2-135M-Instruct on arithmetic, GRPO, async, CPU).
+    Run {
+        /// The run's TOML config (every key: examples/default.toml).
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: RoleArgs,
     },
+    /// Run the learner role of a run (resumes from the run directory's newest checkpoint).
+    Learner {
+        /// The run's TOML config.
+        config: PathBuf,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Run rollout workers of a run (start and stop them while the run goes on).
+    Rollout {
+        /// The run's TOML config.
+        config: PathBuf,
+        /// Worker name (unique within the run); default `r{pid}`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Append a JSON line per batch the replay acknowledged (worker, group ids) to this file.
+        #[arg(long)]
+        append_log: Option<PathBuf>,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Run the replay role of a run (`sluice replay CONFIG`), one shard (`serve`), or export.
+    #[command(args_conflicts_with_subcommands = true)]
+    Replay {
+        /// The run's TOML config: serve every shard of the run.
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: RoleArgs,
+        #[command(subcommand)]
+        command: Option<ReplayCommand>,
+    },
+    /// Accuracy and pass@k of a model on held-out tasks.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// GGUF file, HF directory (a checkpoint), or known model name.
+    #[arg(long)]
+    model: String,
+    /// Environment name (arithmetic, chain_sum, countdown, knights_knaves, gsm_symbolic,
+    /// calculator); with --config, that entry's settings.
+    #[arg(long)]
+    env: String,
+    /// Held-out tasks.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Samples per task (pass@k with k = samples).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Sampling temperature (default: 0, greedy, for one sample; 1 for several).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// A run config whose [rollout] prompting and [[envs]] settings to use (default: the
+    /// quickstart's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `path.to.key=value` overrides of the config.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Which tasks: `held-out` (never drawn in training) or `train` (to measure the gap).
+    #[arg(long, value_enum, default_value = "held-out")]
+    split: SplitArg,
+    /// Also write the JSON result to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
 }
 
 #[derive(Subcommand)]
@@ -74,6 +147,12 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    HeldOut,
+    Train,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,13 +266,63 @@ fn main() -> Result<()> {
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => run_logprobs::<sluice_model::Cuda>(&args, Default::default())?,
         },
-        Command::Replay { command: ReplayCommand::Serve(args) } => replay_role::serve(args)?,
-        Command::Replay { command: ReplayCommand::Export { dir, out } } => {
+        Command::Run { config, args } => launch::run(args.load(config.as_ref())?)?,
+        Command::Learner { config, args } => launch::learner(args.load(Some(&config))?)?,
+        Command::Rollout { config, name, append_log, args } => {
+            launch::rollout(args.load(Some(&config))?, name, append_log)?
+        }
+        Command::Replay { config: Some(config), args, command: None } => {
+            launch::replay(args.load(Some(&config))?)?
+        }
+        Command::Replay { config: None, command: None, .. } => {
+            anyhow::bail!("sluice replay: give a run config (sluice replay CONFIG.toml) or a subcommand")
+        }
+        Command::Eval(args) => run_eval(args)?,
+        Command::Replay { command: Some(ReplayCommand::Serve(args)), .. } => replay_role::serve(args)?,
+        Command::Replay { command: Some(ReplayCommand::Export { dir, out }), .. } => {
             let (groups, rows) = sluice_replay::export(&dir, &out)
                 .with_context(|| format!("exporting the replay store under {}", dir.display()))?;
             println!("{groups} groups, {rows} rows -> {}", out.display());
         }
     }
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let cfg = RunConfig::load(args.config.as_deref(), &args.set)?;
+    let spec = match cfg.envs.iter().find(|e| e.name() == args.env) {
+        Some(e) if args.config.is_some() => e.clone(),
+        _ => EnvSpec::by_name(&args.env)?,
+    };
+    let samples = args.samples.unwrap_or(cfg.eval.samples);
+    let temperature = args.temperature.unwrap_or(if samples > 1 { 1.0 } else { cfg.eval.temperature });
+    let n = args.n.unwrap_or(cfg.eval.n);
+    let path = fetch::resolve_model(&args.model)?;
+    let device = match args.device {
+        DeviceArg::Cpu => "cpu",
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => "cuda",
+    };
+    let split = match args.split {
+        SplitArg::HeldOut => sluice_envs::Split::HeldOut,
+        SplitArg::Train => sluice_envs::Split::Train,
+    };
+    let req = sluice::eval::EvalRequest { n, samples, temperature, split };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let session = cfg.zenoh.options().open().await?;
+        let r = with_device!(device, |B, _AD, dev| {
+            sluice::eval::eval::<B>(&path, &spec, req, &cfg.rollout, &session, dev).await
+        });
+        let _ = session.close().await;
+        r
+    })?;
+    let json = serde_json::to_string(&result)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{json}");
+    println!("{}", result.line());
     Ok(())
 }
 

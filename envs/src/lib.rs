@@ -13,6 +13,7 @@ pub mod chain_sum;
 pub mod countdown;
 pub mod jsonl;
 pub mod knights_knaves;
+pub mod letters;
 pub mod remote;
 pub mod split;
 
@@ -22,5 +23,6 @@ pub use chain_sum::{ChainSum, ChainSumConfig};
 pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};
 pub use jsonl::{JsonlConfig, JsonlSource};
 pub use knights_knaves::KnightsKnavesVerifier;
+pub use letters::{Letters, LettersConfig, LettersVerifier};
 pub use remote::{serve, RemoteEnv, RemoteTasks, Served};
 pub use split::{split_of, Split};

@@ -35,6 +35,24 @@ pub fn env(run: &str, name: &str, op: &str) -> String {
     format!("sluice/{run}/env/{name}/{op}")
 }
 
+/// `sluice/{run}/metrics/{role}/{name}`: a role's metric reports (JSON), gathered by the learner
+/// into the run's `metrics.jsonl`.
+pub fn metrics(run: &str, role: &str, name: &str) -> String {
+    format!("sluice/{run}/metrics/{role}/{name}")
+}
+
+/// `sluice/{run}/learner`: the learner's liveliness token, and (as a put of its final state) the
+/// announcement that the run reached its step count.
+pub fn learner(run: &str) -> String {
+    format!("sluice/{run}/learner")
+}
+
+/// `sluice/{run}/done`: put by the learner when the run reached its step count; rollout and
+/// replay processes of the run exit on it.
+pub fn done(run: &str) -> String {
+    format!("sluice/{run}/done")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

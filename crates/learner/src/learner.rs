@@ -162,10 +162,18 @@ pub fn resume_latest<B: AutodiffBackend>(
     None
 }
 
-/// Appends one JSON object per line to `metrics.jsonl`.
+/// Where the learner's records go: appended one JSON object per line to `metrics.jsonl`, or
+/// handed to a sink (the launcher's, which also writes TensorBoard events and the progress bar).
 pub struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
+    out: MetricsOut,
+}
+
+/// A record consumer for [`MetricsLog::sink`].
+pub type MetricsSink = Box<dyn FnMut(&serde_json::Value) -> std::io::Result<()> + Send>;
+
+enum MetricsOut {
+    File { file: std::fs::File, path: PathBuf },
+    Sink(MetricsSink),
 }
 
 impl MetricsLog {
@@ -180,14 +188,27 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .map_err(|source| LearnerError::Io { path: path.clone(), source })?;
-        Ok(MetricsLog { file, path })
+        Ok(MetricsLog { out: MetricsOut::File { file, path } })
+    }
+
+    /// Hands every record to `sink`.
+    pub fn sink(sink: MetricsSink) -> Self {
+        MetricsLog { out: MetricsOut::Sink(sink) }
     }
 
     /// Writes one record.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(|source| LearnerError::Io { path: self.path.clone(), source })
+        match &mut self.out {
+            MetricsOut::File { file, path } => {
+                let mut line =
+                    serde_json::to_vec(record).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
+                line.push(b'\n');
+                file.write_all(&line).map_err(|source| LearnerError::Io { path: path.clone(), source })
+            }
+            MetricsOut::Sink(sink) => {
+                sink(record).map_err(|source| LearnerError::Io { path: "<metrics sink>".into(), source })
+            }
+        }
     }
 }
 
@@ -214,6 +235,8 @@ pub struct Learner<B: AutodiffBackend> {
     checkpoints: Option<Checkpoints>,
     publisher: Option<Publisher>,
     publishing: Option<JoinHandle<sluice_weights_sync::Result<Announce>>>,
+    /// The version last handed to the publisher (a version is published once).
+    published: Option<u64>,
     metrics: Option<MetricsLog>,
     tokenizer_dir: Option<PathBuf>,
     /// Groups trained since the last checkpoint (== `state.unacked`), for duplicate detection.
@@ -250,6 +273,7 @@ impl<B: AutodiffBackend> Learner<B> {
             checkpoints: None,
             publisher: None,
             publishing: None,
+            published: None,
             metrics: None,
             tokenizer_dir: None,
             held: HashSet::new(),
@@ -312,6 +336,12 @@ impl<B: AutodiffBackend> Learner<B> {
     /// Copies the tokenizer files of `dir` into every checkpoint, so each one loads as a policy.
     pub fn with_tokenizer_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.tokenizer_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses `flag` as the stop flag (shared with the caller's signal handling).
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = flag;
         self
     }
 
@@ -463,6 +493,9 @@ impl<B: AutodiffBackend> Learner<B> {
     /// the previous publish's outcome is checked here).
     async fn publish(&mut self) -> Result<()> {
         let Some(publisher) = &self.publisher else { return Ok(()) };
+        if self.published == Some(self.trainer.version()) {
+            return Ok(());
+        }
         if let Some(prev) = self.publishing.take() {
             // A publish still preparing finishes on its own; subscribers move to the newer one.
             if prev.is_finished() {
@@ -477,6 +510,7 @@ impl<B: AutodiffBackend> Learner<B> {
             .map(|(name, t)| SourceTensor::whole(name, t.shape, t.data))
             .collect();
         self.publishing = Some(publisher.publish(self.trainer.version(), snapshot));
+        self.published = Some(self.trainer.version());
         Ok(())
     }
 

@@ -39,7 +39,8 @@ pub use grpo::{
 };
 pub use kl::{kl_per_token, KlEstimator};
 pub use learner::{
-    load_checkpoint, record, resume_latest, GroupSource, Learner, MetricsLog, Restored, TrainerState,
+    load_checkpoint, record, resume_latest, GroupSource, Learner, MetricsLog, MetricsSink, Restored,
+    TrainerState,
 };
 pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
 pub use tb::tb_vargrad_loss;

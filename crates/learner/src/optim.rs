@@ -40,7 +40,7 @@ use crate::error::{LearnerError, Result};
 
 /// AdamW's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// First-moment decay.
     pub beta1: f64,
@@ -70,9 +70,10 @@ pub enum Decay {
     Cosine,
 }
 
-/// The learning-rate schedule: linear warmup, then constant or cosine.
+/// The learning-rate schedule: linear warmup, then constant or cosine. Keys left out take the
+/// values of [`Schedule::default`] (constant 1e-6, no warmup).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Schedule {
     /// Peak learning rate.
     pub lr: f64,
@@ -84,6 +85,12 @@ pub struct Schedule {
     pub total_steps: u64,
     /// The floor of the cosine.
     pub min_lr: f64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::constant(1e-6)
+    }
 }
 
 impl Schedule {

@@ -56,6 +56,7 @@ pub(crate) mod kind {
     pub const ACK: u8 = 2;
     pub const VERSION: u8 = 3;
     pub const TICKETS_COMPLETED: u8 = 4;
+    pub const WASTED: u8 = 5;
 }
 
 /// What a restart found on disk.

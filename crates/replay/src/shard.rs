@@ -218,16 +218,20 @@ impl Shard {
             self.count_rejected_payload();
             return Err(ReplayError::Invalid(e));
         }
-        let (sampled, version_moved, version) = {
+        let (sampled, version_moved, version, wasted) = {
             let mut store = self.store();
-            let before = store.learner_version();
+            let (before, wasted_before) = (store.learner_version(), store.wasted());
             let sampled = store.sample(req, Instant::now());
             let dead = store.take_dead_segments();
             self.wal.delete_segments(dead);
-            (sampled, store.learner_version() > before, store.learner_version())
+            let wasted = (store.wasted() > wasted_before).then_some(store.wasted());
+            (sampled, store.learner_version() > before, store.learner_version(), wasted)
         };
         if version_moved {
             self.wal.meta(kind::VERSION, &version.to_le_bytes(), false)?;
+        }
+        if let Some(w) = wasted {
+            self.wal.meta(kind::WASTED, &w.to_le_bytes(), false)?;
         }
         if !sampled.auto_acked.is_empty() {
             self.wal.meta(kind::ACK, &u64s(&sampled.auto_acked), false)?;
@@ -256,7 +260,7 @@ impl Shard {
         }
         let store = self.store();
         let consumed = store.consumed_ids();
-        if len <= 2 * (3 * 17 + 16 + consumed.len() as u64 * 8) {
+        if len <= 2 * (4 * 17 + 16 + consumed.len() as u64 * 8) {
             return Ok(false);
         }
         let mut records = Vec::new();
@@ -266,6 +270,7 @@ impl Shard {
             &store.tickets_completed().to_le_bytes(),
             &mut records,
         );
+        durable::encode_record(kind::WASTED, &store.wasted().to_le_bytes(), &mut records);
         durable::encode_record(kind::ACK, &u64s(&consumed), &mut records);
         self.wal.compact_meta(records)?;
         Ok(true)
@@ -383,6 +388,7 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
                     store.set_learner_version(word(&payload));
                 }
                 kind::TICKETS_COMPLETED => store.set_tickets_completed(word(&payload)),
+                kind::WASTED => store.set_wasted(word(&payload)),
                 _ => {}
             }
         }

@@ -88,6 +88,10 @@ pub struct Store {
     learner_version: u64,
     /// Producers' finished groups (redeemed tickets), for admission; persisted.
     tickets_completed: u64,
+    /// Finished groups that left the `fifo` stream undelivered (zero-variance or stale): they
+    /// will never feed a step, so admission does not count them (else dynamic sampling could
+    /// starve the learner while the workers wait for tickets).
+    wasted: u64,
     workers: BTreeMap<String, WorkerTickets>,
     /// Live groups per on-disk segment; a segment with none left can be deleted.
     segment_live: BTreeMap<u64, u64>,
@@ -115,6 +119,7 @@ impl Store {
             next_seq: 0,
             learner_version: 0,
             tickets_completed: 0,
+            wasted: 0,
             workers: BTreeMap::new(),
             segment_live: BTreeMap::new(),
             dead_segments: Vec::new(),
@@ -164,6 +169,15 @@ impl Store {
 
     pub(crate) fn set_tickets_completed(&mut self, n: u64) {
         self.tickets_completed = self.tickets_completed.max(n);
+    }
+
+    /// Groups that left the stream undelivered (see the field).
+    pub fn wasted(&self) -> u64 {
+        self.wasted
+    }
+
+    pub(crate) fn set_wasted(&mut self, n: u64) {
+        self.wasted = self.wasted.max(n);
     }
 
     pub(crate) fn stats_mut(&mut self) -> &mut Stats {
@@ -357,6 +371,7 @@ impl Store {
             }
             info.stale_skipped = stale.len() as u64;
             info.zero_variance_dropped = zero_variance.len() as u64;
+            self.wasted += (stale.len() + zero_variance.len()) as u64;
             info.admissible = (self.pending.len() - stale.len() - zero_variance.len()) as u64;
             for seq in stale.iter().chain(&zero_variance).chain(&chosen) {
                 self.pending.remove(seq);
@@ -410,7 +425,8 @@ impl Store {
     }
 
     /// Grants a producer up to `want` tickets under `(v + max_staleness + 1) * groups_per_step`,
-    /// after crediting `redeemed` finished groups. Producers silent for longer than the ticket lease
+    /// after crediting `redeemed` finished groups; groups the stream dropped undelivered
+    /// (zero-variance, stale) do not count. Producers silent for longer than the ticket lease
     /// lose their outstanding tickets (a dead worker does not hold admission forever).
     pub(crate) fn tickets(&mut self, worker: &str, want: u64, redeemed: u64, now: Instant) -> TicketReply {
         let lease = self.cfg.ticket_lease();
@@ -428,7 +444,7 @@ impl Store {
             self.cfg.groups_per_step,
         );
         let outstanding: u64 = self.workers.values().map(|w| w.outstanding).sum();
-        let started = self.tickets_completed + outstanding;
+        let started = (self.tickets_completed + outstanding).saturating_sub(self.wasted);
         let granted = want.min(limit.saturating_sub(started));
         if let Some(w) = self.workers.get_mut(worker) {
             w.outstanding += granted;
@@ -544,5 +560,37 @@ mod tests {
         assert_eq!(store.tickets("alive", 2, 0, t0 + Duration::from_millis(499)).granted, 0);
         let r = store.tickets("alive", 2, 0, t0 + Duration::from_millis(500));
         assert_eq!((r.granted, r.started), (2, 2));
+    }
+
+    #[test]
+    fn groups_dropped_undelivered_do_not_hold_admission() {
+        // Two groups per step, no staleness: two tickets before the first step. Both groups come
+        // back with equal rewards and are dropped by dynamic sampling: without the credit the
+        // workers would wait for tickets while the learner waits for data, for ever.
+        let cfg = ReplayConfig { groups_per_step: 2, max_staleness: 0, ..Default::default() };
+        let mut store = Store::new(cfg);
+        let t0 = Instant::now();
+        assert_eq!(store.tickets("w", 2, 0, t0).granted, 2);
+        for gid in 0..2 {
+            let mut g = crate::testing::two_sample_group(gid, 0);
+            g.samples.iter_mut().for_each(|s| s.reward = 0.0);
+            let batch = groups_to_batch(&[g]).unwrap();
+            let span = validate_batch(&batch).unwrap().remove(0);
+            store.insert(Entry {
+                group_id: gid,
+                batch,
+                behavior_version: 0,
+                mean_reward: span.mean_reward,
+                reward_std: span.reward_std,
+                rows: 2,
+                bytes: span.bytes,
+                segment: 0,
+            });
+        }
+        assert_eq!(store.tickets("w", 2, 2, t0).granted, 0, "the budget is spent");
+        let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0);
+        assert_eq!((got.batches.len(), got.info.zero_variance_dropped), (0, 2));
+        assert_eq!(store.wasted(), 2);
+        assert_eq!(store.tickets("w", 2, 0, t0).granted, 2, "dropped groups give their tickets back");
     }
 }

@@ -13,7 +13,9 @@ pub struct RolloutConfig {
     pub group_size: usize,
     /// Tasks generated together in one batch (each gives one group of G rows).
     pub tasks_per_batch: usize,
-    /// Softmax temperature of sampling (the learner's `temperature` must match it).
+    /// Softmax temperature of sampling (the learner's `temperature` must match it). 0 is greedy,
+    /// for evaluation only: a training run refuses it (greedy log-probs are not a sampling
+    /// distribution).
     pub temperature: f32,
     /// Nucleus sampling threshold (1 = off).
     pub top_p: f32,
@@ -80,12 +82,8 @@ impl RolloutConfig {
         if self.group_size > u16::MAX as usize {
             return Err(format!("rollout.group_size {} is above {}", self.group_size, u16::MAX));
         }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(format!(
-                "rollout.temperature {} must be > 0 (behavior log-probs of greedy decoding are not a \
-                 sampling distribution)",
-                self.temperature
-            ));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("rollout.temperature {} must be >= 0 (0 is greedy)", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("rollout.top_p {} must be in (0, 1]", self.top_p));
@@ -106,7 +104,7 @@ mod tests {
         assert!(RolloutConfig::default().check().is_ok());
         let e = RolloutConfig { group_size: 0, ..Default::default() }.check().unwrap_err();
         assert!(e.contains("rollout.group_size"), "{e}");
-        let e = RolloutConfig { temperature: 0.0, ..Default::default() }.check().unwrap_err();
+        let e = RolloutConfig { temperature: -1.0, ..Default::default() }.check().unwrap_err();
         assert!(e.contains("rollout.temperature"), "{e}");
         let e = serde_json::from_str::<RolloutConfig>(r#"{"group_sise": 4}"#).unwrap_err().to_string();
         assert!(e.contains("group_sise"), "{e}");

@@ -120,6 +120,8 @@ pub struct Worker<B: Backend> {
     curriculum: Curriculum,
     stop: Arc<AtomicBool>,
     stats: WorkerStats,
+    reports: Option<tokio::sync::watch::Sender<WorkerStats>>,
+    append_log: Option<std::fs::File>,
 }
 
 impl<B: Backend> Worker<B> {
@@ -153,6 +155,8 @@ impl<B: Backend> Worker<B> {
             curriculum,
             stop: Arc::new(AtomicBool::new(false)),
             stats: WorkerStats { version, ..Default::default() },
+            reports: None,
+            append_log: None,
         })
     }
 
@@ -162,6 +166,27 @@ impl<B: Backend> Worker<B> {
         let cfg = self.policy.model.config().clone();
         self.feed = Box::new(SubscriberFeed::<B>::new(sub.clone(), cfg, self.policy.model.device()));
         self.subscriber = Some(sub);
+        self
+    }
+
+    /// Sends the counters to `tx` after every appended batch (the launcher publishes them as the
+    /// worker's metric reports).
+    pub fn with_reports(mut self, tx: tokio::sync::watch::Sender<WorkerStats>) -> Self {
+        self.reports = Some(tx);
+        self
+    }
+
+    /// Appends one JSON line per batch the replay acknowledged (`{"worker", "group_ids"}`) to
+    /// `file`: an audit trail of what this worker handed over, checked against the replay's
+    /// contents by the fault test.
+    pub fn with_append_log(mut self, file: std::fs::File) -> Self {
+        self.append_log = Some(file);
+        self
+    }
+
+    /// Uses `flag` as the stop flag (one flag can stop every worker of a process).
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = flag;
         self
     }
 
@@ -261,6 +286,9 @@ impl<B: Backend> Worker<B> {
                 self.curriculum.observe(s, &abs_advantages(g));
             }
             self.append(groups).await?;
+            if let Some(tx) = &self.reports {
+                tx.send_replace(self.stats());
+            }
         }
     }
 
@@ -323,6 +351,14 @@ impl<B: Backend> Worker<B> {
             match self.replay.append(&groups).await {
                 Ok(_) => {
                     self.stats.groups_appended += groups.len() as u64;
+                    if let Some(f) = &mut self.append_log {
+                        use std::io::Write;
+                        let ids: Vec<u64> = groups.iter().map(|g| g.group_id).collect();
+                        let line = serde_json::json!({"worker": self.name, "group_ids": ids});
+                        if let Err(e) = writeln!(f, "{line}") {
+                            tracing::warn!(worker = %self.name, "append log: {e}");
+                        }
+                    }
                     return Ok(());
                 }
                 Err(ReplayError::Invalid(e)) => {

@@ -1,0 +1,473 @@
+//! The run's configuration: one typed tree read from TOML, unknown keys rejected with their path,
+//! `--set path.to.key=value` overrides, consistency checks across sections, and the resolved
+//! tree written into the run directory (`config.toml`). Every key is documented in
+//! `examples/default.toml`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sluice_learner::LearnerConfig;
+use sluice_replay::ReplayConfig;
+use sluice_rollout::RolloutConfig;
+
+use crate::env_spec::EnvSpec;
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name, directory, seed and the number of processes of each kind.
+    pub run: RunSection,
+    /// The policy to train.
+    pub model: ModelSection,
+    /// How the roles reach each other.
+    pub zenoh: ZenohSection,
+    /// The replay store (per shard).
+    pub replay: ReplayConfig,
+    /// The learner.
+    pub learner: LearnerConfig,
+    /// The rollout workers.
+    pub rollout: RolloutConfig,
+    /// The task sources and environments the workers draw from (the curriculum mixes them).
+    pub envs: Vec<EnvSpec>,
+    /// What `sluice eval` measures by default.
+    pub eval: EvalSection,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// The run's name: the zenoh key prefix `sluice/{name}/...`.
+    pub name: String,
+    /// The run directory (config, metrics, checkpoints, replay segments, plots).
+    pub dir: PathBuf,
+    /// Seed of the run; the learner, replay and rollout seeds are derived from it.
+    pub seed: u64,
+    /// Replay shards.
+    pub replay_shards: u32,
+    /// Rollout workers per rollout process (`sluice run` runs this many too).
+    pub rollout_workers: usize,
+    /// `cpu` or `cuda` (with the `cuda` feature).
+    pub device: String,
+    /// Seconds a role waits for the others to appear before it gives up.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            name: "quickstart".into(),
+            dir: PathBuf::from("runs/quickstart"),
+            seed: 0,
+            replay_shards: 1,
+            rollout_workers: 1,
+            device: "cpu".into(),
+            connect_timeout_s: 120,
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A known model name (fetched on first use), a GGUF file, or an HF directory.
+    pub path: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { path: "smollm2-135m-instruct".into() }
+    }
+}
+
+/// `[zenoh]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZenohSection {
+    /// Endpoints this process listens on.
+    pub listen: Vec<String>,
+    /// Endpoints of peers or routers to connect to.
+    pub connect: Vec<String>,
+    /// A zenoh JSON5 config file (TLS, user/password, routers) used instead of sluice's defaults.
+    pub config_file: Option<PathBuf>,
+}
+
+impl ZenohSection {
+    /// The session options these settings describe.
+    pub fn options(&self) -> sluice_core::ZenohOptions {
+        sluice_core::ZenohOptions {
+            listen: self.listen.clone(),
+            connect: self.connect.clone(),
+            config_file: self.config_file.clone(),
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out tasks.
+    pub n: usize,
+    /// Samples per task (pass@k is reported for k = samples).
+    pub samples: usize,
+    /// Sampling temperature; 0 is greedy (only with `samples = 1`).
+    pub temperature: f32,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection { n: 200, samples: 1, temperature: 0.0 }
+    }
+}
+
+impl Default for RunConfig {
+    /// The quickstart: SmolLM2-135M-Instruct on `arithmetic`, GRPO, async with `max_staleness = 2`,
+    /// on the CPU, sized to show learning within half an hour on two cores.
+    fn default() -> Self {
+        let learner = LearnerConfig {
+            group_size: 8,
+            groups_per_step: 4,
+            max_staleness: 2,
+            total_steps: 60,
+            checkpoint_every: 20,
+            schedule: sluice_learner::Schedule::constant(1e-5),
+            log_entropy: false,
+            ..Default::default()
+        };
+        let rollout = RolloutConfig {
+            group_size: 8,
+            tasks_per_batch: 4,
+            max_new_tokens: 48,
+            max_completion_tokens: 48,
+            ..Default::default()
+        };
+        RunConfig {
+            run: RunSection::default(),
+            model: ModelSection::default(),
+            zenoh: ZenohSection::default(),
+            // A group is redelivered when its lease ends unacknowledged; the learner acknowledges at
+            // checkpoints, so the lease outlasts the time between two of them.
+            replay: ReplayConfig { fifo_lease_ms: 600_000, ..ReplayConfig::default() },
+            learner,
+            rollout,
+            envs: vec![EnvSpec::default()],
+            eval: EvalSection::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` (or the quickstart defaults when `None`), applies the `--set` overrides in
+    /// order, and checks the result.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<RunConfig> {
+        let mut value = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading the config {}", p.display()))?;
+                let table: toml::Table =
+                    toml::from_str(&text).with_context(|| format!("parsing the config {}", p.display()))?;
+                toml::Value::Table(table)
+            }
+            None => RunConfig::default().to_value()?,
+        };
+        let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "the quickstart config".into());
+        reject_derived_keys(&value, &origin)?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let cfg = Self::from_value(value, &origin)?;
+        cfg.check().with_context(|| format!("in {origin}"))?;
+        Ok(cfg)
+    }
+
+    /// Deserializes a TOML tree; a wrong or unknown key is named by its path.
+    pub fn from_value(value: toml::Value, origin: &str) -> Result<RunConfig> {
+        let mut cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow!("{origin}: key `{path}`: {}", e.into_inner())
+        })?;
+        cfg.derive();
+        Ok(cfg)
+    }
+
+    /// Values one section owns and another follows: the replay's staleness bound and batch size
+    /// are the learner's.
+    fn derive(&mut self) {
+        self.replay.max_staleness = self.learner.max_staleness;
+        self.replay.groups_per_step = self.learner.groups_per_step as u64;
+        if self.replay.seed == 0 {
+            self.replay.seed = self.run.seed;
+        }
+        if self.learner.seed == 0 {
+            self.learner.seed = self.run.seed;
+        }
+        if self.rollout.seed == 0 {
+            self.rollout.seed = self.run.seed;
+        }
+    }
+
+    /// Checks every section and the agreements between them; the error names the key.
+    pub fn check(&self) -> Result<()> {
+        sluice_core::keys::check_name("run.name", &self.run.name).map_err(|e| anyhow!("run.name: {e}"))?;
+        if self.run.replay_shards == 0 {
+            bail!("run.replay_shards must be at least 1");
+        }
+        if self.run.rollout_workers == 0 {
+            bail!("run.rollout_workers must be at least 1 (start none with `sluice replay` and `sluice learner` alone)");
+        }
+        if !matches!(self.run.device.as_str(), "cpu" | "cuda") {
+            bail!("run.device `{}`: expected cpu or cuda", self.run.device);
+        }
+        if self.run.device == "cuda" && !cfg!(feature = "cuda") {
+            bail!("run.device = \"cuda\" needs sluice built with `--features cuda`");
+        }
+        self.learner.check().map_err(|e| anyhow!("{e}"))?;
+        self.rollout.check().map_err(|e| anyhow!("{e}"))?;
+        if self.rollout.temperature == 0.0 {
+            bail!("rollout.temperature must be > 0 for training (0, greedy, is for `sluice eval`)");
+        }
+        if self.rollout.group_size != self.learner.group_size {
+            bail!(
+                "rollout.group_size ({}) must equal learner.group_size ({})",
+                self.rollout.group_size,
+                self.learner.group_size
+            );
+        }
+        if self.rollout.temperature != self.learner.temperature {
+            bail!(
+                "rollout.temperature ({}) must equal learner.temperature ({}): the learner scores at the \
+                 temperature the workers sampled at",
+                self.rollout.temperature,
+                self.learner.temperature
+            );
+        }
+        if self.envs.is_empty() {
+            bail!("envs: at least one environment is needed ([[envs]] name = \"arithmetic\")");
+        }
+        for (i, e) in self.envs.iter().enumerate() {
+            e.check().map_err(|m| anyhow!("envs[{i}] ({}): {m}", e.name()))?;
+        }
+        if let sluice_rollout::CurriculumConfig::Fixed { weights } = &self.rollout.curriculum {
+            if weights.len() != self.envs.len() {
+                bail!(
+                    "rollout.curriculum.weights has {} entries for {} envs",
+                    weights.len(),
+                    self.envs.len()
+                );
+            }
+        }
+        if self.eval.n == 0 || self.eval.samples == 0 {
+            bail!("eval.n and eval.samples must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The tree as a TOML value, without the keys the replay takes from the learner.
+    pub fn to_value(&self) -> Result<toml::Value> {
+        let mut v = toml::Value::try_from(self).context("the config as TOML")?;
+        if let Some(replay) = v.get_mut("replay").and_then(|r| r.as_table_mut()) {
+            replay.remove("max_staleness");
+            replay.remove("groups_per_step");
+        }
+        Ok(v)
+    }
+
+    /// The resolved tree as TOML (what `config.toml` in the run directory holds).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(&self.to_value()?).context("writing the resolved config as TOML")
+    }
+
+    /// Writes the resolved config into the run directory.
+    pub fn write_resolved(&self) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.run.dir)
+            .with_context(|| format!("creating the run directory {}", self.run.dir.display()))?;
+        let path = self.run.dir.join("config.toml");
+        let text = format!(
+            "# The resolved configuration of run `{}` (defaults, file and --set overrides).\n{}",
+            self.run.name,
+            self.to_toml()?
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `replay.max_staleness` and `replay.groups_per_step` follow the learner; setting them in the
+/// replay section would be silently ignored, so it is refused.
+fn reject_derived_keys(value: &toml::Value, origin: &str) -> Result<()> {
+    if let Some(replay) = value.get("replay").and_then(|v| v.as_table()) {
+        for key in ["max_staleness", "groups_per_step"] {
+            if replay.contains_key(key) {
+                bail!("{origin}: key `replay.{key}`: set `learner.{key}` instead (the replay follows the learner)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `path.to.key=value`: the value is read as TOML (`4`, `1e-5`, `true`, `"x"`, `[1, 2]`),
+/// or taken as a string when it does not parse; a number in the path indexes an array.
+pub fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
+    let (path, raw) =
+        spec.split_once('=').ok_or_else(|| anyhow!("--set `{spec}`: expected path.to.key=value"))?;
+    let path = path.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set `{spec}`: empty key in `{path}`");
+    }
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let here = parts[..i].join(".");
+        node = match node {
+            toml::Value::Table(t) => {
+                if last {
+                    t.insert(part.to_string(), value);
+                    return Ok(());
+                }
+                let indexed = parts[i + 1].parse::<usize>().is_ok();
+                if indexed && !t.contains_key(*part) {
+                    bail!(
+                        "--set `{spec}`: the config has no list `{}` to index (write its entries in the file)",
+                        parts[..=i].join(".")
+                    );
+                }
+                t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()))
+            }
+            toml::Value::Array(a) => {
+                let idx: usize = part
+                    .parse()
+                    .map_err(|_| anyhow!("--set `{spec}`: `{here}` is a list; `{part}` is not an index"))?;
+                let len = a.len();
+                let slot = a.get_mut(idx).ok_or_else(|| {
+                    anyhow!("--set `{spec}`: `{here}` has {len} entries; index {idx} is out of range")
+                })?;
+                if last {
+                    *slot = value;
+                    return Ok(());
+                }
+                slot
+            }
+            _ => bail!("--set `{spec}`: `{here}` is a value, not a table"),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, overrides: &[&str]) -> Result<RunConfig> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text)?;
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        RunConfig::load(Some(&p), &o)
+    }
+
+    #[test]
+    fn unknown_keys_are_named_by_their_path() {
+        let e = load_text("[learner.kl]\nbetta = 0.1\n", &[])
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+            .unwrap_err();
+        eprintln!("{e}");
+        assert!(e.contains("learner.kl") && e.contains("betta"), "{e}");
+        let e = load_text("[rollout]\ntemprature = 0.7\n", &[])
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+            .unwrap_err();
+        eprintln!("{e}");
+        assert!(e.contains("rollout") && e.contains("temprature"), "{e}");
+        let e = load_text("[[envs]]\nname = \"arithmetic\"\nmax_digit = 3\n", &[])
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+            .unwrap_err();
+        eprintln!("{e}");
+        assert!(e.contains("envs") && e.contains("max_digit"), "{e}");
+        let e = load_text("[replay]\nmax_staleness = 3\n", &[])
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+            .unwrap_err();
+        eprintln!("{e}");
+        assert!(e.contains("learner.max_staleness"), "{e}");
+        let e =
+            load_text("", &["learner.group_size=3"]).map(|_| ()).map_err(|e| format!("{e:#}")).unwrap_err();
+        eprintln!("{e}");
+        assert!(e.contains("rollout.group_size") && e.contains("learner.group_size"), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_values_anywhere_in_the_tree() -> Result<()> {
+        let cfg = load_text(
+            "[[envs]]\nname = \"arithmetic\"\n[[envs]]\nname = \"countdown\"\n",
+            &[
+                "learner.kl.beta=0.04",
+                "learner.max_staleness=0",
+                "run.name=\"my-run\"",
+                "run.dir=/tmp/x",
+                "envs.1.seed=7",
+                "rollout.curriculum={ kind = \"fixed\", weights = [1.0, 3.0] }",
+            ],
+        )?;
+        assert_eq!(cfg.learner.kl.beta, 0.04);
+        assert_eq!(cfg.replay.max_staleness, 0, "the replay follows the learner");
+        assert_eq!(cfg.run.name, "my-run");
+        assert_eq!(cfg.run.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.envs[1].name(), "countdown");
+        assert_eq!(toml::Value::try_from(&cfg.envs[1])?.get("seed").and_then(|v| v.as_integer()), Some(7));
+        let e = format!("{:#}", load_text("", &["envs.3.seed=1"]).unwrap_err());
+        assert!(e.contains("no list `envs`"), "{e}");
+        let two = "[[envs]]\nname = \"arithmetic\"\n[[envs]]\nname = \"countdown\"\n";
+        let e = format!("{:#}", load_text(two, &["envs.3.seed=1"]).unwrap_err());
+        assert!(e.contains("out of range"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_resolved_config_reads_back_identical_and_the_example_is_the_default() -> Result<()> {
+        let cfg = RunConfig::load(None, &[])?;
+        let back = RunConfig::from_value(toml::from_str(&cfg.to_toml()?)?, "resolved")?;
+        assert_eq!(back, cfg);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/default.toml");
+        let documented = RunConfig::load(Some(&example), &[])?;
+        assert_eq!(documented, cfg, "examples/default.toml must spell out the quickstart's defaults");
+        // Every key of the tree is written out (optional ones as comments).
+        let text = std::fs::read_to_string(&example)?;
+        let mut missing = Vec::new();
+        fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => t.iter().for_each(|(k, v)| keys(&format!("{prefix}{k}."), v, out)),
+                toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => {
+                    a.iter().for_each(|v| keys(prefix, v, out))
+                }
+                _ => out.push(prefix.trim_end_matches('.').to_string()),
+            }
+        }
+        let mut all = Vec::new();
+        keys("", &cfg.to_value()?, &mut all);
+        for k in all {
+            let leaf = k.rsplit('.').next().unwrap_or(&k);
+            if !text.lines().any(|l| l.trim_start().starts_with(&format!("{leaf} ="))) {
+                missing.push(k);
+            }
+        }
+        for optional in ["config_file", "drop_zero_variance", "dual_clip", "max_len", "cache", "factor"] {
+            if !text.contains(&format!("# {optional} =")) {
+                missing.push(optional.to_string());
+            }
+        }
+        assert!(missing.is_empty(), "examples/default.toml does not document {missing:?}");
+        Ok(())
+    }
+}

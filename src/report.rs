@@ -1,0 +1,254 @@
+//! The run's record: every learner step and rollout report goes to `RUN_DIR/metrics.jsonl` (one
+//! JSON object per line) and to TensorBoard events under `RUN_DIR/tensorboard`, and drives the
+//! progress bar and the summary printed at the end.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use sluice_core::metrics;
+use sluice_learner::MetricsSink;
+
+use crate::tensorboard::EventWriter;
+
+/// What the summary reports, gathered from the learner's records.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    /// Learner steps recorded by this process.
+    pub steps: u64,
+    /// The last step's number and policy version.
+    pub last_step: u64,
+    /// See `last_step`.
+    pub version: u64,
+    /// Samples trained on.
+    pub samples: f64,
+    /// Mean reward of each step, in order.
+    pub rewards: Vec<f64>,
+    /// Accuracy of each step that reported one.
+    pub accuracies: Vec<f64>,
+    /// Mean staleness of each step.
+    pub staleness: Vec<f64>,
+    /// Seconds since the report was opened.
+    pub seconds: f64,
+    /// Rollout workers that joined and left.
+    pub workers_joined: u64,
+    /// See `workers_joined`.
+    pub workers_left: u64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+impl Summary {
+    /// Mean over the first and the last `n` entries.
+    fn ends(v: &[f64], n: usize) -> (f64, f64) {
+        let n = n.min(v.len()).max(1);
+        (mean(&v[..n.min(v.len())]), mean(&v[v.len().saturating_sub(n)..]))
+    }
+
+    /// The lines printed at the end of a run.
+    pub fn lines(&self, dir: &Path) -> Vec<String> {
+        let k = (self.rewards.len() / 5).clamp(1, 10);
+        let (r0, r1) = Self::ends(&self.rewards, k);
+        let mut out = vec![format!(
+            "{} steps (now step {}, version {}) in {:.0} s: {:.0} samples, {:.2} samples/s",
+            self.steps,
+            self.last_step,
+            self.version,
+            self.seconds,
+            self.samples,
+            self.samples / self.seconds.max(1e-9)
+        )];
+        out.push(format!("reward: first {k} steps {r0:.3}, last {k} steps {r1:.3}"));
+        if !self.accuracies.is_empty() {
+            let (a0, a1) = Self::ends(&self.accuracies, k);
+            out.push(format!("accuracy: first {k} steps {a0:.3}, last {k} steps {a1:.3}"));
+        }
+        out.push(format!(
+            "staleness: mean {:.2}; rollout workers joined {}, left {}",
+            mean(&self.staleness),
+            self.workers_joined,
+            self.workers_left
+        ));
+        out.push(format!(
+            "run directory {} (metrics.jsonl, tensorboard/, checkpoints/; `sluice plot {}`)",
+            dir.display(),
+            dir.display()
+        ));
+        out
+    }
+}
+
+struct Inner {
+    jsonl: File,
+    path: PathBuf,
+    tb: EventWriter,
+    bar: ProgressBar,
+    summary: Summary,
+    started: Instant,
+}
+
+/// The run's metric writer; cheap to clone, shared by the roles of one process.
+#[derive(Clone)]
+pub struct Report {
+    inner: Arc<Mutex<Inner>>,
+    dir: PathBuf,
+}
+
+impl Report {
+    /// Opens `dir/metrics.jsonl` (appending) and a new TensorBoard event file; the bar counts
+    /// learner steps from `start` to `total` and is drawn only on a terminal.
+    pub fn open(dir: &Path, start: u64, total: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("metrics.jsonl");
+        let jsonl = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let tb = EventWriter::create(&dir.join("tensorboard"))?;
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} | {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(start);
+        bar.set_message("waiting for the first batch");
+        let inner = Inner { jsonl, path, tb, bar, summary: Summary::default(), started: Instant::now() };
+        Ok(Report { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf() })
+    }
+
+    /// Writes one record: a line of `metrics.jsonl`, its numbers as TensorBoard scalars (tagged
+    /// `rollout/{worker}/...` for rollout reports), and the bar for learner steps.
+    pub fn write(&self, record: &Value) -> std::io::Result<()> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        inner.jsonl.write_all(&line)?;
+        let Some(map) = record.as_object() else { return Ok(()) };
+        let step = map.get(metrics::STEP).and_then(Value::as_u64).unwrap_or(0);
+        let role = map.get(metrics::ROLE).and_then(Value::as_str).unwrap_or("");
+        let prefix = match (role, map.get("worker").and_then(Value::as_str)) {
+            ("rollout", Some(w)) => format!("workers/{w}/"),
+            _ => String::new(),
+        };
+        let scalars: Vec<(String, f32)> = map
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "step" | "version" | "role" | "worker" | "event"))
+            .filter_map(|(k, v)| v.as_f64().map(|x| (format!("{prefix}{k}"), x as f32)))
+            .collect();
+        let refs: Vec<(&str, f32)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        inner.tb.scalars(step, &refs).map_err(std::io::Error::other)?;
+        let get = |k: &str| map.get(k).and_then(Value::as_f64);
+        match (role, map.get("event").and_then(Value::as_str)) {
+            (_, Some("worker_joined")) => inner.summary.workers_joined += 1,
+            (_, Some("worker_left")) => inner.summary.workers_left += 1,
+            ("learner", None) => {
+                let s = &mut inner.summary;
+                s.steps += 1;
+                s.last_step = step;
+                s.version = map.get(metrics::VERSION).and_then(Value::as_u64).unwrap_or(0);
+                s.samples += get(metrics::SAMPLES).unwrap_or(0.0);
+                s.seconds = inner.started.elapsed().as_secs_f64();
+                s.rewards.extend(get(metrics::REWARD_MEAN));
+                s.accuracies.extend(get(metrics::ACCURACY));
+                s.staleness.extend(get(metrics::STALENESS_MEAN));
+                let acc = get(metrics::ACCURACY).map(|a| format!(" acc {a:.2}")).unwrap_or_default();
+                let msg = format!(
+                    "reward {:.3}{acc} | staleness {:.2} | {:.2} samples/s",
+                    get(metrics::REWARD_MEAN).unwrap_or(f64::NAN),
+                    get(metrics::STALENESS_MEAN).unwrap_or(0.0),
+                    s.samples / s.seconds.max(1e-9)
+                );
+                inner.bar.set_position(step);
+                if inner.bar.is_hidden() {
+                    // Not a terminal: one plain line per step instead of the bar.
+                    eprintln!("step {step}: {msg}");
+                }
+                inner.bar.set_message(msg);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A sink for the learner's [`sluice_learner::MetricsLog`].
+    pub fn sink(&self) -> MetricsSink {
+        let me = self.clone();
+        Box::new(move |v: &Value| me.write(v))
+    }
+
+    /// Prints a line above the bar (or plainly when there is none).
+    pub fn println(&self, line: &str) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            inner.bar.println(line);
+        }
+    }
+
+    /// Ends the bar and returns the summary (flushing the files).
+    pub fn finish(&self) -> Summary {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.bar.finish_and_clear();
+        if let Err(e) = inner.jsonl.flush() {
+            tracing::warn!("{}: {e}", inner.path.display());
+        }
+        inner.summary.seconds = inner.started.elapsed().as_secs_f64();
+        inner.summary.clone()
+    }
+
+    /// The last learner step recorded (the step rollout reports are filed under).
+    pub fn step(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).bar.position()
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A rollout worker's counters as a metric record: `rollout/...` keys, the learner step it was
+/// gathered at, the worker's name.
+pub fn rollout_record(worker: &str, step: u64, stats: &Value) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert(metrics::ROLE.into(), "rollout".into());
+    map.insert("worker".into(), worker.into());
+    map.insert(metrics::STEP.into(), step.into());
+    fn flatten(prefix: &str, v: &Value, out: &mut serde_json::Map<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    // The runner's counters sit beside the worker's, not one level down.
+                    let key = if k == "rollout" { prefix.to_string() } else { format!("{prefix}{k}/") };
+                    flatten(&key, v, out);
+                }
+            }
+            Value::Number(_) => {
+                out.insert(prefix.trim_end_matches('/').to_string(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    flatten("rollout/", stats, &mut map);
+    let get = |k: &str| map.get(k).and_then(Value::as_f64);
+    if let (Some(samples), Some(secs)) = (get("rollout/samples"), get("rollout/rollout_s")) {
+        if secs > 0.0 {
+            map.insert("rollout/samples_per_s".into(), (samples / secs).into());
+        }
+    }
+    Value::Object(map)
+}

@@ -1,0 +1,246 @@
+//! The whole product through its command line: `sluice replay`, `sluice learner` and
+//! `sluice rollout` as separate processes talking zenoh on loopback, training a tiny random Llama
+//! (char-level tokenizer) on `letters`, then `sluice eval` on its checkpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sluice_core::{free_local_port, metrics};
+use sluice_model::{Architecture, Cpu, Llama, ModelConfig, Tokenizer};
+
+const ALPHABET: &str = "abcdefgh say:";
+
+/// A random 2-layer Llama with a char-level tokenizer, saved as an HF directory.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let tok = Tokenizer::char_level(ALPHABET).unwrap();
+    let cfg = ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: tok.vocab_size(),
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 64,
+        qkv_bias: false,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_ids: vec![1],
+    };
+    let path = dir.join("tiny");
+    let model = Llama::<Cpu>::random(&cfg, 7, &Default::default());
+    sluice_model::save_model(&model, &path).unwrap();
+    tok.save(&path).unwrap();
+    path
+}
+
+fn config(dir: &Path, model: &Path, steps: u64) -> PathBuf {
+    let text = format!(
+        r#"
+[run]
+name = "e2e"
+dir = "{run}"
+seed = 1
+
+[model]
+path = "{model}"
+
+[[envs]]
+name = "letters"
+alphabet = "abcdefgh"
+
+[learner]
+group_size = 8
+groups_per_step = 4
+max_staleness = 1
+total_steps = {steps}
+checkpoint_every = 10
+log_entropy = true
+
+[learner.schedule]
+lr = 0.02
+
+[learner.optimizer]
+weight_decay = 0.0
+
+[rollout]
+group_size = 8
+tasks_per_batch = 4
+max_new_tokens = 2
+max_completion_tokens = 2
+chat_template = false
+
+[rollout.curriculum]
+kind = "fixed"
+weights = [1.0]
+
+[eval]
+n = 64
+"#,
+        run = dir.join("run").display(),
+        model = model.display(),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A child process killed when dropped, its output in `{dir}/{name}.log`.
+struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("RUST_LOG", "sluice=info,sluice_learner=info,sluice_rollout=info,warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Proc { child, name: name.into(), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself; panics with its log after `limit`.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if t0.elapsed() > limit {
+                let dir = self.log.parent().unwrap();
+                let mut all = String::new();
+                for e in std::fs::read_dir(dir).unwrap().flatten() {
+                    if e.path().extension().is_some_and(|x| x == "log") {
+                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                        all += &format!("--- {}\n{text}\n", e.path().display());
+                    }
+                }
+                panic!("{} did not exit within {limit:?}; the logs:\n{all}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until its log contains `needle`.
+    fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let t0 = Instant::now();
+        while !self.log().contains(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) before printing {needle:?}:\n{}", self.name, self.log());
+            }
+            assert!(t0.elapsed() < limit, "{} never printed {needle:?}:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn learner_steps(recs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    recs.iter().filter(|r| r["role"] == "learner" && r.get("event").is_none()).collect()
+}
+
+fn eval(model: &Path, cfg: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["eval", "--model"])
+        .arg(model)
+        // `letters` splits by letter: the trained letters are the train split.
+        .args(["--env", "letters", "--samples", "4", "--split", "train", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "eval failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let json = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    eprintln!("{}", stdout.lines().last().unwrap_or_default());
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let steps = 40;
+    let cfg = config(d, &model, steps);
+    let cfg_s = cfg.to_str().unwrap();
+    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
+    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
+    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+
+    let mut replay = Proc::start(d, "replay", &["replay", cfg_s, "--listen", &replay_ep]);
+    replay.wait_for("\"ready\"", Duration::from_secs(60));
+    let mut learner =
+        Proc::start(d, "learner", &["learner", cfg_s, "--listen", &learner_ep, "--connect", &replay_ep]);
+    let mut rollout = Proc::start(
+        d,
+        "rollout",
+        &["rollout", cfg_s, "--name", "a", "--connect", &replay_ep, "--connect", &learner_ep],
+    );
+    let status = learner.wait(Duration::from_secs(90));
+    assert!(status.success(), "learner failed:\n{}", learner.log());
+    // The learner's `done` ends the other roles.
+    assert!(rollout.wait(Duration::from_secs(60)).success(), "rollout:\n{}", rollout.log());
+    assert!(replay.wait(Duration::from_secs(30)).success(), "replay:\n{}", replay.log());
+
+    let run = d.join("run");
+    let recs = records(&run);
+    let steps_recs = learner_steps(&recs);
+    assert_eq!(steps_recs.len() as u64, steps, "one record per learner step");
+    let rewards: Vec<f64> = steps_recs.iter().map(|r| r[metrics::REWARD_MEAN].as_f64().unwrap()).collect();
+    let first = rewards[..5].iter().sum::<f64>() / 5.0;
+    let last = rewards[rewards.len() - 5..].iter().sum::<f64>() / 5.0;
+    eprintln!("mean reward: first 5 steps {first:.3}, last 5 steps {last:.3}");
+    assert!(last > first + 0.3, "no learning through the processes: {rewards:?}");
+    assert!(
+        recs.iter().any(|r| r["event"] == "worker_joined" && r["worker"] == "a"),
+        "the learner saw the worker join"
+    );
+    let reports: Vec<_> = recs.iter().filter(|r| r["role"] == "rollout" && r["worker"] == "a").collect();
+    assert!(!reports.is_empty(), "rollout reports reach metrics.jsonl");
+    assert!(reports.last().unwrap()["rollout/samples"].as_f64().unwrap() > 0.0);
+    // The same numbers in TensorBoard's format.
+    let tb = std::fs::read_dir(run.join("tensorboard")).unwrap().next().unwrap().unwrap().path();
+    let scalars = sluice::tensorboard::read_scalars(&tb).unwrap();
+    let tb_rewards: Vec<f32> =
+        scalars.iter().filter(|(_, t, _)| t == metrics::REWARD_MEAN).map(|(_, _, v)| *v).collect();
+    assert_eq!(tb_rewards.len() as u64, steps);
+    assert!((tb_rewards[0] as f64 - rewards[0]).abs() < 1e-6);
+    // The resolved config was written, and the final checkpoint loads as a policy in `sluice eval`.
+    assert!(run.join("config.toml").is_file());
+    let ckpt = run.join("checkpoints").join(format!("step-{steps:08}"));
+    assert!(ckpt.join("tokenizer.json").is_file(), "{}", ckpt.display());
+    let before = eval(&model, &cfg);
+    let after = eval(&ckpt, &cfg);
+    assert!(
+        after["accuracy"].as_f64().unwrap() > before["accuracy"].as_f64().unwrap() + 0.3,
+        "eval before {before} after {after}"
+    );
+}
