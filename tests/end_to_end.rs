@@ -244,3 +244,141 @@ fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
         "eval before {before} after {after}"
     );
 }
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, procs: &mut [&mut Proc]) {
+    let t0 = Instant::now();
+    while !done() {
+        for p in procs.iter_mut() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) while waiting for {what}:\n{}", p.name, p.log());
+            }
+        }
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn last_step(run: &Path) -> u64 {
+    learner_steps(&records(run)).last().map_or(0, |r| r["step"].as_u64().unwrap())
+}
+
+fn kill(p: &mut Proc) {
+    // SIGKILL: no flush, no checkpoint, no goodbye.
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+#[test]
+fn killed_rollout_replay_and_learner_processes_lose_no_acknowledged_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let steps = 60;
+    let cfg = config(d, &model, steps);
+    // Redeliver what a dead learner held after 3 s.
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[replay]\nfifo_lease_ms = 3000\n";
+    std::fs::write(&cfg, text).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let run = d.join("run");
+    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
+    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
+    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+    let replay_args = ["replay", cfg_s, "--listen", &replay_ep];
+    let learner_args = ["learner", cfg_s, "--listen", &learner_ep, "--connect", &replay_ep];
+    let rollout = |name: &str| {
+        let log = d.join(format!("appended-{name}.jsonl"));
+        let log = log.to_str().unwrap().to_string();
+        let args = [
+            "rollout",
+            cfg_s,
+            "--name",
+            name,
+            "--append-log",
+            &log,
+            "--connect",
+            &replay_ep,
+            "--connect",
+            &learner_ep,
+        ];
+        Proc::start(d, &format!("rollout-{name}"), &args)
+    };
+
+    let mut replay = Proc::start(d, "replay", &replay_args);
+    replay.wait_for("\"ready\"", Duration::from_secs(60));
+    let mut learner = Proc::start(d, "learner", &learner_args);
+    let mut a = rollout("a");
+    let mut b = rollout("b");
+
+    // A rollout worker dies mid-run; a new one joins.
+    wait_until("step 10", Duration::from_secs(120), || last_step(&run) >= 10, &mut [&mut learner, &mut b]);
+    kill(&mut a);
+    let mut c = rollout("c");
+    // The replay dies and comes back on its directory.
+    wait_until("step 20", Duration::from_secs(120), || last_step(&run) >= 20, &mut [&mut learner, &mut b]);
+    kill(&mut replay);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut replay = Proc::start(d, "replay-2", &replay_args);
+    replay.wait_for("\"ready\"", Duration::from_secs(60));
+    // The learner dies past its step-30 checkpoint and resumes from it.
+    let ckpt30 = run.join("checkpoints/step-00000030");
+    wait_until(
+        "the step-30 checkpoint and two steps more",
+        Duration::from_secs(120),
+        || ckpt30.is_dir() && last_step(&run) >= 32,
+        &mut [&mut learner, &mut b, &mut c],
+    );
+    kill(&mut learner);
+    let mut learner = Proc::start(d, "learner-2", &learner_args);
+    let status = learner.wait(Duration::from_secs(240));
+    assert!(status.success(), "the resumed learner failed:\n{}", learner.log());
+    assert!(
+        learner.log().contains("resuming from the checkpoint of step 30"),
+        "the learner did not resume from its checkpoint:\n{}",
+        learner.log()
+    );
+    for p in [&mut b, &mut c, &mut replay] {
+        assert!(p.wait(Duration::from_secs(60)).success(), "{}:\n{}", p.name, p.log());
+    }
+
+    // The version continues from the checkpoint: the resumed learner's first step is 31, and the
+    // run ends at its step count having trained exactly steps x groups_per_step groups.
+    let recs = records(&run);
+    let steps_seen: Vec<u64> = learner_steps(&recs).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let restart = steps_seen.windows(2).position(|w| w[1] <= w[0]).expect("a restart in the step sequence");
+    assert_eq!(steps_seen[restart + 1], 31, "steps: {steps_seen:?}");
+    assert_eq!(*steps_seen.last().unwrap(), steps);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join(format!("checkpoints/step-{steps:08}/trainer.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((state["step"].as_u64(), state["version"].as_u64()), (Some(steps), Some(steps)));
+    assert_eq!(state["groups_consumed"].as_u64(), Some(steps * 4));
+    assert!(recs.iter().any(|r| r["event"] == "worker_joined" && r["worker"] == "c"));
+
+    // Every group the replay acknowledged to a worker, including the killed one, is in the store.
+    let mut acked = std::collections::BTreeSet::new();
+    for name in ["a", "b", "c"] {
+        let text = std::fs::read_to_string(d.join(format!("appended-{name}.jsonl"))).unwrap_or_default();
+        for line in text.lines().filter(|l| l.ends_with('}')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            acked.extend(v["group_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()));
+        }
+    }
+    let out = d.join("export.parquet");
+    let (groups, _) = sluice_replay::export(&run, &out).unwrap();
+    let file = std::fs::File::open(&out).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut stored = std::collections::BTreeSet::new();
+    for batch in reader {
+        for g in sluice_core::trajectory::batch_to_groups(&batch.unwrap()).unwrap() {
+            stored.insert(g.group_id);
+        }
+    }
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    eprintln!("{} groups acknowledged to workers, {groups} stored, lost {}", acked.len(), lost.len());
+    assert!(acked.len() as u64 >= steps * 4, "the workers' append logs are incomplete");
+    assert!(lost.is_empty(), "acknowledged groups missing from the replay: {lost:?}");
+}
