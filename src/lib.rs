@@ -8,6 +8,7 @@ pub mod env_spec;
 pub mod eval;
 pub mod fetch;
 pub mod launch;
+pub mod plot;
 pub mod replay_role;
 pub mod report;
 pub mod roles;

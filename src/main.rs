@@ -80,6 +80,12 @@ enum Command {
     },
     /// Accuracy and pass@k of a model on held-out tasks.
     Eval(EvalArgs),
+    /// PNG charts of a run's metrics (reward, accuracy, losses, KL, staleness, throughput) in
+    /// RUN_DIR/plots.
+    Plot {
+        /// The run directory (holding metrics.jsonl).
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -278,6 +284,11 @@ fn main() -> Result<()> {
             anyhow::bail!("sluice replay: give a run config (sluice replay CONFIG.toml) or a subcommand")
         }
         Command::Eval(args) => run_eval(args)?,
+        Command::Plot { dir } => {
+            for path in sluice::plot::plot(&dir)? {
+                println!("{}", path.display());
+            }
+        }
         Command::Replay { command: Some(ReplayCommand::Serve(args)), .. } => replay_role::serve(args)?,
         Command::Replay { command: Some(ReplayCommand::Export { dir, out }), .. } => {
             let (groups, rows) = sluice_replay::export(&dir, &out)
