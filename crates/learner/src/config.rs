@@ -154,6 +154,11 @@ pub struct LearnerConfig {
     /// Drop zero-variance groups before the step (dynamic sampling). Default: on for GRPO, off for
     /// TB (whose loss still learns from them).
     pub drop_zero_variance: Option<bool>,
+    /// Most zero-variance groups dropped while filling one batch (DAPO's bound on regeneration;
+    /// checked between draws, and one draw drops at most the groups it asks for); past it the
+    /// batch is filled with them (they carry no GRPO gradient, but the run does not
+    /// wait for ever once the policy has solved, or collapsed on, its tasks). 0: no bound.
+    pub max_zero_variance_dropped: usize,
     /// Advantage estimator.
     pub advantage: AdvantageConfig,
     /// Clip ranges.
@@ -200,6 +205,7 @@ impl Default for LearnerConfig {
             max_staleness: 2,
             sampler: "fifo".into(),
             drop_zero_variance: None,
+            max_zero_variance_dropped: 64,
             advantage: AdvantageConfig::default(),
             clip: ClipConfig::default(),
             reduction: Reduction::SeqMeanTokenMean,

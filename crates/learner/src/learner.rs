@@ -521,7 +521,10 @@ impl<B: AutodiffBackend> Learner<B> {
         let sampler = Sampler::parse(&cfg.sampler)
             .map_err(|reason| LearnerError::InvalidConfig { name: "learner.sampler", reason })?;
         let fifo = matches!(sampler, Sampler::Fifo);
-        let drop_zero = cfg.drops_zero_variance();
+        let max_dropped = match cfg.max_zero_variance_dropped {
+            0 => u64::MAX,
+            n => n as u64,
+        };
         let mut groups: Vec<Group> = Vec::with_capacity(want);
         let mut taken: HashSet<u64> = HashSet::new();
         let (mut requests, mut dropped, mut duplicates) = (0u64, 0u64, 0u64);
@@ -529,6 +532,7 @@ impl<B: AutodiffBackend> Learner<B> {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
+            let drop_zero = cfg.drops_zero_variance() && dropped < max_dropped;
             let req = SampleRequest {
                 sampler,
                 groups: (want - groups.len()) as u32,
@@ -555,7 +559,7 @@ impl<B: AutodiffBackend> Learner<B> {
                     continue;
                 }
                 let rewards: Vec<f32> = g.samples.iter().map(|s| s.reward).collect();
-                if drop_zero && zero_variance(&rewards) {
+                if drop_zero && dropped < max_dropped && zero_variance(&rewards) {
                     // Carries no GRPO signal; consumed all the same.
                     dropped += 1;
                     if self.held.insert(g.group_id) {

@@ -260,6 +260,24 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
         (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
         (Some(6.0), Some(0.0))
     );
+    // A solved (or collapsed) policy makes nothing but zero-variance groups: past the bound they
+    // fill the batch instead of stalling the run for ever.
+    let solved: Vec<Group> = (0..6)
+        .map(|i| {
+            let mut g = group(i, 0, false);
+            g.samples.iter_mut().for_each(|s| s.reward = 1.0);
+            g
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &solved, 60_000);
+    let cfg = LearnerConfig { groups_per_step: 3, max_zero_variance_dropped: 2, ..grpo_config(1) };
+    let stats = within(&rt, learner(cfg).step(&replay)).unwrap().unwrap();
+    assert_eq!(
+        (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
+        (Some(3.0), Some(3.0)),
+        "the bound is checked between draws: one draw dropped 3, the next filled the batch"
+    );
 }
 
 #[test]

@@ -362,8 +362,9 @@ impl Store {
                 if !admissible(e.behavior_version) {
                     // Stale for this learner for good (versions only grow): leave the stream.
                     stale.push(seq);
-                } else if req.drop_zero_variance && e.reward_std == 0.0 {
-                    // Consumed without delivery: no consumer will ever want it.
+                } else if req.drop_zero_variance && e.reward_std == 0.0 && zero_variance.len() < n {
+                    // Consumed without delivery: no consumer will ever want it. At most as many
+                    // as asked for per request, so a learner can bound what it drops per step.
                     zero_variance.push(seq);
                 } else {
                     chosen.push(seq);

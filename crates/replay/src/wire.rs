@@ -18,7 +18,8 @@ pub struct SampleRequest {
     pub max_staleness: u64,
     /// Who consumes (a `fifo` lease is held in this name).
     pub consumer: String,
-    /// Skip groups whose rewards are all equal (they carry no GRPO signal).
+    /// Skip groups whose rewards are all equal (they carry no GRPO signal); a `fifo` request
+    /// skips at most `groups` of them.
     #[serde(default)]
     pub drop_zero_variance: bool,
     /// Drop rows whose completion repeats an earlier row of the same group.
