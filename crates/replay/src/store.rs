@@ -502,22 +502,26 @@ mod tests {
     use super::*;
     use sluice_core::trajectory::{groups_to_batch, validate_batch};
 
+    fn insert(store: &mut Store, g: sluice_core::Group) {
+        let group_id = g.group_id;
+        let batch = groups_to_batch(&[g]).unwrap();
+        let span = validate_batch(&batch).unwrap().remove(0);
+        store.insert(Entry {
+            group_id,
+            batch,
+            behavior_version: 0,
+            mean_reward: span.mean_reward,
+            reward_std: span.reward_std,
+            rows: 2,
+            bytes: span.bytes,
+            segment: 0,
+        });
+    }
+
     fn store_with(n: u64, cfg: ReplayConfig) -> Store {
         let mut store = Store::new(cfg);
         for gid in 0..n {
-            let g = crate::testing::two_sample_group(gid, 0);
-            let batch = groups_to_batch(&[g]).unwrap();
-            let span = validate_batch(&batch).unwrap().remove(0);
-            store.insert(Entry {
-                group_id: gid,
-                batch,
-                behavior_version: 0,
-                mean_reward: span.mean_reward,
-                reward_std: span.reward_std,
-                rows: 2,
-                bytes: span.bytes,
-                segment: 0,
-            });
+            insert(&mut store, crate::testing::two_sample_group(gid, 0));
         }
         store
     }
@@ -575,18 +579,7 @@ mod tests {
         for gid in 0..2 {
             let mut g = crate::testing::two_sample_group(gid, 0);
             g.samples.iter_mut().for_each(|s| s.reward = 0.0);
-            let batch = groups_to_batch(&[g]).unwrap();
-            let span = validate_batch(&batch).unwrap().remove(0);
-            store.insert(Entry {
-                group_id: gid,
-                batch,
-                behavior_version: 0,
-                mean_reward: span.mean_reward,
-                reward_std: span.reward_std,
-                rows: 2,
-                bytes: span.bytes,
-                segment: 0,
-            });
+            insert(&mut store, g);
         }
         assert_eq!(store.tickets("w", 2, 2, t0).granted, 0, "the budget is spent");
         let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0);
