@@ -51,8 +51,6 @@ pub struct RunSection {
     pub rollout_workers: usize,
     /// `cpu` or `cuda` (with the `cuda` feature).
     pub device: String,
-    /// Seconds a role waits for the others to appear before it gives up.
-    pub connect_timeout_s: u64,
 }
 
 impl Default for RunSection {
@@ -64,7 +62,6 @@ impl Default for RunSection {
             replay_shards: 1,
             rollout_workers: 1,
             device: "cpu".into(),
-            connect_timeout_s: 120,
         }
     }
 }
