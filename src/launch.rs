@@ -49,7 +49,7 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         let session = cfg.zenoh.options().open().await?;
         let replay = ReplayRole::start(&cfg, &session).await?;
         let stop_learner = Arc::new(AtomicBool::new(false));
-        roles::stop_on_signal(stop_learner.clone())?;
+        roles::stop_on_signal(stop_learner.clone());
         let stop_workers = Arc::new(AtomicBool::new(false));
         let names: Vec<String> = (0..cfg.run.rollout_workers).map(|i| format!("w{i}")).collect();
         let workers = {
@@ -102,7 +102,7 @@ pub fn learner(cfg: RunConfig) -> Result<()> {
     runtime()?.block_on(async {
         let session = cfg.zenoh.options().open().await?;
         let stop = Arc::new(AtomicBool::new(false));
-        roles::stop_on_signal(stop.clone())?;
+        roles::stop_on_signal(stop.clone());
         let outcome = with_device!(cfg.run.device.as_str(), |_B, AD, device| {
             roles::learner::<AD>(&cfg, &session, stop, device).await
         })?;

@@ -100,11 +100,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             "recovered": shard.recovery(),
         });
         println!("{ready}");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        crate::roles::signalled().await?;
         service.stop();
         let _ = session.close().await;
         anyhow::Ok(())

@@ -94,12 +94,13 @@ pub async fn until_stopped(session: &zenoh::Session, run: &str, stop: &AtomicBoo
         .declare_subscriber(keys::done(run))
         .await
         .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", keys::done(run)))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = signalled();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            r = done.recv_async() => if r.is_ok() { return Ok(()) },
+            r = &mut signal => return r,
+            // The run's end, or the session closing under us: either way, stop.
+            _ = done.recv_async() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if stop.load(Ordering::Relaxed) { return Ok(()) }
             }
@@ -107,18 +108,26 @@ pub async fn until_stopped(session: &zenoh::Session, run: &str, stop: &AtomicBoo
     }
 }
 
-/// Sets `stop` on SIGINT or SIGTERM.
-pub fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signalled() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Sets `stop` on SIGINT or SIGTERM.
+pub fn stop_on_signal(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        if let Err(e) = signalled().await {
+            tracing::warn!("signal handling: {e}");
+            return;
         }
         eprintln!("stopping: the learner checkpoints at its next wait for data");
         stop.store(true, Ordering::Relaxed);
     });
-    Ok(())
 }
 
 /// What the learner role did.
