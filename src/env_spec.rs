@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use sluice_envs::{
     Arithmetic, ArithmeticConfig, Calculator, CalculatorConfig, CalculatorTasks, ChainSum, ChainSumConfig,
     Countdown, CountdownConfig, CountdownVerifier, IntegerVerifier, JsonlConfig, JsonlSource,
-    KnightsKnavesVerifier, Letters, LettersConfig, LettersVerifier, RemoteEnv, Split,
+    KnightsKnavesVerifier, LeadingIntegerVerifier, Letters, LettersConfig, LettersVerifier, RemoteEnv, Split,
+    Style,
 };
 use sluice_rollout::{EnvSource, Judge};
 
@@ -155,6 +156,9 @@ impl EnvSpec {
     pub fn check(&self) -> Result<(), String> {
         match self {
             EnvSpec::Arithmetic(c) => c.check(),
+            EnvSpec::Calculator(c) if c.tasks.style != Style::Chat => {
+                Err("tasks.style must be \"chat\": the calculator asks in a chat".into())
+            }
             EnvSpec::Calculator(c) => c.tasks.check(),
             EnvSpec::Remote(r) if r.env.is_empty() => Err("`env` (the served name) is required".into()),
             EnvSpec::Remote(r) if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) => {
@@ -180,7 +184,11 @@ impl EnvSpec {
             EnvSpec::Arithmetic(c) => {
                 let cfg = ArithmeticConfig { split, seed: purpose.seed(c.seed), ..c.clone() };
                 let tasks = Arithmetic::new(cfg).map_err(err)?;
-                verifier(Box::new(tasks), Arc::new(IntegerVerifier { format_weight: c.format_weight }))
+                let judge: Arc<dyn sluice_core::Verifier> = match c.style {
+                    Style::Chat => Arc::new(IntegerVerifier { format_weight: c.format_weight }),
+                    Style::Bare => Arc::new(LeadingIntegerVerifier { format_weight: c.format_weight }),
+                };
+                verifier(Box::new(tasks), judge)
             }
             EnvSpec::ChainSum(c) => {
                 let cfg = ChainSumConfig { split, seed: purpose.seed(c.seed), ..c.clone() };

@@ -302,8 +302,8 @@ fn main() -> Result<()> {
 fn run_eval(args: EvalArgs) -> Result<()> {
     let cfg = RunConfig::load(args.config.as_deref(), &args.set)?;
     let spec = match cfg.envs.iter().find(|e| e.name() == args.env) {
-        Some(e) if args.config.is_some() => e.clone(),
-        _ => EnvSpec::by_name(&args.env)?,
+        Some(e) => e.clone(),
+        None => EnvSpec::by_name(&args.env)?,
     };
     let samples = args.samples.unwrap_or(cfg.eval.samples);
     let temperature = args.temperature.unwrap_or(if samples > 1 { 1.0 } else { cfg.eval.temperature });

@@ -130,9 +130,16 @@ impl Report {
 
     /// Writes one record: a line of `metrics.jsonl`, its numbers as TensorBoard scalars (tagged
     /// `rollout/{worker}/...` for rollout reports), and the bar for learner steps.
+    /// Each record gets `time/wall_s`, the seconds since the report was opened (the wall clock
+    /// of the run as this process sees it: steps per second over any span of steps).
     pub fn write(&self, record: &Value) -> std::io::Result<()> {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
+        let mut record = record.clone();
+        if let Some(map) = record.as_object_mut() {
+            map.insert(metrics::WALL_S.into(), inner.started.elapsed().as_secs_f64().into());
+        }
+        let record = &record;
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         inner.jsonl.write_all(&line)?;

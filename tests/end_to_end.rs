@@ -226,6 +226,8 @@ fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
     let last = rewards[rewards.len() - 5..].iter().sum::<f64>() / 5.0;
     eprintln!("mean reward: first 5 steps {first:.3}, last 5 steps {last:.3}");
     assert!(last > first + 0.3, "no learning through the processes: {rewards:?}");
+    let wall: Vec<f64> = steps_recs.iter().map(|r| r[metrics::WALL_S].as_f64().unwrap()).collect();
+    assert!(wall[0] > 0.0 && wall.windows(2).all(|w| w[0] <= w[1]), "time/wall_s runs forward: {wall:?}");
     assert!(
         recs.iter().any(|r| r["event"] == "worker_joined" && r["worker"] == "a"),
         "the learner saw the worker join"

@@ -3,13 +3,18 @@
 //! Difficulty is the operands' digit range. Scored by [`crate::answer`]: part `format` is 1 when an
 //! answer in a recognised form was found, `correct` when it equals the exact result; the reward is
 //! `correct + format_weight * format`.
+//!
+//! Two styles of question: `chat` (the default) asks an instruct model in a chat message for a
+//! `\boxed{}` answer; `bare` is the plain text `12+34=` whose answer is the integer the completion
+//! starts with — the task of small models with a char-level tokenizer and no chat template (the
+//! TRL benchmark's "a+b=").
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
-use crate::answer::{extract_answer, graded, matches_integer};
+use crate::answer::{extract_answer, graded, matches_integer, strip_template};
 use crate::split::{split_of, Split};
 
 /// Settings of the `arithmetic` source.
@@ -22,6 +27,8 @@ pub struct ArithmeticConfig {
     pub max_digits: u32,
     /// Operators drawn from, among `+`, `-`, `*`.
     pub ops: Vec<char>,
+    /// How the question is asked: `chat` or `bare`.
+    pub style: Style,
     /// Weight of the `format` part in the reward.
     pub format_weight: f32,
     /// Train or held-out tasks.
@@ -36,6 +43,7 @@ impl Default for ArithmeticConfig {
             min_digits: 1,
             max_digits: 2,
             ops: vec!['+', '-', '*'],
+            style: Style::Chat,
             format_weight: 0.1,
             split: Split::Train,
             seed: 0,
@@ -57,6 +65,19 @@ impl ArithmeticConfig {
         }
         Ok(())
     }
+}
+
+/// How an `arithmetic` question is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Style {
+    /// A chat message, "What is 12 + 34? Put the final answer in \boxed{}.", scored by
+    /// [`IntegerVerifier`]: for instruct models.
+    #[default]
+    Chat,
+    /// The plain text `12+34=`, scored by [`LeadingIntegerVerifier`]: for small models with a
+    /// char-level tokenizer and no chat template.
+    Bare,
 }
 
 /// The `arithmetic` task generator.
@@ -100,16 +121,24 @@ impl TaskSource for Arithmetic {
             let (a, b) = (self.operand(), self.operand());
             let op = self.cfg.ops[self.rng.random_range(0..self.cfg.ops.len())];
             let shown = if op == '*' { 'x' } else { op };
+            // The split is by the question's content in both styles, so a bare run and a chat
+            // run hold out the same questions.
             let question = format!("{a} {shown} {b}");
             if split_of(&question) != self.cfg.split {
                 continue;
             }
             self.drawn += 1;
-            let text = format!("What is {question}? Put the final answer in \\boxed{{}}.");
+            let prompt = match self.cfg.style {
+                Style::Chat => {
+                    let text = format!("What is {question}? Put the final answer in \\boxed{{}}.");
+                    Prompt::Chat(vec![Message::new("user", text)])
+                }
+                Style::Bare => Prompt::Text(format!("{a}{op}{b}=")),
+            };
             return Some(Task {
                 id: format!("arithmetic-{}-{}", self.cfg.seed, self.drawn),
                 source: "arithmetic".into(),
-                prompt: Prompt::Chat(vec![Message::new("user", text)]),
+                prompt,
                 answer: evaluate(a, op, b).into(),
                 metadata: serde_json::json!({"a": a, "op": op.to_string(), "b": b}),
             });
@@ -141,6 +170,33 @@ impl Verifier for IntegerVerifier {
     }
 }
 
+/// The verifier of `bare` questions: the answer is the integer the completion starts with
+/// (`46` in `46<eos>` or `46 because`); part `format` is 1 when it starts with one.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadingIntegerVerifier {
+    /// Weight of the `format` part.
+    pub format_weight: f32,
+}
+
+/// The integer `text` starts with (an optional `-`, then digits), if any.
+pub fn leading_integer(text: &str) -> Option<i64> {
+    let text = strip_template(text);
+    let digits_from = usize::from(text.starts_with('-'));
+    let end = text[digits_from..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |i| i + digits_from);
+    if end == digits_from {
+        return None;
+    }
+    text[..end].parse().ok()
+}
+
+impl Verifier for LeadingIntegerVerifier {
+    fn score(&self, task: &Task, completion: &str) -> Reward {
+        let answer = leading_integer(completion);
+        let correct = answer.is_some() && answer == task.answer.as_i64();
+        graded(answer.is_some(), correct, self.format_weight)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +225,33 @@ mod tests {
             assert_eq!((r.parts["correct"], r.parts["format"]), (0.0, format), "{wrong}");
         }
         assert_eq!(v.score(&task(3, '-', 10), "\\boxed{-7}").parts["correct"], 1.0);
+    }
+
+    #[test]
+    fn bare_questions_are_scored_by_the_leading_integer() {
+        let cfg = ArithmeticConfig { style: Style::Bare, ops: vec!['-'], ..Default::default() };
+        let t = Arithmetic::new(cfg)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .next_task()
+            .unwrap_or_else(|| panic!("no task"));
+        let Prompt::Text(text) = &t.prompt else { panic!("{t:?}") };
+        let (a, b) = (t.metadata["a"].as_i64().unwrap_or(-1), t.metadata["b"].as_i64().unwrap_or(-1));
+        assert_eq!(text, &format!("{a}-{b}="));
+        let v = LeadingIntegerVerifier { format_weight: 0.1 };
+        let right = (a - b).to_string();
+        for (completion, correct, format) in [
+            (format!("{right}<eos>"), 1.0, 1.0),
+            (format!("{right}+1"), 1.0, 1.0),
+            (format!("{}", a - b + 1), 0.0, 1.0),
+            (format!(" {right}"), 0.0, 0.0),
+            ("-".to_string(), 0.0, 0.0),
+            (String::new(), 0.0, 0.0),
+        ] {
+            let r = v.score(&t, &completion);
+            assert_eq!((r.parts["correct"], r.parts["format"]), (correct, format), "{completion:?}");
+        }
+        assert_eq!(leading_integer("-7x"), Some(-7));
+        assert_eq!(leading_integer("99999999999999999999999"), None);
     }
 
     #[test]

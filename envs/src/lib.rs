@@ -17,7 +17,7 @@ pub mod letters;
 pub mod remote;
 pub mod split;
 
-pub use arithmetic::{Arithmetic, ArithmeticConfig, IntegerVerifier};
+pub use arithmetic::{Arithmetic, ArithmeticConfig, IntegerVerifier, LeadingIntegerVerifier, Style};
 pub use calculator::{Calculator, CalculatorConfig, CalculatorTasks};
 pub use chain_sum::{ChainSum, ChainSumConfig};
 pub use countdown::{Countdown, CountdownConfig, CountdownVerifier};

@@ -84,5 +84,7 @@ pub const DUPLICATES_SKIPPED: &str = "data/duplicates_skipped";
 pub const WAIT_DATA_S: &str = "time/wait_data_s";
 /// Seconds of the step itself (forward, backward, optimizer).
 pub const STEP_S: &str = "time/step_s";
+/// Seconds since the run's report was opened, on every record of `metrics.jsonl`.
+pub const WALL_S: &str = "time/wall_s";
 /// Trained tokens per second of step time.
 pub const TOKENS_PER_S: &str = "throughput/tokens_per_s";
