@@ -141,11 +141,7 @@ fn async_vs_sync(steps: usize) {
             "name = \"calculator\"\n[envs.tool]\ntool_latency_ms = 100\n",
             "max_new_tokens = 48\nmax_completion_tokens = 160\nmax_turns = 3\nresponse_prefix = \"<calc>\"\n",
         ),
-        (
-            "arithmetic",
-            "name = \"arithmetic\"\nmax_digits = 1\n",
-            "max_new_tokens = 48\nmax_completion_tokens = 48\n",
-        ),
+        ("arithmetic", "name = \"arithmetic\"\n", "max_new_tokens = 48\nmax_completion_tokens = 48\n"),
     ];
     for (env, env_toml, rollout_toml) in envs {
         for staleness in [4, 0] {
