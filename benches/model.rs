@@ -12,8 +12,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use sluice::fetch::{cache_dir, known, model_path};
 use sluice_model::{
-    generate, save_model, score, Architecture, Cpu, CpuAutodiff, Llama, ModelConfig, Policy, SamplingParams,
-    ScoreRow,
+    generate, save_model, score, Cpu, CpuAutodiff, Llama, ModelConfig, Policy, SamplingParams, ScoreRow,
 };
 
 struct Shape {
@@ -25,23 +24,7 @@ struct Shape {
 }
 
 fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 8192,
-        hidden_size: 256,
-        intermediate_size: 1024,
-        num_layers: 4,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig::bench_llama(8192, vec![])
 }
 
 fn prompts(vocab: usize, batch: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {

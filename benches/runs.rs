@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use sluice_model::{Architecture, Cpu, Llama, ModelConfig, Tokenizer};
+use sluice_model::{Cpu, Llama, ModelConfig, Tokenizer};
 
 /// Learner steps left out of the grpo timing (model load, first generation, first publish).
 const WARMUP: usize = 2;
@@ -30,23 +30,7 @@ fn bench_dir() -> PathBuf {
 /// The tiny Llama of the model and learner benchmarks, over the characters of `a+b=` questions.
 fn write_char_llama(dir: &Path) {
     let tok = Tokenizer::char_level("0123456789+-*=").unwrap();
-    let cfg = ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: tok.vocab_size(),
-        hidden_size: 256,
-        intermediate_size: 1024,
-        num_layers: 4,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 128,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![tok.eos_token_id().unwrap()],
-    };
+    let cfg = ModelConfig::bench_llama(tok.vocab_size(), vec![tok.eos_token_id().unwrap()]);
     let model = Llama::<Cpu>::random(&cfg, 11, &Default::default());
     sluice_model::save_model(&model, dir).unwrap();
     tok.save(dir).unwrap();

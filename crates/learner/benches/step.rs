@@ -15,7 +15,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use sluice_core::{Finish, Group, Sample};
 use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trainer};
-use sluice_model::{save_model, Architecture, CpuAutodiff, Llama, ModelConfig};
+use sluice_model::{save_model, CpuAutodiff, Llama, ModelConfig};
 
 const GROUPS: usize = 16;
 const G: usize = 4;
@@ -24,23 +24,7 @@ const COMPLETION: usize = 32;
 const ITERS: usize = 5;
 
 fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: 8192,
-        hidden_size: 256,
-        intermediate_size: 1024,
-        num_layers: 4,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig::bench_llama(8192, vec![])
 }
 
 /// A splitmix64 stream: the same tokens on every run without a dependency.

@@ -142,6 +142,28 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The random tiny Llama the benchmarks share (model, learner, GRPO against TRL): 4 layers,
+    /// hidden 256, MLP 1024, 4 query / 2 KV heads of 64, untied, over `vocab_size` tokens.
+    pub fn bench_llama(vocab_size: usize, eos_token_ids: Vec<u32>) -> Self {
+        ModelConfig {
+            architecture: Architecture::Llama,
+            vocab_size,
+            hidden_size: 256,
+            intermediate_size: 1024,
+            num_layers: 4,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 512,
+            qkv_bias: false,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids,
+        }
+    }
+
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
