@@ -30,6 +30,10 @@ use crate::curriculum::Curriculum;
 use crate::error::{Result, RolloutError};
 use crate::runner::{EnvSource, FixedWeights, Job, Runner, RunnerStats, Versioned, WeightFeed};
 
+/// How long a stopped worker still waits on a replay call in flight. A run's end stops the replay
+/// too, and the replay client would otherwise retry a vanished shard for its whole `retry_for`.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Builds the model from a staged weight-sync version (replicated layout, checkpoint names).
 pub fn llama_from_weights<B: Backend>(
     w: &Weights,
@@ -257,8 +261,19 @@ impl<B: Backend> Worker<B> {
             }
             let want = (self.runner.config().tasks_per_batch as u64).min(left.unwrap_or(u64::MAX));
             let t0 = Instant::now();
-            let granted = match self.replay.tickets(&self.name, want).await {
-                Ok(r) => r.granted,
+            let Some(reply) = unless_stopped(&self.stop, self.replay.tickets(&self.name, want)).await else {
+                return Ok(());
+            };
+            let granted = match reply {
+                Ok(r) => {
+                    // The replay may know of a learner version this worker has not heard announced
+                    // yet (the learner's sample request reaches it first): tickets granted for that
+                    // version must not be spent on older weights, which it would drop as stale.
+                    if let Some(sub) = &self.subscriber {
+                        sub.gate().set_learner(r.learner_version);
+                    }
+                    r.granted
+                }
                 Err(e) => {
                     tracing::warn!(worker = %self.name, "tickets: {e}; retrying");
                     0
@@ -272,6 +287,9 @@ impl<B: Backend> Worker<B> {
             }
             backoff = Duration::from_millis(20);
             self.stats.ticket_wait_s += t0.elapsed().as_secs_f64();
+            if !self.wait_for_gate().await? {
+                return Ok(());
+            }
             let drawn = self.draw(granted as usize);
             if drawn.is_empty() {
                 tracing::info!(worker = %self.name, "every task source is exhausted");
@@ -348,7 +366,16 @@ impl<B: Backend> Worker<B> {
     /// is stopped (then they are counted as unsent and logged).
     async fn append(&mut self, groups: Vec<Group>) -> Result<()> {
         loop {
-            match self.replay.append(&groups).await {
+            let Some(reply) = unless_stopped(&self.stop, self.replay.append(&groups)).await else {
+                self.stats.groups_unsent += groups.len() as u64;
+                tracing::error!(
+                    worker = %self.name,
+                    groups = groups.len(),
+                    "stopped while the replay had not confirmed an append of these groups"
+                );
+                return Ok(());
+            };
+            match reply {
                 Ok(_) => {
                     self.stats.groups_appended += groups.len() as u64;
                     if let Some(f) = &mut self.append_log {
@@ -382,6 +409,21 @@ impl<B: Backend> Worker<B> {
                 }
             }
         }
+    }
+}
+
+/// `call`'s output, or None once `stop` has been set for [`STOP_GRACE`].
+async fn unless_stopped<T>(stop: &Arc<AtomicBool>, call: impl std::future::Future<Output = T>) -> Option<T> {
+    let stop = stop.clone();
+    let stopped = async move {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        r = call => Some(r),
+        _ = stopped => None,
     }
 }
 

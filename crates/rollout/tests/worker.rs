@@ -499,10 +499,16 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
         let first = learner_client.sample(&at_v0).await.unwrap().groups().unwrap();
         assert_eq!(first.len(), 2);
         assert!(first.iter().flat_map(|g| &g.samples).all(|s| s.behavior_version == 0));
-        publisher.publish(1, snapshot(&model(6))).await.unwrap().unwrap();
+        // The replay hears of version 1 (the learner's request) before the worker hears the
+        // announce: the tickets it now grants are for version 1, and the worker must not spend
+        // them on version 0's weights (the replay would drop those groups as stale).
         let req = sluice_replay::SampleRequest { learner_version: 1, ..at_v0 };
         let early = learner_client.sample(&req).await.unwrap().groups().unwrap();
         assert!(early.is_empty(), "nothing was admitted at version 1 before this request");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(stats().groups, 2, "groups were generated for version 1 with version 0's weights");
+        assert_eq!(stats().evicted_stale, 0);
+        publisher.publish(1, snapshot(&model(6))).await.unwrap().unwrap();
 
         let (stats, _worker) = handle.await.unwrap();
         assert!(!stop.load(Ordering::Relaxed));
