@@ -8,30 +8,14 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sluice_core::{free_local_port, metrics};
-use sluice_model::{Architecture, Cpu, Llama, ModelConfig, Tokenizer};
+use sluice_model::{Cpu, Llama, ModelConfig, Tokenizer};
 
 const ALPHABET: &str = "abcdefgh say:";
 
 /// A random 2-layer Llama with a char-level tokenizer, saved as an HF directory.
 fn tiny_model(dir: &Path) -> PathBuf {
     let tok = Tokenizer::char_level(ALPHABET).unwrap();
-    let cfg = ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: tok.vocab_size(),
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 64,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![1],
-    };
+    let cfg = ModelConfig::tiny_llama(tok.vocab_size(), vec![1]);
     let path = dir.join("tiny");
     let model = Llama::<Cpu>::random(&cfg, 7, &Default::default());
     sluice_model::save_model(&model, &path).unwrap();

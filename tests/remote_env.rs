@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use sluice_core::{free_local_port, metrics, Finish, ZenohOptions};
 use sluice_envs::RemoteEnv;
 use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trainer};
-use sluice_model::{Architecture, CpuAutodiff, Llama, ModelConfig, Tokenizer};
+use sluice_model::{CpuAutodiff, Llama, ModelConfig, Tokenizer};
 use sluice_rollout::{CurriculumConfig, FixedWeights, Job, Judge, RolloutConfig, Runner, Versioned};
 
 mod common;
@@ -29,23 +29,7 @@ impl Drop for KillOnDrop {
 const ALPHABET: &str = "abcde say:<no>";
 
 fn model_config(vocab: usize) -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: vocab,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 64,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig::tiny_llama(vocab, vec![])
 }
 
 #[test]

@@ -322,6 +322,19 @@ impl LearnerConfig {
         if self.sync_every == 0 {
             return bad("learner.sync_every", "must be >= 1".into());
         }
+        if self.sync_every > self.max_staleness + 1 {
+            // Between publishes the workers keep the last weights while the learner moves on: at
+            // version `k * sync_every - 1` their data is `sync_every - 1` versions old, which the
+            // replay refuses past `max_staleness`, and no new weights come until the next step.
+            return bad(
+                "learner.sync_every",
+                format!(
+                    "{} publishes weights too rarely for learner.max_staleness = {}: need sync_every <= \
+                     max_staleness + 1, or the workers' data goes stale before the next publish",
+                    self.sync_every, self.max_staleness
+                ),
+            );
+        }
         if self.keep_checkpoints == 0 {
             return bad("learner.keep_checkpoints", "must be >= 1".into());
         }

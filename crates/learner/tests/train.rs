@@ -294,6 +294,8 @@ fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
             },
             "learner.clip.dual_clip",
         ),
+        // Weights published every 3 steps go 2 versions stale before the next publish.
+        (LearnerConfig { sync_every: 3, max_staleness: 1, ..grpo_config(1) }, "learner.sync_every"),
     ] {
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains(key), "{e}");

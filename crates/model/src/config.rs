@@ -164,6 +164,21 @@ impl ModelConfig {
         }
     }
 
+    /// The random tiny Llama the end-to-end and rollout tests train in seconds: 2 layers,
+    /// hidden 32, MLP 64, 4 query / 2 KV heads of 8, untied, over `vocab_size` tokens.
+    pub fn tiny_llama(vocab_size: usize, eos_token_ids: Vec<u32>) -> Self {
+        ModelConfig {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 256,
+            ..Self::bench_llama(vocab_size, eos_token_ids)
+        }
+    }
+
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;

@@ -6,12 +6,18 @@
 //! must not run ahead of the weights it has (the staleness gate), must never drop a finished group
 //! without saying so, and must be able to join and leave a running run. *Solution.* One loop per
 //! worker: (1) swap in any staged weights and wait while the gate is shut; (2) ask the replay for
-//! tickets (`granted` groups may start); (3) draw that many tasks from the curriculum; (4) roll them
+//! tickets (`granted` groups may start); the reply's learner version also moves the gate (the
+//! replay hears of a new version from the learner's sample request, often before the worker hears
+//! the publisher's announce), and the worker passes the gate again before it spends them, so it
+//! never spends tickets granted at version `v` on weights the replay would drop as stale at `v`;
+//! (3) draw that many tasks from the curriculum; (4) roll them
 //! out with the [`Runner`] (weights swapped between decoding steps when `partial_rollout`); (5) feed
 //! the groups' |advantage| to the curriculum; (6) append them, retrying until the replay takes them.
 //! A worker holds a zenoh liveliness token under `sluice/{run}/rollout/{worker}` while it runs, so
 //! others can see it come and go; several workers share a process as separate tasks, each with its
-//! own model copy and subscriber. *Cons:* a batch is the unit of work: a worker asked to stop ends
+//! own model copy and subscriber. A stopped worker gives a replay call in flight
+//! [`STOP_GRACE`] and then gives up (a run's end stops the replay too; the groups are counted as
+//! unsent, never as delivered). *Cons:* a batch is the unit of work: a worker asked to stop ends
 //! its current batch first.
 
 use std::path::Path;
@@ -362,17 +368,18 @@ impl<B: Backend> Worker<B> {
         out
     }
 
+    /// Counts `n` finished groups as unsent (the worker stops before the replay took them).
+    fn give_up(&mut self, n: usize, why: &str) {
+        self.stats.groups_unsent += n as u64;
+        tracing::error!(worker = %self.name, groups = n, "stopping with groups the replay did not take: {why}");
+    }
+
     /// Appends `groups`, retrying transient failures until the replay takes them or the worker
     /// is stopped (then they are counted as unsent and logged).
     async fn append(&mut self, groups: Vec<Group>) -> Result<()> {
         loop {
             let Some(reply) = unless_stopped(&self.stop, self.replay.append(&groups)).await else {
-                self.stats.groups_unsent += groups.len() as u64;
-                tracing::error!(
-                    worker = %self.name,
-                    groups = groups.len(),
-                    "stopped while the replay had not confirmed an append of these groups"
-                );
+                self.give_up(groups.len(), "the replay had not answered the append");
                 return Ok(());
             };
             match reply {
@@ -396,12 +403,7 @@ impl<B: Backend> Worker<B> {
                 Err(e) => {
                     self.stats.append_retries += 1;
                     if self.stopped() {
-                        self.stats.groups_unsent += groups.len() as u64;
-                        tracing::error!(
-                            worker = %self.name,
-                            groups = groups.len(),
-                            "stopping with groups the replay did not take: {e}"
-                        );
+                        self.give_up(groups.len(), &e.to_string());
                         return Ok(());
                     }
                     tracing::warn!(worker = %self.name, groups = groups.len(), "append failed, retrying: {e}");

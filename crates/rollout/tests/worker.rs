@@ -13,7 +13,7 @@ use sluice_core::{
     Task, TaskSource, ZenohOptions,
 };
 use sluice_model::weights::to_vec_f32;
-use sluice_model::{score, Architecture, Cpu, Llama, ModelConfig, ScoreRow, Tokenizer};
+use sluice_model::{score, Cpu, Llama, ModelConfig, ScoreRow, Tokenizer};
 use sluice_replay::{ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, Sampler, Shard};
 use sluice_rollout::{
     CurriculumConfig, EnvSource, FixedWeights, Job, Judge, RolloutConfig, Runner, SubscriberFeed, Versioned,
@@ -30,23 +30,7 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn model_config() -> ModelConfig {
-    ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size: tokenizer().vocab_size(),
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 256,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    ModelConfig::tiny_llama(tokenizer().vocab_size(), vec![])
 }
 
 fn model(seed: u64) -> Llama<Cpu> {
