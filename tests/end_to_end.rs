@@ -179,7 +179,7 @@ fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = tiny_model(d);
-    let steps = 200;
+    let steps = 300;
     let cfg = config(d, &model, steps);
     let cfg_s = cfg.to_str().unwrap();
     let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
