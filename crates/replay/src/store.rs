@@ -86,6 +86,10 @@ pub struct Store {
     bytes: u64,
     next_seq: u64,
     learner_version: u64,
+    /// The version of the learner's latest sample request since this process started (0 before
+    /// any): where the learner is now, below `learner_version` after it resumed from an older
+    /// checkpoint. Not persisted.
+    learner_now: u64,
     /// Producers' finished groups (redeemed tickets), for admission; persisted.
     tickets_completed: u64,
     /// Finished groups that left the `fifo` stream undelivered (zero-variance or stale): they
@@ -118,6 +122,7 @@ impl Store {
             bytes: 0,
             next_seq: 0,
             learner_version: 0,
+            learner_now: 0,
             tickets_completed: 0,
             wasted: 0,
             workers: BTreeMap::new(),
@@ -337,6 +342,7 @@ impl Store {
     /// Answers a sample request. The caller validated `req.sampler`.
     pub(crate) fn sample(&mut self, req: &SampleRequest, now: Instant) -> Sampled {
         self.set_learner_version(req.learner_version);
+        self.learner_now = req.learner_version;
         let admissible =
             |bv: u64| is_admissible(PolicyVersion(req.learner_version), PolicyVersion(bv), req.max_staleness);
         let mut info = SampleInfo::default();
@@ -450,7 +456,13 @@ impl Store {
         if let Some(w) = self.workers.get_mut(worker) {
             w.outstanding += granted;
         }
-        TicketReply { granted, limit, started: started + granted, learner_version: self.learner_version }
+        TicketReply {
+            granted,
+            limit,
+            started: started + granted,
+            learner_version: self.learner_version,
+            learner_now: self.learner_now,
+        }
     }
 
     /// Group ids of consumed groups still held (the acks a `meta.log` snapshot keeps).
@@ -586,5 +598,20 @@ mod tests {
         assert_eq!((got.batches.len(), got.info.zero_variance_dropped), (0, 2));
         assert_eq!(store.wasted(), 2);
         assert_eq!(store.tickets("w", 2, 0, t0).granted, 2, "dropped groups give their tickets back");
+    }
+
+    #[test]
+    fn tickets_tell_where_the_learner_is_now_and_the_highest_version_seen() {
+        let mut store = Store::new(ReplayConfig::default());
+        let t0 = Instant::now();
+        let r = store.tickets("w", 1, 0, t0);
+        assert_eq!((r.learner_version, r.learner_now), (0, 0));
+        store.sample(&SampleRequest { learner_version: 5, ..fifo(1) }, t0);
+        let r = store.tickets("w", 1, 0, t0);
+        assert_eq!((r.learner_version, r.learner_now), (5, 5));
+        // A learner resumed from its version-3 checkpoint.
+        store.sample(&SampleRequest { learner_version: 3, ..fifo(1) }, t0);
+        let r = store.tickets("w", 1, 0, t0);
+        assert_eq!((r.learner_version, r.learner_now), (5, 3));
     }
 }

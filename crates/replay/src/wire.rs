@@ -100,8 +100,14 @@ pub struct TicketReply {
     pub limit: u64,
     /// Groups started so far (finished plus outstanding tickets).
     pub started: u64,
-    /// The learner version the limit was computed for.
+    /// The learner version the limit was computed for (the highest ever seen).
     pub learner_version: u64,
+    /// The version of the learner's latest sample request since the replay started, 0 before
+    /// any: often ahead of the publisher's announce a worker has heard (the learner asks for its
+    /// next batch as soon as it publishes), and below `learner_version` after the learner resumed
+    /// from an older checkpoint. What a worker's staleness gate follows.
+    #[serde(default)]
+    pub learner_now: u64,
 }
 
 /// Why a request failed, as the service replies it.

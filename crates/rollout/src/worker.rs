@@ -6,7 +6,7 @@
 //! must not run ahead of the weights it has (the staleness gate), must never drop a finished group
 //! without saying so, and must be able to join and leave a running run. *Solution.* One loop per
 //! worker: (1) swap in any staged weights and wait while the gate is shut; (2) ask the replay for
-//! tickets (`granted` groups may start); the reply's learner version also moves the gate (the
+//! tickets (`granted` groups may start); the reply's current learner version also moves the gate (the
 //! replay hears of a new version from the learner's sample request, often before the worker hears
 //! the publisher's announce), and the worker passes the gate again before it spends them, so it
 //! never spends tickets granted at version `v` on weights the replay would drop as stale at `v`;
@@ -275,8 +275,10 @@ impl<B: Backend> Worker<B> {
                     // The replay may know of a learner version this worker has not heard announced
                     // yet (the learner's sample request reaches it first): tickets granted for that
                     // version must not be spent on older weights, which it would drop as stale.
+                    // `learner_now`, not the highest version ever seen: a learner resumed from an
+                    // older checkpoint is behind that one, and the gate never moves back.
                     if let Some(sub) = &self.subscriber {
-                        sub.gate().set_learner(r.learner_version);
+                        sub.gate().set_learner(r.learner_now);
                     }
                     r.granted
                 }

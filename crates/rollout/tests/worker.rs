@@ -471,15 +471,7 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
         // The learner at version 0 takes the two groups, steps to version 1, publishes the weights
         // and asks for its next batch as version 1 (which opens admission for two more groups).
         let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("loop", 1)).unwrap();
-        let at_v0 = sluice_replay::SampleRequest {
-            sampler: Sampler::Fifo,
-            groups: 2,
-            learner_version: 0,
-            max_staleness: 0,
-            consumer: "learner".into(),
-            drop_zero_variance: false,
-            dedup: false,
-        };
+        let at_v0 = fifo_at(0);
         let first = learner_client.sample(&at_v0).await.unwrap().groups().unwrap();
         assert_eq!(first.len(), 2);
         assert!(first.iter().flat_map(|g| &g.samples).all(|s| s.behavior_version == 0));
@@ -526,6 +518,70 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
         tokio::time::timeout(Duration::from_secs(10), gone)
             .await
             .expect("the liveliness token outlived the worker");
+        service.stop();
+    });
+}
+
+/// A synchronous learner's request for 2 groups at version `v`.
+fn fifo_at(v: u64) -> sluice_replay::SampleRequest {
+    sluice_replay::SampleRequest {
+        sampler: Sampler::Fifo,
+        groups: 2,
+        learner_version: v,
+        max_staleness: 0,
+        consumer: "learner".into(),
+        drop_zero_variance: false,
+        dedup: false,
+    }
+}
+
+#[test]
+fn a_fresh_worker_follows_a_learner_resumed_from_an_older_checkpoint() {
+    // The replay saw the learner at version 5 before it died; the learner resumed from its
+    // version-3 checkpoint and published version 3, which a new worker now holds. The worker must
+    // generate for version 3 (the gate follows where the learner is now, not the highest version
+    // the replay ever saw), or the run waits for ever: the learner for data, the worker for
+    // version 5.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    within(&rt, async {
+        let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+        let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+        let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
+        let cfg = ReplayConfig {
+            durability: Durability::OsBuffer,
+            max_staleness: 0,
+            groups_per_step: 2,
+            ..Default::default()
+        };
+        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
+        let service = ReplayService::start(&learner, "resume", shard.clone()).await.unwrap();
+        let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("resume", 1)).unwrap();
+        for v in [5, 3] {
+            assert!(learner_client.sample(&fifo_at(v)).await.unwrap().groups().unwrap().is_empty());
+        }
+        let sub = Subscriber::start(
+            &worker_session,
+            SubscriberConfig::new("resume", "fresh"),
+            Destination::REPLICATED,
+            StalenessGate::new(0, 3),
+        )
+        .await
+        .unwrap();
+        let replay = ReplayClient::new(worker_session.clone(), ClientConfig::new("resume", 1)).unwrap();
+        let runner = Runner::new("resume", "fresh", rollout_config(4), tokenizer(), vec![1]).unwrap();
+        let source = EnvSource { tasks: Box::new(Sums(0)), judge: sums_verifier(), stop_strings: vec![] };
+        let mut worker =
+            Worker::new(worker_session.clone(), replay, "fresh", runner, model(5), 3, vec![source])
+                .unwrap()
+                .with_subscriber(sub);
+        let stats = tokio::time::timeout(Duration::from_secs(30), worker.run(Some(2)))
+            .await
+            .expect("the worker waited for a version the resumed learner has not reached")
+            .unwrap();
+        assert_eq!(stats.groups_appended, 2);
+        let got = learner_client.sample(&fifo_at(3)).await.unwrap().groups().unwrap();
+        assert_eq!(got.len(), 2, "version-3 groups feed the version-3 learner");
         service.stop();
     });
 }
