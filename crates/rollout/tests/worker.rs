@@ -410,18 +410,7 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     within(&rt, async {
-        let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
-        let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
-        let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
-        // Synchronous: one step's worth of groups (2) per learner version.
-        let cfg = ReplayConfig {
-            durability: Durability::OsBuffer,
-            max_staleness: 0,
-            groups_per_step: 2,
-            ..Default::default()
-        };
-        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
-        let service = ReplayService::start(&learner, "loop", shard.clone()).await.unwrap();
+        let (learner, worker_session, shard, service) = synchronous_replay(dir.path(), "loop").await;
         let publisher =
             Publisher::start(&learner, PublisherConfig { shm: false, ..PublisherConfig::new("loop") })
                 .await
@@ -432,12 +421,7 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
             Subscriber::start(&worker_session, sub_cfg, Destination::REPLICATED, StalenessGate::new(0, 0))
                 .await
                 .unwrap();
-        let replay = ReplayClient::new(worker_session.clone(), ClientConfig::new("loop", 1)).unwrap();
-        let runner = Runner::new("loop", "w0", rollout_config(6), tokenizer(), vec![1]).unwrap();
-        let source = EnvSource { tasks: Box::new(Sums(0)), judge: sums_verifier(), stop_strings: vec![] };
-        let mut worker = Worker::new(worker_session.clone(), replay, "w0", runner, model(5), 0, vec![source])
-            .unwrap()
-            .with_subscriber(sub);
+        let mut worker = sums_worker(&worker_session, "loop", "w0", 6, 0, sub);
         let stop = worker.stop_flag();
         let handle = tokio::spawn(async move {
             let stats = worker.run(Some(4)).await.unwrap();
@@ -522,6 +506,43 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
     });
 }
 
+/// Two sessions on loopback (the learner's, listening, and a worker's) and a synchronous replay
+/// shard served for `run`: one step's worth of groups (2) per learner version.
+async fn synchronous_replay(
+    dir: &std::path::Path,
+    run: &str,
+) -> (zenoh::Session, zenoh::Session, Arc<Shard>, ReplayService) {
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+    let worker = ZenohOptions::connect_to(ep).open().await.unwrap();
+    let cfg = ReplayConfig {
+        durability: Durability::OsBuffer,
+        max_staleness: 0,
+        groups_per_step: 2,
+        ..Default::default()
+    };
+    let shard = Arc::new(Shard::open(dir.join("replay"), 0, cfg).unwrap());
+    let service = ReplayService::start(&learner, run, shard.clone()).await.unwrap();
+    (learner, worker, shard, service)
+}
+
+/// A worker `name` of `run` on `Sums` tasks, holding model(5) as `version`, behind `sub`'s gate.
+fn sums_worker(
+    session: &zenoh::Session,
+    run: &str,
+    name: &str,
+    max_new: usize,
+    version: u64,
+    sub: Subscriber,
+) -> Worker<Cpu> {
+    let replay = ReplayClient::new(session.clone(), ClientConfig::new(run, 1)).unwrap();
+    let runner = Runner::new(run, name, rollout_config(max_new), tokenizer(), vec![1]).unwrap();
+    let source = EnvSource { tasks: Box::new(Sums(0)), judge: sums_verifier(), stop_strings: vec![] };
+    Worker::new(session.clone(), replay, name, runner, model(5), version, vec![source])
+        .unwrap()
+        .with_subscriber(sub)
+}
+
 /// A synchronous learner's request for 2 groups at version `v`.
 fn fifo_at(v: u64) -> sluice_replay::SampleRequest {
     sluice_replay::SampleRequest {
@@ -545,17 +566,7 @@ fn a_fresh_worker_follows_a_learner_resumed_from_an_older_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     within(&rt, async {
-        let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
-        let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
-        let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
-        let cfg = ReplayConfig {
-            durability: Durability::OsBuffer,
-            max_staleness: 0,
-            groups_per_step: 2,
-            ..Default::default()
-        };
-        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
-        let service = ReplayService::start(&learner, "resume", shard.clone()).await.unwrap();
+        let (learner, worker_session, _shard, service) = synchronous_replay(dir.path(), "resume").await;
         let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("resume", 1)).unwrap();
         for v in [5, 3] {
             assert!(learner_client.sample(&fifo_at(v)).await.unwrap().groups().unwrap().is_empty());
@@ -568,13 +579,7 @@ fn a_fresh_worker_follows_a_learner_resumed_from_an_older_checkpoint() {
         )
         .await
         .unwrap();
-        let replay = ReplayClient::new(worker_session.clone(), ClientConfig::new("resume", 1)).unwrap();
-        let runner = Runner::new("resume", "fresh", rollout_config(4), tokenizer(), vec![1]).unwrap();
-        let source = EnvSource { tasks: Box::new(Sums(0)), judge: sums_verifier(), stop_strings: vec![] };
-        let mut worker =
-            Worker::new(worker_session.clone(), replay, "fresh", runner, model(5), 3, vec![source])
-                .unwrap()
-                .with_subscriber(sub);
+        let mut worker = sums_worker(&worker_session, "resume", "fresh", 4, 3, sub);
         let stats = tokio::time::timeout(Duration::from_secs(30), worker.run(Some(2)))
             .await
             .expect("the worker waited for a version the resumed learner has not reached")
