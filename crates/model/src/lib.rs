@@ -17,6 +17,7 @@ pub mod batch;
 mod cache;
 pub mod config;
 mod error;
+mod fused;
 pub mod gguf;
 mod llama;
 mod policy;

@@ -14,6 +14,9 @@
 //! [`KvCache`]) and the scorer (whole sequences, differentiable). Both lay a batch out the same way
 //! (see [`crate::batch`]): per-row positions and a key-padding mask, so ragged batches compute
 //! exactly what each sequence would compute alone.
+//!
+//! RMSNorm, the SwiGLU product, RoPE and the projections' backward run as fused kernels on the CPU
+//! backend ([`crate::fused`]); every other backend computes the same formulas with burn's ops.
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -22,6 +25,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
+use crate::fused;
 
 /// Rotary tables and the attention mask for one forward call; built once, shared by all layers.
 #[derive(Debug, Clone)]
@@ -67,8 +71,9 @@ pub struct Llama<B: Backend> {
 
 /// `y = x W^T + b` with `W` in the checkpoint's `[out, in]` layout.
 ///
-/// A 2-D matmul against the transposed view: the CPU backend's strided GEMM reads `W^T` in place,
-/// where a batched matmul would first reshape (and so copy) the transposed weight on every call.
+/// A 2-D matmul against the transposed view ([`fused::linear`]): the CPU backend's strided GEMM
+/// reads `W^T` in place, where a batched matmul would first reshape (and so copy) the transposed
+/// weight on every call.
 fn proj<B: Backend>(
     x: Tensor<B, 3>,
     w: &Param<Tensor<B, 2>>,
@@ -77,7 +82,7 @@ fn proj<B: Backend>(
     let [batch, seq, d_in] = x.dims();
     let w = w.val();
     let d_out = w.dims()[0];
-    let y = x.reshape([batch * seq, d_in]).matmul(w.transpose());
+    let y = fused::linear(x.reshape([batch * seq, d_in]), w);
     let y = match b {
         Some(b) => y + b.val().unsqueeze::<2>(),
         None => y,
@@ -86,28 +91,7 @@ fn proj<B: Backend>(
 }
 
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
-    let var = x.clone().powi_scalar(2).mean_dim(2);
-    let dim = w.val().dims()[0];
-    x * (var + eps).sqrt().recip() * w.val().reshape([1, 1, dim])
-}
-
-/// SiLU as `x / (1 + e^-x)`: one `exp` pass where burn's `silu` (via a log-sigmoid) takes three,
-/// which is most of the MLP's non-matmul time on the CPU. `e^-x` is clamped at `e^80` so that the
-/// autodiff quotient rule never divides by an overflowed square (the clamped region's true value
-/// and gradient are below f32 resolution anyway).
-fn silu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    x.clone() / (x.neg().clamp_max(80.0).exp() + 1.0)
-}
-
-/// HF `apply_rotary_pos_emb` on `[batch, seq, heads, head_dim]` (the projection's own, contiguous
-/// layout): `x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x2, x1]`, computed as
-/// `[x2, x1] * [-sin, sin]` so the sign lives in the table (see [`ForwardCtx::sin`]).
-fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, s, h, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..s, 0..h, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..s, 0..h, half..d]);
-    x * cos.clone() + Tensor::cat(vec![x2, x1], 3) * sin.clone()
+    fused::rms_norm(x, w.val(), eps)
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -124,8 +108,8 @@ impl<B: Backend> DecoderLayer<B> {
         let q = proj(h.clone(), &self.q_proj, self.q_bias.as_ref()).reshape([b, s, nh, hd]);
         let k = proj(h.clone(), &self.k_proj, self.k_bias.as_ref()).reshape([b, s, nkv, hd]);
         let v = proj(h, &self.v_proj, self.v_bias.as_ref()).reshape([b, s, nkv, hd]).swap_dims(1, 2);
-        let q = rope(q, &ctx.cos, &ctx.sin).swap_dims(1, 2);
-        let k = rope(k, &ctx.cos, &ctx.sin).swap_dims(1, 2);
+        let q = fused::rope(q, &ctx.cos, &ctx.sin);
+        let k = fused::rope(k, &ctx.cos, &ctx.sin);
         // Append to the cache (or start it); attention then runs over past + new keys.
         let (k, v) = match cache {
             Some(slot) => {
@@ -151,9 +135,9 @@ impl<B: Backend> DecoderLayer<B> {
         ]);
         let x = x + proj(a, &self.o_proj, None);
         let h = rms_norm(x.clone(), &self.post_attention_layernorm, cfg.rms_norm_eps);
-        let gate = silu(proj(h.clone(), &self.gate_proj, None));
+        let gate = proj(h.clone(), &self.gate_proj, None);
         let up = proj(h, &self.up_proj, None);
-        x + proj(gate * up, &self.down_proj, None)
+        x + proj(fused::swiglu(gate, up), &self.down_proj, None)
     }
 }
 
@@ -254,33 +238,6 @@ impl<B: burn::tensor::backend::AutodiffBackend> NamedTensor<B> {
         match self {
             Self::Vector(t) => t.grad(grads).map(crate::weights::to_vec_f32),
             Self::Matrix(t) => t.grad(grads).map(crate::weights::to_vec_f32),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::CpuAutodiff;
-
-    #[test]
-    fn silu_matches_the_definition_and_has_finite_gradients_everywhere() {
-        let xs = [-200.0f32, -90.0, -50.0, -3.0, -0.5, 0.0, 0.5, 3.0, 50.0, 200.0];
-        let x = Tensor::<CpuAutodiff, 3>::from_data(
-            TensorData::new(xs.to_vec(), [1, 1, xs.len()]),
-            &Default::default(),
-        )
-        .require_grad();
-        let y = silu(x.clone());
-        let grads = y.clone().sum().backward();
-        let got = y.into_data().into_vec::<f32>().unwrap();
-        let grad = x.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap();
-        for ((&x, &y), &g) in xs.iter().zip(&got).zip(&grad) {
-            let xd = x as f64;
-            let s = 1.0 / (1.0 + (-xd).exp());
-            assert!((y as f64 - xd * s).abs() <= 1e-6 * (1.0 + xd.abs()), "silu({x}) = {y}");
-            let dg = s * (1.0 + xd * (1.0 - s));
-            assert!(g.is_finite() && (g as f64 - dg).abs() < 1e-5, "silu'({x}) = {g}, expected {dg}");
         }
     }
 }
