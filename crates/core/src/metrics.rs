@@ -73,6 +73,12 @@ pub const GROUPS: &str = "data/groups";
 pub const SAMPLES: &str = "data/samples";
 /// Completion tokens trained on (loss mask 1) in the step.
 pub const TOKENS: &str = "data/tokens";
+/// Forward/backward passes the step's batch was cut into (by length, within
+/// `learner.micro_batch_groups`).
+pub const MICRO_BATCHES: &str = "data/micro_batches";
+/// Positions the step's forward passes computed (rows x padded width, summed over micro-batches):
+/// against `data/tokens`, what padding cost.
+pub const POSITIONS: &str = "data/positions";
 /// Zero-variance groups dropped before the step (dynamic sampling), by the replay and here.
 pub const ZERO_VARIANCE_DROPPED: &str = "data/zero_variance_dropped";
 /// Sample requests it took to fill the batch.

@@ -17,6 +17,7 @@
 //! of any out-of-range value).
 
 mod advantages;
+mod batching;
 pub mod checkpoint;
 mod config;
 mod error;

@@ -16,6 +16,7 @@
 //! *Cons:* the proximal forward with `epochs > 1` costs one extra forward per batch.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -24,6 +25,7 @@ use sluice_core::{metrics, Group, Sample};
 use sluice_model::{score, Llama, ScoreRow};
 
 use crate::advantages::{advantages, check_rewards, overlong_penalty};
+use crate::batching::{self, Unit};
 use crate::config::{Algorithm, LearnerConfig, OffPolicyMode};
 use crate::error::{LearnerError, Result};
 use crate::grpo::{
@@ -66,6 +68,7 @@ pub struct Trainer<B: AutodiffBackend> {
 }
 
 /// One sequence of the batch, with what the objective needs from the host.
+#[derive(Debug, Clone, Copy)]
 struct Row<'a> {
     sample: &'a Sample,
     reward: f32,
@@ -82,6 +85,15 @@ struct Micro<'a> {
     reference: Option<Vec<f32>>,
     /// Proximal log-probs computed before the first update (`epochs > 1`).
     proximal: Option<Vec<f32>>,
+}
+
+impl Micro<'_> {
+    /// Positions the scorer computes: every row padded to the longest prompt plus the longest
+    /// completion.
+    fn positions(&self) -> usize {
+        let prompt = self.rows.iter().map(|r| r.sample.prompt_tokens.len()).max().unwrap_or(0);
+        self.rows.len() * (prompt + self.width)
+    }
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -147,8 +159,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats.set(metrics::SAMPLES, rows.len() as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
 
-        let per_micro = cfg.micro_groups() * cfg.group_size;
-        let mut micros: Vec<Micro<'_>> = rows.chunks(per_micro).map(micro).collect();
+        let (ordered, runs) = micro_batches(&rows, cfg);
+        let mut micros: Vec<Micro<'_>> = runs.into_iter().map(|r| micro(&ordered[r])).collect();
+        stats.set(metrics::MICRO_BATCHES, micros.len() as f64);
+        stats.set(metrics::POSITIONS, micros.iter().map(Micro::positions).sum::<usize>() as f64);
         let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
         for m in &mut micros {
             if let Some(reference) = &self.reference {
@@ -399,6 +413,28 @@ fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {
     rows.iter()
         .map(|r| ScoreRow { prompt: &r.sample.prompt_tokens, completion: &r.sample.completion_tokens })
         .collect()
+}
+
+/// The rows reordered and cut into micro-batches by length ([`crate::batching`]): single rows
+/// for GRPO (advantages are already computed), whole groups for TB (its `log Z` is per group).
+fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
+    let unit_rows = match cfg.algorithm {
+        Algorithm::Grpo => 1,
+        Algorithm::Tb => cfg.group_size,
+    };
+    let chunks: Vec<&[Row<'a>]> = rows.chunks(unit_rows).collect();
+    let units: Vec<Unit> = chunks
+        .iter()
+        .map(|u| Unit {
+            rows: u.len(),
+            prompt: u.iter().map(|r| r.sample.prompt_tokens.len()).max().unwrap_or(0),
+            completion: u.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0),
+        })
+        .collect();
+    let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size);
+    let ordered = order.iter().flat_map(|&u| chunks[u].iter().copied()).collect();
+    let runs = runs.into_iter().map(|r| r.start * unit_rows..r.end * unit_rows).collect();
+    (ordered, runs)
 }
 
 /// The padded host inputs of a micro-batch (width = its longest completion, as the scorer pads).

@@ -36,8 +36,13 @@ fn reference() -> Llama<Inner> {
 /// with token 5) earns 1, the others 0 or 0.25. Behaviour log-probs are the initial policy's, so
 /// the first step is on-policy; `env_token` puts an environment token (mask 0) in completion 1.
 fn group(id: u64, behavior_version: u64, env_token: bool) -> Group {
-    let prompt = vec![1u32, 2 + (id % 3) as u32];
     let completions: [Vec<u32>; G] = [vec![5, 6, 7], vec![8, 9, 10, 11], vec![12, 13], vec![14, 15, 9]];
+    group_of(id, behavior_version, env_token, completions)
+}
+
+/// Like [`group`] with the given completions.
+fn group_of(id: u64, behavior_version: u64, env_token: bool, completions: [Vec<u32>; G]) -> Group {
+    let prompt = vec![1u32, 2 + (id % 3) as u32];
     let rewards = [1.0f32, 0.0, 0.25, 0.0];
     let model = reference();
     let rows: Vec<ScoreRow<'_>> =
@@ -160,6 +165,49 @@ fn micro_batches_give_the_same_update_as_one_pass_for_every_reduction() {
             // 2 groups x (3 + 4 + 2 + 3) completion tokens, less one environment token each.
             assert_eq!(s1.get(metrics::TOKENS), Some(22.0), "the env tokens are not trained on");
         }
+    }
+}
+
+#[test]
+fn a_batch_of_short_and_long_completions_is_cut_by_length_without_changing_the_update() {
+    // Half the rows stop after 2 tokens, half run to 40: one pass would pad all 16 rows to 40.
+    let long = |k: u32| (0..40).map(|j| 3 + (j * 7 + k) % 13).collect::<Vec<u32>>();
+    let groups: Vec<Group> =
+        (0..4).map(|i| group_of(i, 0, false, [vec![5, 6], long(1), vec![12, 13], long(2)])).collect();
+    for algorithm in [Algorithm::Grpo, Algorithm::Tb] {
+        let run = |micro| {
+            let cfg =
+                LearnerConfig { algorithm, micro_batch_groups: micro, groups_per_step: 4, ..grpo_config(1) };
+            let reference = cfg.needs_reference().then(reference);
+            let mut t = Trainer::<B>::new(cfg, policy(), reference, AdamW::new(Default::default())).unwrap();
+            let stats = t.train(&groups).unwrap();
+            (weights(t.model()), stats)
+        };
+        let (whole, s0) = run(0);
+        let (per_group, s1) = run(1);
+        let passes = |s: &sluice_learner::StepStats| s.get(metrics::MICRO_BATCHES).unwrap();
+        let positions = s0.get(metrics::POSITIONS).unwrap();
+        match algorithm {
+            // Rows: the 8 long ones in one pass, the 8 short ones in another.
+            Algorithm::Grpo => {
+                assert_eq!(passes(&s0), 2.0);
+                assert_eq!(positions, (8 * (2 + 40) + 8 * (2 + 2)) as f64);
+            }
+            // Whole groups (TB's log Z is per group) are all alike: one pass.
+            Algorithm::Tb => {
+                assert_eq!(passes(&s0), 1.0);
+                assert_eq!(positions, (16 * (2 + 40)) as f64);
+            }
+        }
+        assert_eq!(
+            passes(&s1),
+            4.0,
+            "{algorithm:?}: at most one group's rows a pass at micro_batch_groups = 1"
+        );
+        let d = max_diff(&whole, &per_group);
+        assert!(d < 1e-6, "{algorithm:?}: the update depends on the cut, by {d}");
+        let (l0, l1) = (s0.get(metrics::LOSS_TOTAL).unwrap(), s1.get(metrics::LOSS_TOTAL).unwrap());
+        assert!((l0 - l1).abs() < 1e-6, "{algorithm:?}: loss {l0} vs {l1}");
     }
 }
 
