@@ -629,15 +629,7 @@ mod tests {
 
     #[test]
     fn linear_matches_the_matmul_and_its_gradients() {
-        check(
-            "linear",
-            [37, 24],
-            [40, 24],
-            linear,
-            |x, w| x.matmul(w.transpose()),
-            linear,
-            true,
-        );
+        check("linear", [37, 24], [40, 24], linear, |x, w| x.matmul(w.transpose()), linear, true);
     }
 
     #[test]
