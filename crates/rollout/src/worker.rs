@@ -40,6 +40,11 @@ use crate::runner::{EnvSource, FixedWeights, Job, Runner, RunnerStats, Versioned
 /// too, and the replay client would otherwise retry a vanished shard for its whole `retry_for`.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// The longest pause between two ticket requests that were both refused. The replay grants
+/// tickets when the learner's next sample request shows it needs data; a request costs the replay
+/// one lookup, so ten a second per worker is cheap next to a synchronous step stalled for longer.
+const TICKET_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
 /// Builds the model from a staged weight-sync version (replicated layout, checkpoint names).
 pub fn llama_from_weights<B: Backend>(
     w: &Weights,
@@ -289,7 +294,10 @@ impl<B: Backend> Worker<B> {
             };
             if granted == 0 {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                // Capped low: the wait ends when the learner asks for its next batch, and every
+                // millisecond slept past that is a millisecond the synchronous loop stands still
+                // (at 500 ms, half the tiny-model GRPO benchmark's sync step went here).
+                backoff = (backoff * 2).min(TICKET_BACKOFF_MAX);
                 self.stats.ticket_wait_s += t0.elapsed().as_secs_f64();
                 continue;
             }
