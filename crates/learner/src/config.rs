@@ -140,8 +140,9 @@ pub struct LearnerConfig {
     pub group_size: usize,
     /// Groups per optimizer step.
     pub groups_per_step: usize,
-    /// Groups per forward/backward pass; gradients of a step's micro-batches are summed before the
-    /// update, which equals one pass over the whole batch. 0: the whole batch at once.
+    /// At most this many groups' rows per forward/backward pass (a memory cap; 0: no cap). Within
+    /// it the batch is cut by length (`batching.rs`); gradients of a step's micro-batches are
+    /// summed before the update, which equals one pass over the whole batch.
     pub micro_batch_groups: usize,
     /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1).
     pub epochs: u32,

@@ -6,9 +6,11 @@
 //! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
 //! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
 //! nothing when unused; every number the metrics report must come from the step itself.
-//! *Solution.* Micro-batches hold whole groups (GRPO advantages and TB's `log Z` are per group) and
-//! each micro-batch's loss is normalised by the *batch's* row count, token count and longest
-//! completion ([`reduce_partial`]), so the summed gradients are the gradient of the batch loss.
+//! *Solution.* GRPO advantages are computed on the host for the whole batch first, so its rows
+//! can be cut into micro-batches by length ([`crate::batching`], less padding); TB's micro-batches
+//! hold whole groups (its `log Z` is per group). Each micro-batch's loss is normalised by the
+//! *batch's* row count, token count and longest completion ([`reduce_partial`]), so the summed
+//! gradients are the gradient of the batch loss, however the batch is cut.
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
 //! the detached log-probs of the same forward (the current weights before the update, exactly);
 //! with `epochs > 1` they are computed once, before the first update, by a forward without
