@@ -1,5 +1,5 @@
-//! Fused CPU kernels for the decoder's elementwise parts: RMSNorm, the SwiGLU product and RoPE,
-//! each with its own backward.
+//! Fused CPU kernels for the decoder's elementwise parts (RMSNorm, the SwiGLU product and RoPE),
+//! each with its own backward, and a projection whose backward yields `dW` in the weight's layout.
 //!
 //! # Design
 //! *Constraints.* On the CPU backend (burn's Flex) every elementwise tensor op is a separate,
@@ -40,7 +40,7 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// `x * rsqrt(mean(x^2, last) + eps) * w` over the last axis of `x` `[batch, seq, dim]`.
 pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 || w.dims()[0] == 0 {
         return rms_norm_reference(x, w, eps);
     }
     let eps = eps as f32;
@@ -99,7 +99,8 @@ pub(crate) fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor
     let fits = [&x, cos, sin].iter().all(|t| t.dtype() == DType::F32)
         && cos.dims() == table
         && sin.dims() == table
-        && head_dim % 2 == 0;
+        && head_dim % 2 == 0
+        && x.dims().iter().all(|&n| n > 0);
     if !fits {
         return rope_reference(x, cos, sin);
     }
@@ -215,14 +216,14 @@ fn rms_norm_backward(x: &[f32], w: &[f32], r: &[f32], dy: &[f32]) -> (Vec<f32>, 
             }
             dw
         })
-        .reduce(
-            || vec![0.0f32; dim],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
-    (dx, dw)
+        .collect::<Vec<_>>();
+    // Summed in chunk order, not by rayon's reduction tree (which depends on work stealing): the
+    // gradient is then the same bit for bit on every run.
+    let dw = dw.into_iter().reduce(|mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    });
+    (dx, dw.unwrap_or_else(|| vec![0.0f32; dim]))
 }
 
 /// `1 / (1 + e^-g)`, with `e^-g` clamped as in [`swiglu_reference`].
@@ -231,6 +232,7 @@ fn sigmoid(g: f32) -> f32 {
     1.0 / (1.0 + (-g).min(80.0).exp())
 }
 
+/// Elements handed to one rayon task by the elementwise kernels.
 const ELEMS_PER_TASK: usize = 16 * 1024;
 
 fn swiglu_forward(g: &[f32], u: &[f32]) -> Vec<f32> {
@@ -303,9 +305,9 @@ fn rope_forward(x: &[f32], cos: &[f32], sin: &[f32], shape: RopeShape, inverse: 
             let xr = &x[src..src + d];
             let (c, sn) = (&cos[t..t + d], &sin[t..t + d]);
             for i in 0..d {
-                let (j, sj) = if i < half { (i + half, i + half) } else { (i - half, i - half) };
+                let j = if i < half { i + half } else { i - half };
                 // Forward: y_i = x_i c_i + x_j s_i. Inverse: dx_i = dy_i c_i + dy_j s_j.
-                let v = xr[i] * c[i] + xr[j] * if inverse { sn[sj] } else { sn[i] };
+                let v = xr[i] * c[i] + xr[j] * if inverse { sn[j] } else { sn[i] };
                 dst(s, i, v);
             }
         }
