@@ -51,7 +51,7 @@ pub(crate) fn rms_norm<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 1>, eps: f64) -
     match downcast::<B, Cpu, 3>(x) {
         Ok(x) => {
             let (x, w) = (flex_of(x), flex_of(same_backend::<B, Cpu, 1>(w)));
-            let (y, _) = rms_norm_forward(slice(&x), slice(&w), eps, false);
+            let (y, _) = rms_norm_forward(slice(&x), slice(&w), eps);
             upcast(wrap_flex(flex_like(y, &x)))
         }
         Err(x) => rms_norm_reference(x, w, eps as f64),
@@ -155,36 +155,23 @@ fn rope_reference<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<
 // ---------------------------------------------------------------------------------------------
 // Kernels on host slices. Each is one pass over contiguous rows, split across rayon tasks.
 
-/// `(y, r)` with `r[i] = rsqrt(mean(x[i]^2) + eps)` per row when `keep_r`.
-fn rms_norm_forward(x: &[f32], w: &[f32], eps: f32, keep_r: bool) -> (Vec<f32>, Vec<f32>) {
+/// `(y, r)` with `r[i] = rsqrt(mean(x[i]^2) + eps)` per row (the backward's saved state).
+fn rms_norm_forward(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let dim = w.len();
-    let rows = x.len() / dim;
     let mut y = vec![0.0f32; x.len()];
-    let mut r = vec![0.0f32; if keep_r { rows } else { 0 }];
-    let body = |(xr, yr): (&[f32], &mut [f32])| -> f32 {
-        let ss: f32 = xr.iter().map(|v| v * v).sum();
-        let ri = 1.0 / (ss / dim as f32 + eps).sqrt();
-        for ((yv, xv), wv) in yr.iter_mut().zip(xr).zip(w) {
-            *yv = xv * ri * wv;
-        }
-        ri
-    };
+    let mut r = vec![0.0f32; x.len() / dim];
     let chunk = MIN_ROWS_PER_TASK * dim;
-    if keep_r {
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(r.par_chunks_mut(MIN_ROWS_PER_TASK)).for_each(
-            |((yc, xc), rc)| {
-                for ((yr, xr), ri) in yc.chunks_mut(dim).zip(xc.chunks(dim)).zip(rc) {
-                    *ri = body((xr, yr));
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(r.par_chunks_mut(MIN_ROWS_PER_TASK)).for_each(
+        |((yc, xc), rc)| {
+            for ((yr, xr), ri) in yc.chunks_mut(dim).zip(xc.chunks(dim)).zip(rc) {
+                let ss: f32 = xr.iter().map(|v| v * v).sum();
+                *ri = 1.0 / (ss / dim as f32 + eps).sqrt();
+                for ((yv, xv), wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *yv = xv * *ri * wv;
                 }
-            },
-        );
-    } else {
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(dim).zip(xc.chunks(dim)) {
-                body((xr, yr));
             }
-        });
-    }
+        },
+    );
     (y, r)
 }
 
@@ -365,16 +352,11 @@ impl Backward<Cpu, 2> for RmsNormBackward {
 fn rms_norm_ad(x: AutodiffTensor, w: AutodiffTensor, eps: f32) -> AutodiffTensor {
     let prep = RmsNormBackward.prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()]).compute_bound();
     let (xp, wp) = (contiguous(x.primitive), contiguous(w.primitive));
+    let (y, r) = rms_norm_forward(slice(&xp), slice(&wp), eps);
+    let y = flex_like(y, &xp);
     match prep.stateful() {
-        OpsKind::Tracked(prep) => {
-            let (y, r) = rms_norm_forward(slice(&xp), slice(&wp), eps, true);
-            let y = flex_like(y, &xp);
-            prep.finish((xp, wp, r), y)
-        }
-        OpsKind::UnTracked(prep) => {
-            let (y, _) = rms_norm_forward(slice(&xp), slice(&wp), eps, false);
-            prep.finish(flex_like(y, &xp))
-        }
+        OpsKind::Tracked(prep) => prep.finish((xp, wp, r), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 
