@@ -1,19 +1,20 @@
-//! Cutting a step's batch into micro-batches by length.
+//! Cutting a step's batch into micro-batches.
 //!
 //! # Design
-//! *Constraints.* The scorer pads a micro-batch to `[rows, longest prompt + longest completion]`,
-//! and RL completions vary from a few tokens to the generation limit, so one micro-batch of the
-//! whole step spends much of its compute on padding (in the TRL benchmark, about 1100 completion
-//! tokens in 64 x 38 positions). The step's gradient must not depend on how the batch is cut (each
-//! micro-batch's loss is normalised by the batch's totals, see `trainer.rs`); trajectory balance
-//! needs whole groups in a micro-batch (its `log Z` is per group); `learner.micro_batch_groups`
-//! caps the rows of one pass (memory).
+//! *Constraints.* The scorer packs a micro-batch's sequences into rows as wide as its longest
+//! sequence (`sluice_model::batch::pack`), so a pass costs about its real tokens rounded up to
+//! whole rows, plus a fixed cost per pass; `learner.micro_batch_groups` caps the rows of one pass
+//! (memory). The step's gradient must not depend on how the batch is cut (each micro-batch's loss
+//! is normalised by the batch's totals, see `trainer.rs`); trajectory balance needs whole groups
+//! in a micro-batch (its `log Z` is per group).
 //! *Solution.* Units (rows for GRPO, whole groups for TB) are sorted longest first and cut into
-//! contiguous runs by dynamic programming that minimises the padded positions of all runs plus a
-//! fixed cost per run ([`RUN_OVERHEAD_POSITIONS`]), never more rows in a run than the cap.
-//! *Pros:* fewer positions for the same gradient; with equal lengths nothing changes (one run).
-//! *Cons:* more, smaller forward calls; the float summation order of the gradient follows the
-//! lengths, not the order the samples arrived in.
+//! contiguous runs by dynamic programming that minimises the packed positions of all runs
+//! (estimated as their tokens rounded up to rows of their longest sequence) plus a fixed cost per
+//! run ([`RUN_OVERHEAD_POSITIONS`]), never more rows in a run than the cap. With packing, one run
+//! is cheapest unless the cap says otherwise.
+//! *Pros:* as few passes as memory allows, each computing little padding.
+//! *Cons:* the float summation order of the gradient follows the lengths, not the order the
+//! samples arrived in.
 
 use std::ops::Range;
 
@@ -29,10 +30,10 @@ pub const RUN_OVERHEAD_POSITIONS: usize = 128;
 pub struct Unit {
     /// Rows in the unit.
     pub rows: usize,
-    /// Its longest prompt.
-    pub prompt: usize,
-    /// Its longest completion.
-    pub completion: usize,
+    /// Tokens (prompt + completion) of all its rows.
+    pub tokens: usize,
+    /// Its longest sequence (prompt + completion).
+    pub longest: usize,
 }
 
 /// The order to take the units in (indices into `units`) and the micro-batches as ranges of that
@@ -40,23 +41,23 @@ pub struct Unit {
 pub fn plan(units: &[Unit], max_rows: usize) -> (Vec<usize>, Vec<Range<usize>>) {
     let mut order: Vec<usize> = (0..units.len()).collect();
     // Longest first; ties keep arrival order, so the plan is a function of the lengths only.
-    order.sort_by_key(|&i| std::cmp::Reverse(units[i].prompt + units[i].completion));
+    order.sort_by_key(|&i| std::cmp::Reverse(units[i].longest));
     let n = order.len();
     // best[i]: least cost of the first i units of `order`; cut[i]: where its last run starts.
     let mut best = vec![usize::MAX; n + 1];
     let mut cut = vec![0usize; n + 1];
     best[0] = 0;
     for end in 1..=n {
-        let (mut rows, mut prompt, mut completion) = (0usize, 0usize, 0usize);
+        let (mut rows, mut tokens, mut width) = (0usize, 0usize, 1usize);
         for start in (0..end).rev() {
             let u = units[order[start]];
             rows += u.rows;
             if rows > max_rows && start + 1 < end {
                 break;
             }
-            prompt = prompt.max(u.prompt);
-            completion = completion.max(u.completion.max(1));
-            let cost = best[start].saturating_add(rows * (prompt + completion) + RUN_OVERHEAD_POSITIONS);
+            tokens += u.tokens;
+            width = width.max(u.longest);
+            let cost = best[start].saturating_add(packed(tokens, width) + RUN_OVERHEAD_POSITIONS);
             if cost < best[end] {
                 best[end] = cost;
                 cut[end] = start;
@@ -73,49 +74,60 @@ pub fn plan(units: &[Unit], max_rows: usize) -> (Vec<usize>, Vec<Range<usize>>) 
     (order, runs)
 }
 
+/// Positions of `tokens` packed into rows of `width`: a lower bound that first-fit decreasing
+/// meets or nearly meets.
+fn packed(tokens: usize, width: usize) -> usize {
+    tokens.div_ceil(width) * width
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(prompt: usize, completion: usize) -> Unit {
-        Unit { rows: 1, prompt, completion }
+    fn row(len: usize) -> Unit {
+        Unit { rows: 1, tokens: len, longest: len }
     }
 
-    fn padded(units: &[Unit], order: &[usize], runs: &[Range<usize>]) -> usize {
-        runs.iter()
-            .map(|r| {
-                let us: Vec<Unit> = order[r.clone()].iter().map(|&i| units[i]).collect();
-                let rows: usize = us.iter().map(|u| u.rows).sum();
-                rows * (us.iter().map(|u| u.prompt).max().unwrap()
-                    + us.iter().map(|u| u.completion).max().unwrap())
-            })
-            .sum()
+    fn lens(units: &[Unit], order: &[usize], run: &Range<usize>) -> Vec<usize> {
+        order[run.clone()].iter().map(|&i| units[i].longest).collect()
     }
 
     #[test]
     fn equal_lengths_stay_one_micro_batch() {
-        let units = vec![row(32, 32); 64];
+        let units = vec![row(64); 64];
         let (order, runs) = plan(&units, 64);
         assert_eq!(runs, vec![0..64]);
         assert_eq!(order, (0..64).collect::<Vec<_>>());
     }
 
     #[test]
-    fn short_and_long_completions_go_to_separate_micro_batches() {
-        // 32 rows that stopped after 2 tokens and 32 that ran to 200: one pass would pad all 64
-        // to 200; two passes save 32 x 198 positions, far more than one pass costs.
-        let units: Vec<Unit> = (0..64).map(|i| row(8, if i % 2 == 0 { 2 } else { 200 })).collect();
-        let (order, runs) = plan(&units, 64);
+    fn short_and_long_sequences_share_one_packed_pass() {
+        // 32 rows that stopped after 2 tokens and 32 that ran to 200: packed, the short ones fill
+        // two rows of 208, which costs less than a second pass.
+        let units: Vec<Unit> = (0..64).map(|i| row(if i % 2 == 0 { 10 } else { 208 })).collect();
+        let (_, runs) = plan(&units, 64);
+        assert_eq!(runs, vec![0..64]);
+    }
+
+    #[test]
+    fn a_pass_of_its_own_when_rounding_to_the_longest_row_wastes_more_than_a_pass_costs() {
+        // One pass: 2100 tokens in rows of 1000 is 3000 positions. Cut after the longest: 1000,
+        // then 1100 tokens in rows of 600 is 1200; 2200 + one more pass is cheaper.
+        let units = vec![row(600), row(1000), row(500)];
+        let (order, runs) = plan(&units, 8);
         assert_eq!(runs.len(), 2, "{runs:?}");
-        assert!(order[runs[0].clone()].iter().all(|&i| units[i].completion == 200));
-        assert!(order[runs[1].clone()].iter().all(|&i| units[i].completion == 2));
-        assert_eq!(padded(&units, &order, &runs), 32 * 208 + 32 * 10);
+        assert_eq!(lens(&units, &order, &runs[0]), vec![1000]);
+        assert_eq!(lens(&units, &order, &runs[1]), vec![600, 500]);
     }
 
     #[test]
     fn the_row_cap_holds_and_every_unit_is_taken_once() {
-        let units: Vec<Unit> =
-            (0..50).map(|i| Unit { rows: 4, prompt: 5 + i % 7, completion: (i * 37) % 61 }).collect();
+        let units: Vec<Unit> = (0..50)
+            .map(|i| {
+                let longest = 5 + i % 7 + (i * 37) % 61;
+                Unit { rows: 4, tokens: 4 * longest - i % 3, longest }
+            })
+            .collect();
         let (order, runs) = plan(&units, 12);
         let mut seen = order.clone();
         seen.sort_unstable();
@@ -133,8 +145,7 @@ mod tests {
 
     #[test]
     fn a_unit_larger_than_the_cap_gets_a_run_of_its_own() {
-        let units =
-            vec![Unit { rows: 8, prompt: 4, completion: 4 }, Unit { rows: 8, prompt: 4, completion: 4 }];
+        let units = vec![Unit { rows: 8, tokens: 64, longest: 8 }, Unit { rows: 8, tokens: 64, longest: 8 }];
         let (_, runs) = plan(&units, 4);
         assert_eq!(runs, vec![0..1, 1..2]);
     }

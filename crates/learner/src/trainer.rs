@@ -7,7 +7,7 @@
 //! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
 //! nothing when unused; every number the metrics report must come from the step itself.
 //! *Solution.* GRPO advantages are computed on the host for the whole batch first, so its rows
-//! can be cut into micro-batches by length ([`crate::batching`], less padding); TB's micro-batches
+//! can be cut into micro-batches freely ([`crate::batching`]; the scorer packs each); TB's micro-batches
 //! hold whole groups (its `log Z` is per group). Each micro-batch's loss is normalised by the
 //! *batch's* row count, token count and longest completion ([`reduce_partial`]), so the summed
 //! gradients are the gradient of the batch loss, however the batch is cut.
@@ -90,11 +90,9 @@ struct Micro<'a> {
 }
 
 impl Micro<'_> {
-    /// Positions the scorer computes: every row padded to the longest prompt plus the longest
-    /// completion.
+    /// Positions the scorer computes: the sequences packed into rows of the longest.
     fn positions(&self) -> usize {
-        let prompt = self.rows.iter().map(|r| r.sample.prompt_tokens.len()).max().unwrap_or(0);
-        self.rows.len() * (prompt + self.width)
+        sluice_model::batch::pack(&self.rows.iter().map(|r| seq_len(r.sample)).collect::<Vec<_>>()).positions()
     }
 }
 
@@ -411,13 +409,18 @@ fn model_tokens(s: &Sample) -> usize {
     s.loss_mask.iter().filter(|&&m| m != 0).count()
 }
 
+/// Tokens of a sample's sequence as the scorer lays it out (prompt, then completion).
+fn seq_len(s: &Sample) -> usize {
+    s.prompt_tokens.len() + s.completion_tokens.len()
+}
+
 fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {
     rows.iter()
         .map(|r| ScoreRow { prompt: &r.sample.prompt_tokens, completion: &r.sample.completion_tokens })
         .collect()
 }
 
-/// The rows reordered and cut into micro-batches by length ([`crate::batching`]): single rows
+/// The rows reordered and cut into micro-batches ([`crate::batching`]): single rows
 /// for GRPO (advantages are already computed), whole groups for TB (its `log Z` is per group).
 fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
     let unit_rows = match cfg.algorithm {
@@ -429,8 +432,8 @@ fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Ve
         .iter()
         .map(|u| Unit {
             rows: u.len(),
-            prompt: u.iter().map(|r| r.sample.prompt_tokens.len()).max().unwrap_or(0),
-            completion: u.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0),
+            tokens: u.iter().map(|r| seq_len(r.sample)).sum(),
+            longest: u.iter().map(|r| seq_len(r.sample)).max().unwrap_or(0),
         })
         .collect();
     let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size);
@@ -439,7 +442,7 @@ fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Ve
     (ordered, runs)
 }
 
-/// The padded host inputs of a micro-batch (width = its longest completion, as the scorer pads).
+/// The host inputs of a micro-batch, `[rows, width]` (width = its longest completion, as the scorer returns them).
 fn micro<'a>(rows: &'a [Row<'a>]) -> Micro<'a> {
     let width = rows.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0).max(1);
     let mut loss_mask = Vec::with_capacity(rows.len() * width);

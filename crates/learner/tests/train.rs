@@ -169,8 +169,9 @@ fn micro_batches_give_the_same_update_as_one_pass_for_every_reduction() {
 }
 
 #[test]
-fn a_batch_of_short_and_long_completions_is_cut_by_length_without_changing_the_update() {
-    // Half the rows stop after 2 tokens, half run to 40: one pass would pad all 16 rows to 40.
+fn a_batch_of_short_and_long_completions_is_packed_without_changing_the_update() {
+    // Half the rows stop after 2 tokens, half run to 40 (sequences of 4 and 42): padded to one
+    // width, 16 rows would be 16 x 42 positions; packed, the 8 short ones share one row.
     let long = |k: u32| (0..40).map(|j| 3 + (j * 7 + k) % 13).collect::<Vec<u32>>();
     let groups: Vec<Group> =
         (0..4).map(|i| group_of(i, 0, false, [vec![5, 6], long(1), vec![12, 13], long(2)])).collect();
@@ -186,19 +187,16 @@ fn a_batch_of_short_and_long_completions_is_cut_by_length_without_changing_the_u
         let (whole, s0) = run(0);
         let (per_group, s1) = run(1);
         let passes = |s: &sluice_learner::StepStats| s.get(metrics::MICRO_BATCHES).unwrap();
-        let positions = s0.get(metrics::POSITIONS).unwrap();
-        match algorithm {
-            // Rows: the 8 long ones in one pass, the 8 short ones in another.
-            Algorithm::Grpo => {
-                assert_eq!(passes(&s0), 2.0);
-                assert_eq!(positions, (8 * (2 + 40) + 8 * (2 + 2)) as f64);
-            }
-            // Whole groups (TB's log Z is per group) are all alike: one pass.
-            Algorithm::Tb => {
-                assert_eq!(passes(&s0), 1.0);
-                assert_eq!(positions, (16 * (2 + 40)) as f64);
-            }
-        }
+        // One pass: the 8 long sequences a row each, the 8 short ones together in a ninth.
+        assert_eq!(passes(&s0), 1.0, "{algorithm:?}");
+        assert_eq!(s0.get(metrics::POSITIONS).unwrap(), (9 * 42) as f64, "{algorithm:?}");
+        // At most 4 rows a pass: GRPO cuts rows, longest first (2 passes of 4 long rows, 2 of 4
+        // short ones in rows of 4); TB whole groups (2 long rows and the 2 short ones in a third).
+        let cut = match algorithm {
+            Algorithm::Grpo => 2 * 4 * 42 + 2 * 4 * 4,
+            Algorithm::Tb => 4 * 3 * 42,
+        };
+        assert_eq!(s1.get(metrics::POSITIONS).unwrap(), cut as f64, "{algorithm:?}");
         assert_eq!(
             passes(&s1),
             4.0,

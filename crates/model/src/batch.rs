@@ -1,10 +1,15 @@
-//! How a ragged batch is laid out for one forward call: positions, rotary tables, attention mask.
+//! How a batch is laid out for one forward call: positions, rotary tables, attention mask.
 //!
-//! Both the sampler and the scorer lay a batch out as `[left padding | prompt | completion | right
-//! padding]`, with each row's positions counted from its own first real token. A query sees a key
-//! iff the key is not after it and the key is a real token; every query also sees itself, so a
-//! padding row never takes a softmax over nothing. Masked keys contribute exactly zero, so a row
-//! computes what it would compute alone.
+//! Two layouts share one [`ForwardCtx`]:
+//! - the sampler's: one sequence per row, left-padded (`[left padding | prompt | new tokens]`),
+//!   with a key-padding mask ([`forward_ctx`]), so decoding appends one column to every row;
+//! - the scorer's: whole sequences packed into rows as wide as the longest ([`pack`]), each with
+//!   its own positions from 0 and a block-diagonal causal mask ([`packed_ctx`]), so a ragged batch
+//!   computes its real tokens and almost no padding.
+//!
+//! In both, a query sees a key iff the key belongs to its sequence and is not after it; every
+//! query also sees itself, so a padding column never takes a softmax over nothing. Masked keys
+//! contribute exactly zero, so a sequence computes what it would compute alone.
 
 use burn::prelude::*;
 
@@ -25,8 +30,84 @@ pub fn forward_ctx<B: Backend>(
     device: &B::Device,
 ) -> ForwardCtx<B> {
     let total = past + seq;
-    debug_assert_eq!(positions.len(), batch * seq);
     debug_assert_eq!(key_valid.len(), batch * total);
+    ctx(cfg, batch, seq, total, positions, device, |b, i, j| {
+        let q = past + i;
+        j != q && (j > q || !key_valid[b * total + j])
+    })
+}
+
+/// Sequences packed into rows: each sequence whole in one row, at an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packing {
+    /// The row width: the longest sequence.
+    pub width: usize,
+    /// Rows used.
+    pub rows: usize,
+    /// `(row, offset)` of each sequence, in input order.
+    pub slots: Vec<(usize, usize)>,
+}
+
+impl Packing {
+    /// Positions a forward over the packed rows computes (`rows * width`).
+    pub fn positions(&self) -> usize {
+        self.rows * self.width
+    }
+}
+
+/// Packs sequences of lengths `lens` into rows as wide as the longest: longest first, each into
+/// the first row with room (first-fit decreasing; ties in input order, so the layout is a function
+/// of the lengths).
+pub fn pack(lens: &[usize]) -> Packing {
+    let width = lens.iter().copied().max().unwrap_or(0).max(1);
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut used: Vec<usize> = Vec::new();
+    let mut slots = vec![(0, 0); lens.len()];
+    for i in order {
+        let row = match used.iter().position(|&u| u + lens[i] <= width) {
+            Some(r) => r,
+            None => {
+                used.push(0);
+                used.len() - 1
+            }
+        };
+        slots[i] = (row, used[row]);
+        used[row] += lens[i];
+    }
+    Packing { width, rows: used.len(), slots }
+}
+
+/// Builds the [`ForwardCtx`] of a packed batch without a cache: `segment` names, for each of the
+/// `batch * seq` columns, the sequence it holds (`None` for padding), and `positions` its rotary
+/// position within that sequence.
+pub fn packed_ctx<B: Backend>(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    positions: &[usize],
+    segment: &[Option<u32>],
+    device: &B::Device,
+) -> ForwardCtx<B> {
+    debug_assert_eq!(segment.len(), batch * seq);
+    ctx(cfg, batch, seq, seq, positions, device, |b, i, j| {
+        let s = &segment[b * seq..(b + 1) * seq];
+        j != i && (j > i || s[i].is_none() || s[j] != s[i])
+    })
+}
+
+/// The rotary tables of `positions` and the mask `masked(row, query, key)` over `total` keys, in
+/// the layout attention consumes.
+fn ctx<B: Backend>(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    total: usize,
+    positions: &[usize],
+    device: &B::Device,
+    masked: impl Fn(usize, usize, usize) -> bool,
+) -> ForwardCtx<B> {
+    debug_assert_eq!(positions.len(), batch * seq);
     let (cos, sin) = rope_tables(cfg, positions);
     let hd = cfg.head_dim;
     let cos = Tensor::<B, 4>::from_data(TensorData::new(cos, [batch, seq, 1, hd]), device);
@@ -36,11 +117,9 @@ pub fn forward_ctx<B: Backend>(
     let mut mask = Vec::with_capacity(batch * kv * rep * seq * total);
     let mut tile = Vec::with_capacity(seq * total);
     for b in 0..batch {
-        let valid = &key_valid[b * total..(b + 1) * total];
         tile.clear();
         for i in 0..seq {
-            let q = past + i;
-            tile.extend((0..total).map(|j| j != q && (j > q || !valid[j])));
+            tile.extend((0..total).map(|j| masked(b, i, j)));
         }
         for _ in 0..kv * rep {
             mask.extend_from_slice(&tile);
@@ -69,4 +148,31 @@ fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_puts_the_longest_first_and_each_into_the_first_row_with_room() {
+        let p = pack(&[5, 3, 2, 5, 1]);
+        assert_eq!(p.width, 5);
+        // Rows: [5], [5], [3, 2], [1].
+        assert_eq!(p.slots, vec![(0, 0), (2, 0), (2, 3), (1, 0), (3, 0)]);
+        assert_eq!((p.rows, p.positions()), (4, 20));
+        // No two sequences overlap and each fits in its row.
+        let lens = [7, 1, 4, 3, 3, 6, 2, 2, 5];
+        let p = pack(&lens);
+        let mut cells = vec![false; p.positions()];
+        for (&(row, offset), &len) in p.slots.iter().zip(&lens) {
+            assert!(offset + len <= p.width);
+            for k in 0..len {
+                let cell = &mut cells[row * p.width + offset + k];
+                assert!(!*cell, "overlap at row {row}");
+                *cell = true;
+            }
+        }
+        assert_eq!(p.rows, 5, "33 tokens in rows of 7");
+    }
 }

@@ -1,15 +1,17 @@
 //! Per-token log-probs (and entropies) of completions given prompts — the learner's forward.
 //!
-//! The batch is laid out as the sampler lays it out (prompts left-padded to a common width `P`,
-//! completions right-padded to `C`), so every completion starts at column `P` and the completion
-//! logits are one slice of the hidden states: no gather over ragged offsets, and the `[.., vocab]`
-//! projection is paid only for completion positions. On an autodiff backend the result is
-//! differentiable with respect to the weights.
+//! Each row's sequence (prompt, then completion) is packed whole into rows as wide as the
+//! longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal causal
+//! mask, so an RL batch whose completions run from a few tokens to the generation limit computes
+//! its real tokens rather than `rows x (longest prompt + longest completion)`. The hidden states
+//! that predict completion tokens are gathered into `[batch, C]` (`C` the longest completion), so
+//! the `[.., vocab]` projection is paid only for completion positions. On an autodiff backend the
+//! result is differentiable with respect to the weights.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::batch::forward_ctx;
+use crate::batch::{pack, packed_ctx};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 
@@ -56,31 +58,36 @@ pub fn score<B: Backend>(
         }
     }
     let b = rows.len();
-    let p = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
-    let width = p + c;
-    let mut tokens = Vec::with_capacity(b * width);
-    let mut positions = Vec::with_capacity(b * width);
-    let mut valid = Vec::with_capacity(b * width);
+    let packing = pack(&rows.iter().map(|r| r.prompt.len() + r.completion.len()).collect::<Vec<_>>());
+    let (n, w) = (packing.rows, packing.width);
+    let mut tokens = vec![0i64; n * w];
+    let mut positions = vec![0usize; n * w];
+    let mut segment = vec![None; n * w];
+    // For each output cell (row i, completion column j): the packed column whose hidden state
+    // predicts completion token j, i.e. the one just before it; padding cells reuse column 0's.
+    let mut at = Vec::with_capacity(b * c);
     let mut targets = Vec::with_capacity(b * c);
     let mut mask = Vec::with_capacity(b * c);
-    for r in rows {
-        let pad = p - r.prompt.len();
-        let end = p + r.completion.len();
-        tokens.extend(std::iter::repeat_n(0i64, pad));
-        tokens.extend(r.prompt.iter().chain(r.completion).map(|&t| t as i64));
-        tokens.extend(std::iter::repeat_n(0i64, width - end));
-        positions.extend((0..width).map(|j| j.saturating_sub(pad)));
-        valid.extend((0..width).map(|j| j >= pad && j < end));
+    for (i, (r, &(row, offset))) in rows.iter().zip(&packing.slots).enumerate() {
+        let start = row * w + offset;
+        for (k, &t) in r.prompt.iter().chain(r.completion).enumerate() {
+            tokens[start + k] = t as i64;
+            positions[start + k] = k;
+            segment[start + k] = Some(i as u32);
+        }
+        let first = start + r.prompt.len() - 1;
+        let len = r.completion.len();
+        at.extend((0..c).map(|j| (first + if j < len { j } else { 0 }) as i64));
         targets.extend((0..c).map(|j| r.completion.get(j).map_or(0, |&t| t as i64)));
-        mask.extend((0..c).map(|j| if j < r.completion.len() { 1.0f32 } else { 0.0 }));
+        mask.extend((0..c).map(|j| if j < len { 1.0f32 } else { 0.0 }));
     }
     let device = model.device();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, width]), &device);
-    let ctx = forward_ctx::<B>(cfg, b, width, 0, &positions, &valid, &device);
-    let hidden = model.forward_hidden(tokens, &ctx, None);
-    // The token at column P + j is predicted by the hidden state at column P + j - 1.
-    let hidden = hidden.slice([0..b, p - 1..p - 1 + c]);
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, w]), &device);
+    let ctx = packed_ctx::<B>(cfg, n, w, &positions, &segment, &device);
+    let hidden = model.forward_hidden(tokens, &ctx, None).reshape([n * w, cfg.hidden_size]);
+    let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [b * c]), &device);
+    let hidden = hidden.select(0, at).reshape([b, c, cfg.hidden_size]);
     let t = if temperature > 0.0 { temperature } else { 1.0 };
     let logits = model.logits(hidden) / t;
     let logp = log_softmax(logits, 2);

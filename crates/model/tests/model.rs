@@ -183,6 +183,39 @@ fn sampler_and_scorer_logprobs_agree() {
 }
 
 #[test]
+fn packed_scoring_equals_scoring_each_row_alone() {
+    // Lengths from 2 to 14 tokens: the scorer packs several sequences into a row; each must see
+    // only itself (its own positions from 0, its own keys).
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let model = load::<Cpu>(name);
+        let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..9u32)
+            .map(|i| {
+                let prompt = (0..1 + i % 4).map(|k| 3 + (i * 7 + k * 5) % 60).collect();
+                let completion = (0..1 + (i * 5) % 11).map(|k| 4 + (i * 3 + k * 11) % 60).collect();
+                (prompt, completion)
+            })
+            .collect();
+        let rows: Vec<ScoreRow> = seqs.iter().map(|(p, c)| ScoreRow { prompt: p, completion: c }).collect();
+        let packed = sluice_model::batch::pack(&seqs.iter().map(|(p, c)| p.len() + c.len()).collect::<Vec<_>>());
+        assert!(packed.rows < rows.len(), "the test must pack several sequences into a row");
+        let s = score(&model, &rows, 0.8, true).unwrap();
+        let c = s.lengths.iter().copied().max().unwrap();
+        let lp = s.logprobs.into_data().into_vec::<f32>().unwrap();
+        let ent = s.entropy.unwrap().into_data().into_vec::<f32>().unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let alone = score(&model, &[*row], 0.8, true).unwrap();
+            let alp = alone.logprobs.into_data().into_vec::<f32>().unwrap();
+            let aent = alone.entropy.unwrap().into_data().into_vec::<f32>().unwrap();
+            for j in 0..c {
+                let (want, want_ent) = if j < row.completion.len() { (alp[j], aent[j]) } else { (0.0, 0.0) };
+                assert!((lp[i * c + j] - want).abs() < 1e-5, "{name} row {i} col {j}: {} vs {want}", lp[i * c + j]);
+                assert!((ent[i * c + j] - want_ent).abs() < 1e-5, "{name} row {i} col {j}: entropy");
+            }
+        }
+    }
+}
+
+#[test]
 fn scorer_is_differentiable() {
     let model = load::<CpuAutodiff>("tiny-qwen2");
     let rows = [
