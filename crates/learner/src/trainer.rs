@@ -92,7 +92,8 @@ struct Micro<'a> {
 impl Micro<'_> {
     /// Positions the scorer computes: the sequences packed into rows of the longest.
     fn positions(&self) -> usize {
-        sluice_model::batch::pack(&self.rows.iter().map(|r| seq_len(r.sample)).collect::<Vec<_>>()).positions()
+        sluice_model::batch::pack(&self.rows.iter().map(|r| seq_len(r.sample)).collect::<Vec<_>>())
+            .positions()
     }
 }
 

@@ -196,7 +196,8 @@ fn packed_scoring_equals_scoring_each_row_alone() {
             })
             .collect();
         let rows: Vec<ScoreRow> = seqs.iter().map(|(p, c)| ScoreRow { prompt: p, completion: c }).collect();
-        let packed = sluice_model::batch::pack(&seqs.iter().map(|(p, c)| p.len() + c.len()).collect::<Vec<_>>());
+        let packed =
+            sluice_model::batch::pack(&seqs.iter().map(|(p, c)| p.len() + c.len()).collect::<Vec<_>>());
         assert!(packed.rows < rows.len(), "the test must pack several sequences into a row");
         let s = score(&model, &rows, 0.8, true).unwrap();
         let c = s.lengths.iter().copied().max().unwrap();
@@ -208,7 +209,11 @@ fn packed_scoring_equals_scoring_each_row_alone() {
             let aent = alone.entropy.unwrap().into_data().into_vec::<f32>().unwrap();
             for j in 0..c {
                 let (want, want_ent) = if j < row.completion.len() { (alp[j], aent[j]) } else { (0.0, 0.0) };
-                assert!((lp[i * c + j] - want).abs() < 1e-5, "{name} row {i} col {j}: {} vs {want}", lp[i * c + j]);
+                assert!(
+                    (lp[i * c + j] - want).abs() < 1e-5,
+                    "{name} row {i} col {j}: {} vs {want}",
+                    lp[i * c + j]
+                );
                 assert!((ent[i * c + j] - want_ent).abs() < 1e-5, "{name} row {i} col {j}: entropy");
             }
         }
