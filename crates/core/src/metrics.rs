@@ -76,8 +76,8 @@ pub const TOKENS: &str = "data/tokens";
 /// Forward/backward passes the step's batch was cut into (by length, within
 /// `learner.micro_batch_groups`).
 pub const MICRO_BATCHES: &str = "data/micro_batches";
-/// Positions the step's forward passes computed (rows x padded width, summed over micro-batches):
-/// against `data/tokens`, what padding cost.
+/// Positions the step's forward passes computed (packed rows x their width, summed over
+/// micro-batches): against the batch's prompt and completion tokens, what padding cost.
 pub const POSITIONS: &str = "data/positions";
 /// Zero-variance groups dropped before the step (dynamic sampling), by the replay and here.
 pub const ZERO_VARIANCE_DROPPED: &str = "data/zero_variance_dropped";

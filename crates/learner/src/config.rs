@@ -140,9 +140,10 @@ pub struct LearnerConfig {
     pub group_size: usize,
     /// Groups per optimizer step.
     pub groups_per_step: usize,
-    /// At most this many groups' rows per forward/backward pass (a memory cap; 0: no cap). Within
-    /// it the batch is cut by length (`batching.rs`); gradients of a step's micro-batches are
-    /// summed before the update, which equals one pass over the whole batch.
+    /// At most this many groups' rows per forward/backward pass (a memory cap; 0: no cap). Each
+    /// pass packs its sequences (the scorer); within the cap the batch is cut where that saves
+    /// more than a pass costs (`batching.rs`). Gradients of a step's micro-batches are summed
+    /// before the update, which equals one pass over the whole batch.
     pub micro_batch_groups: usize,
     /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1).
     pub epochs: u32,

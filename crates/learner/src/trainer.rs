@@ -429,14 +429,8 @@ fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Ve
         Algorithm::Tb => cfg.group_size,
     };
     let chunks: Vec<&[Row<'a>]> = rows.chunks(unit_rows).collect();
-    let units: Vec<Unit> = chunks
-        .iter()
-        .map(|u| Unit {
-            rows: u.len(),
-            tokens: u.iter().map(|r| seq_len(r.sample)).sum(),
-            longest: u.iter().map(|r| seq_len(r.sample)).max().unwrap_or(0),
-        })
-        .collect();
+    let units: Vec<Unit> =
+        chunks.iter().map(|u| Unit::new(u.iter().map(|r| seq_len(r.sample)).collect())).collect();
     let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size);
     let ordered = order.iter().flat_map(|&u| chunks[u].iter().copied()).collect();
     let runs = runs.into_iter().map(|r| r.start * unit_rows..r.end * unit_rows).collect();
