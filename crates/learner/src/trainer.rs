@@ -7,10 +7,10 @@
 //! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
 //! nothing when unused; every number the metrics report must come from the step itself.
 //! *Solution.* GRPO advantages are computed on the host for the whole batch first, so its rows
-//! can be cut into micro-batches freely ([`crate::batching`]; the scorer packs each); TB's micro-batches
-//! hold whole groups (its `log Z` is per group). Each micro-batch's loss is normalised by the
-//! *batch's* row count, token count and longest completion ([`reduce_partial`]), so the summed
-//! gradients are the gradient of the batch loss, however the batch is cut.
+//! can be cut into micro-batches freely ([`crate::batching`]; the scorer packs each); TB's
+//! micro-batches hold whole groups (its `log Z` is per group). Each micro-batch's loss is
+//! normalised by the *batch's* row count, token count and longest completion ([`reduce_partial`]),
+//! so the summed gradients are the gradient of the batch loss, however the batch is cut.
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
 //! the detached log-probs of the same forward (the current weights before the update, exactly);
 //! with `epochs > 1` they are computed once, before the first update, by a forward without
@@ -437,7 +437,8 @@ fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Ve
     (ordered, runs)
 }
 
-/// The host inputs of a micro-batch, `[rows, width]` (width = its longest completion, as the scorer returns them).
+/// The host inputs of a micro-batch, `[rows, width]` (width = its longest completion, the shape
+/// the scorer returns).
 fn micro<'a>(rows: &'a [Row<'a>]) -> Micro<'a> {
     let width = rows.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0).max(1);
     let mut loss_mask = Vec::with_capacity(rows.len() * width);
