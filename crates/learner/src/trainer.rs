@@ -89,14 +89,6 @@ struct Micro<'a> {
     proximal: Option<Vec<f32>>,
 }
 
-impl Micro<'_> {
-    /// Positions the scorer computes: the sequences packed into rows of the longest.
-    fn positions(&self) -> usize {
-        sluice_model::batch::pack(&self.rows.iter().map(|r| seq_len(r.sample)).collect::<Vec<_>>())
-            .positions()
-    }
-}
-
 impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer for `model` at the version the optimizer has counted (`optimizer.step`).
     ///
@@ -163,7 +155,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (ordered, runs) = micro_batches(&rows, cfg);
         let mut micros: Vec<Micro<'_>> = runs.into_iter().map(|r| micro(&ordered[r])).collect();
         stats.set(metrics::MICRO_BATCHES, micros.len() as f64);
-        stats.set(metrics::POSITIONS, micros.iter().map(Micro::positions).sum::<usize>() as f64);
         let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
         for m in &mut micros {
             if let Some(reference) = &self.reference {
@@ -281,6 +272,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let c = m.width;
         let t2 = |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [b, c]), &device);
         let scored = score(model, &score_rows(m.rows), cfg.temperature, cfg.log_entropy)?;
+        stats.add(metrics::POSITIONS, scored.positions as f64);
         let logp = scored.logprobs;
         let lm = t2(&m.loss_mask);
         let behavior = t2(&m.behavior);

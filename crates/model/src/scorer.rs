@@ -26,6 +26,8 @@ pub struct Scores<B: Backend> {
     pub mask: Tensor<B, 2>,
     /// Completion lengths.
     pub lengths: Vec<usize>,
+    /// Positions the forward computed: the packed rows times their width.
+    pub positions: usize,
 }
 
 /// One row to score.
@@ -98,5 +100,11 @@ pub fn score<B: Backend>(
         let ent = (logp.clone().exp() * logp).sum_dim(2).neg().reshape([b, c]);
         ent * mask.clone()
     });
-    Ok(Scores { logprobs, entropy, mask, lengths: rows.iter().map(|r| r.completion.len()).collect() })
+    Ok(Scores {
+        logprobs,
+        entropy,
+        mask,
+        lengths: rows.iter().map(|r| r.completion.len()).collect(),
+        positions: packing.positions(),
+    })
 }
