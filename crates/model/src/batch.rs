@@ -4,12 +4,14 @@
 //! - the sampler's: one sequence per row, left-padded (`[left padding | prompt | new tokens]`),
 //!   with a key-padding mask ([`forward_ctx`]), so decoding appends one column to every row;
 //! - the scorer's: whole sequences packed into rows as wide as the longest ([`pack`]), each with
-//!   its own positions from 0 and a block-diagonal causal mask ([`packed_ctx`]), so a ragged batch
-//!   computes its real tokens and almost no padding.
+//!   its own positions and a block-diagonal causal mask ([`packed_ctx`]), so a ragged batch
+//!   computes its real tokens and almost no padding; sequences with the same prompt (a GRPO
+//!   group's) share one copy of it, so the prompt is computed once rather than once per sample.
 //!
-//! In both, a query sees a key iff the key belongs to its sequence and is not after it; every
-//! query also sees itself, so a padding column never takes a softmax over nothing. Masked keys
-//! contribute exactly zero, so a sequence computes what it would compute alone.
+//! In both, a query sees a key iff the key belongs to its sequence (for a completion, its prompt
+//! too) and is not after it; every query also sees itself, so a padding column never takes a
+//! softmax over nothing. Masked keys contribute exactly zero, so a sequence computes what it
+//! would compute alone.
 
 use burn::prelude::*;
 
@@ -37,15 +39,64 @@ pub fn forward_ctx<B: Backend>(
     })
 }
 
-/// Sequences packed into rows: each sequence whole in one row, at an offset.
+/// What one column of a packed row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// Nothing: it sees only itself.
+    Pad,
+    /// A token of the prompt that unit `unit` holds once for all of its completions.
+    Prompt {
+        /// The unit.
+        unit: u32,
+    },
+    /// A token of sequence `seq`'s completion, after its prompt in unit `unit`.
+    Completion {
+        /// The unit.
+        unit: u32,
+        /// The sequence (index in the input).
+        seq: u32,
+    },
+}
+
+impl Cell {
+    /// Whether a query in this cell may attend to a key in `key`, an earlier column of the same
+    /// row: a prompt sees its unit's prompt; a completion sees its unit's prompt and itself.
+    fn sees(self, key: Cell) -> bool {
+        match (self, key) {
+            (Cell::Prompt { unit: u } | Cell::Completion { unit: u, .. }, Cell::Prompt { unit: v }) => u == v,
+            (Cell::Completion { unit: u, seq: s }, Cell::Completion { unit: v, seq: t }) => u == v && s == t,
+            _ => false,
+        }
+    }
+}
+
+/// Where one sequence lies in a [`Packing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The packed row.
+    pub row: usize,
+    /// Column of its prompt's first token (shared with the other sequences of its unit).
+    pub prompt: usize,
+    /// Column of its completion's first token.
+    pub completion: usize,
+}
+
+/// Sequences packed into rows, those with the same prompt sharing one copy of it.
+///
+/// A *unit* is a prompt followed by completions of sequences that share it, as many as fit in a
+/// row; units are packed into rows as wide as the longest sequence. Each completion's positions
+/// continue from its prompt's, and it attends to the prompt and to itself only, so it computes
+/// what its sequence alone computes, while the prompt's tokens are computed once per unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packing {
     /// The row width: the longest sequence.
     pub width: usize,
     /// Rows used.
     pub rows: usize,
-    /// `(row, offset)` of each sequence, in input order.
-    pub slots: Vec<(usize, usize)>,
+    /// Each sequence's place, in input order.
+    pub slots: Vec<Slot>,
+    /// Each column's content, `rows * width`, row-major.
+    pub cells: Vec<Cell>,
 }
 
 impl Packing {
@@ -55,44 +106,89 @@ impl Packing {
     }
 }
 
-/// Packs sequences of lengths `lens` into rows as wide as the longest: longest first, each into
-/// the first row with room (first-fit decreasing; ties in input order, so the layout is a function
-/// of the lengths).
-pub fn pack(lens: &[usize]) -> Packing {
-    let width = lens.iter().copied().max().unwrap_or(0).max(1);
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+/// Packs sequences (`prompts[i]` then `completion_lens[i]` tokens) into rows as wide as the
+/// longest. Sequences with equal prompts are grouped; each group's completions go, longest first,
+/// into the first unit with room (a unit holds the prompt once and at most a row's width); units
+/// go, longest first, into the first row with room (first-fit decreasing both times; ties in input
+/// order, so the layout is a function of the input).
+pub fn pack(prompts: &[&[u32]], completion_lens: &[usize]) -> Packing {
+    assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
+    let width = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_prompt = std::collections::HashMap::<&[u32], usize>::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let g = *by_prompt.entry(p).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    // Units: (length, sequences), each a prompt and the completions that fit after it.
+    let mut units: Vec<(usize, Vec<usize>)> = Vec::new();
+    for mut members in groups {
+        let p = prompts[members[0]].len();
+        members.sort_by_key(|&i| std::cmp::Reverse(completion_lens[i]));
+        let first = units.len();
+        for i in members {
+            let c = completion_lens[i];
+            match units[first..].iter_mut().find(|(len, _)| len + c <= width) {
+                Some((len, seqs)) => {
+                    *len += c;
+                    seqs.push(i);
+                }
+                None => units.push((p + c, vec![i])),
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by_key(|&u| std::cmp::Reverse(units[u].0));
     let mut used: Vec<usize> = Vec::new();
-    let mut slots = vec![(0, 0); lens.len()];
-    for i in order {
-        let row = match used.iter().position(|&u| u + lens[i] <= width) {
+    let mut placed = vec![(0, 0); units.len()];
+    for u in order {
+        let len = units[u].0;
+        let row = match used.iter().position(|&w| w + len <= width) {
             Some(r) => r,
             None => {
                 used.push(0);
                 used.len() - 1
             }
         };
-        slots[i] = (row, used[row]);
-        used[row] += lens[i];
+        placed[u] = (row, used[row]);
+        used[row] += len;
     }
-    Packing { width, rows: used.len(), slots }
+    let rows = used.len();
+    let mut cells = vec![Cell::Pad; rows * width];
+    let mut slots = vec![Slot { row: 0, prompt: 0, completion: 0 }; prompts.len()];
+    for (u, ((_, seqs), &(row, offset))) in units.iter().zip(&placed).enumerate() {
+        let unit = u as u32;
+        let p = prompts[seqs[0]].len();
+        let at = row * width + offset;
+        cells[at..at + p].fill(Cell::Prompt { unit });
+        let mut next = offset + p;
+        for &i in seqs {
+            let c = completion_lens[i];
+            cells[row * width + next..row * width + next + c].fill(Cell::Completion { unit, seq: i as u32 });
+            slots[i] = Slot { row, prompt: offset, completion: next };
+            next += c;
+        }
+    }
+    Packing { width, rows, slots, cells }
 }
 
-/// Builds the [`ForwardCtx`] of a packed batch without a cache: `segment` names, for each of the
-/// `batch * seq` columns, the sequence it holds (`None` for padding), and `positions` its rotary
-/// position within that sequence.
+/// Builds the [`ForwardCtx`] of a packed batch without a cache: `cells` says what each of the
+/// `batch * seq` columns holds, and `positions` its rotary position within its sequence.
 pub fn packed_ctx<B: Backend>(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     positions: &[usize],
-    segment: &[Option<u32>],
+    cells: &[Cell],
     device: &B::Device,
 ) -> ForwardCtx<B> {
-    debug_assert_eq!(segment.len(), batch * seq);
+    debug_assert_eq!(cells.len(), batch * seq);
     ctx(cfg, batch, seq, seq, positions, device, |b, i, j| {
-        let s = &segment[b * seq..(b + 1) * seq];
-        j != i && (j > i || s[i].is_none() || s[j] != s[i])
+        let c = &cells[b * seq..(b + 1) * seq];
+        j != i && (j > i || !c[i].sees(c[j]))
     })
 }
 
@@ -154,25 +250,52 @@ fn rope_tables(cfg: &ModelConfig, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
 mod tests {
     use super::*;
 
+    /// Packs sequences with distinct prompts (one token each, so none shares).
+    fn pack_lens(lens: &[usize]) -> Packing {
+        let prompts: Vec<Vec<u32>> = (0..lens.len() as u32).map(|i| vec![i]).collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        pack(&refs, &lens.iter().map(|l| l - 1).collect::<Vec<_>>())
+    }
+
     #[test]
     fn pack_puts_the_longest_first_and_each_into_the_first_row_with_room() {
-        let p = pack(&[5, 3, 2, 5, 1]);
+        let p = pack_lens(&[5, 3, 2, 5, 1]);
         assert_eq!(p.width, 5);
         // Rows: [5], [5], [3, 2], [1].
-        assert_eq!(p.slots, vec![(0, 0), (2, 0), (2, 3), (1, 0), (3, 0)]);
+        let starts: Vec<(usize, usize)> = p.slots.iter().map(|s| (s.row, s.prompt)).collect();
+        assert_eq!(starts, vec![(0, 0), (2, 0), (2, 3), (1, 0), (3, 0)]);
         assert_eq!((p.rows, p.positions()), (4, 20));
         // No two sequences overlap and each fits in its row.
         let lens = [7, 1, 4, 3, 3, 6, 2, 2, 5];
-        let p = pack(&lens);
-        let mut cells = vec![false; p.positions()];
-        for (&(row, offset), &len) in p.slots.iter().zip(&lens) {
-            assert!(offset + len <= p.width);
-            for k in 0..len {
-                let cell = &mut cells[row * p.width + offset + k];
-                assert!(!*cell, "overlap at row {row}");
-                *cell = true;
-            }
+        let p = pack_lens(&lens);
+        let filled = p.cells.iter().filter(|c| **c != Cell::Pad).count();
+        assert_eq!(filled, lens.iter().sum::<usize>(), "every token has a column of its own");
+        for (s, &len) in p.slots.iter().zip(&lens) {
+            assert!(s.prompt + len <= p.width);
         }
         assert_eq!(p.rows, 5, "33 tokens in rows of 7");
+    }
+
+    #[test]
+    fn sequences_with_one_prompt_share_it_as_far_as_a_row_holds() {
+        // Prompt [1, 2] with completions of 5, 3, 2 and 1 tokens, prompt [9] with one of 2: rows
+        // of 7 (the longest sequence) hold [1, 2 | 5], [1, 2 | 3, 2] and [1, 2 | 1 ; 9 | 2].
+        let (a, b): (&[u32], &[u32]) = (&[1, 2], &[9]);
+        let p = pack(&[a, a, b, a, a], &[3, 5, 2, 2, 1]);
+        assert_eq!((p.width, p.rows), (7, 3));
+        let cell = |row: usize, col: usize| p.cells[row * p.width + col];
+        assert_eq!(p.slots[1], Slot { row: 0, prompt: 0, completion: 2 });
+        assert_eq!(p.slots[0], Slot { row: 1, prompt: 0, completion: 2 });
+        assert_eq!(p.slots[3], Slot { row: 1, prompt: 0, completion: 5 });
+        assert_eq!(p.slots[4].completion, p.slots[4].prompt + 2);
+        assert_eq!(p.slots[2].completion, p.slots[2].prompt + 1);
+        assert_eq!(p.slots[2].row, p.slots[4].row);
+        // The second completion in a unit sees the prompt, not the first completion.
+        let (u, s3) = (cell(1, 0), cell(1, 5));
+        assert!(matches!(u, Cell::Prompt { .. }));
+        assert!(s3.sees(u) && s3.sees(cell(1, 1)));
+        assert!(!s3.sees(cell(1, 2)), "a completion must not see its unit-mate");
+        assert!(cell(1, 3).sees(cell(1, 2)));
+        assert_ne!(cell(0, 0), cell(1, 0), "each unit holds its own copy of the prompt");
     }
 }

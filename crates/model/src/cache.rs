@@ -30,7 +30,7 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Keeps only the given batch rows, in the given order.
+    /// Keeps only the given batch rows, in the given order (a row named twice is copied).
     pub fn retain_rows(&mut self, rows: &[usize], device: &B::Device) {
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), device);

@@ -1,7 +1,7 @@
 //! Batched generation with a KV cache.
 //!
-//! A [`Generator`] prefills a left-padded batch of prompts once, then decodes one token per row per
-//! [`Generator::step`]. Rows stop independently (stop token, stop string, length) and finished rows
+//! A [`Generator`] prefills a left-padded batch of prompts once (equal prompts, such as a GRPO
+//! group's, once for all their rows), then decodes one token per row per [`Generator::step`]. Rows stop independently (stop token, stop string, length) and finished rows
 //! are dropped from the cache so the batch only pays for live rows. The model is passed to every
 //! step, so a caller may swap in new weights between steps (partial rollouts); the cache keeps
 //! the keys/values the earlier weights computed, as AReaL's interruptible generation does.
@@ -150,20 +150,40 @@ impl<B: Backend> Generator<B> {
             .collect();
         let device = model.device();
         let b = prompts.len();
-        let mut tokens = Vec::with_capacity(b * width);
-        let mut positions = Vec::with_capacity(b * width);
-        let mut valid = Vec::with_capacity(b * width);
-        for (p, row) in prompts.iter().zip(&rows) {
-            tokens.extend(std::iter::repeat_n(0i64, row.pad).chain(p.iter().map(|&t| t as i64)));
-            positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
-            valid.extend((0..width).map(|j| j >= row.pad));
+        // Equal prompts (a group's samples) are prefilled once; their cache rows are then copied.
+        let mut distinct: Vec<usize> = Vec::new();
+        let mut first_of = std::collections::HashMap::<&[u32], usize>::new();
+        let source: Vec<usize> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                *first_of.entry(p.as_slice()).or_insert_with(|| {
+                    distinct.push(i);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let u = distinct.len();
+        let mut tokens = Vec::with_capacity(u * width);
+        let mut positions = Vec::with_capacity(u * width);
+        let mut valid = Vec::with_capacity(u * width);
+        for &i in &distinct {
+            let pad = rows[i].pad;
+            tokens.extend(std::iter::repeat_n(0i64, pad).chain(prompts[i].iter().map(|&t| t as i64)));
+            positions.extend((0..width).map(|j| j.saturating_sub(pad)));
+            valid.extend((0..width).map(|j| j >= pad));
         }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, width]), &device);
-        let ctx = forward_ctx::<B>(cfg, b, width, 0, &positions, &valid, &device);
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [u, width]), &device);
+        let ctx = forward_ctx::<B>(cfg, u, width, 0, &positions, &valid, &device);
         let mut cache = KvCache::new(cfg.num_layers);
         let hidden = model.forward_hidden(tokens, &ctx, Some(&mut cache));
-        let last = hidden.slice([0..b, width - 1..width]);
-        let next_logits = host_logits(model.logits(last));
+        let last = hidden.slice([0..u, width - 1..width]);
+        let mut next_logits = host_logits(model.logits(last));
+        if u < b {
+            cache.retain_rows(&source, &device);
+            next_logits =
+                source.iter().flat_map(|&d| &next_logits[d * vocab..(d + 1) * vocab]).copied().collect();
+        }
         let mut gen = Self {
             params: params.clone(),
             live: (0..b).collect(),

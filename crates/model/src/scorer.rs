@@ -3,7 +3,8 @@
 //! Each row's sequence (prompt, then completion) is packed whole into rows as wide as the
 //! longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal causal
 //! mask, so an RL batch whose completions run from a few tokens to the generation limit computes
-//! its real tokens rather than `rows x (longest prompt + longest completion)`. The hidden states
+//! its real tokens rather than `rows x (longest prompt + longest completion)`; rows with the same
+//! prompt (a group's samples) share one copy of it, so its tokens are computed once. The hidden states
 //! that predict completion tokens are gathered into `[batch, C]` (`C` the longest completion), so
 //! the `[.., vocab]` projection is paid only for completion positions. On an autodiff backend the
 //! result is differentiable with respect to the weights.
@@ -61,32 +62,38 @@ pub fn score<B: Backend>(
     }
     let b = rows.len();
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
-    let packing = pack(&rows.iter().map(|r| r.prompt.len() + r.completion.len()).collect::<Vec<_>>());
+    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
+    let packing = pack(&prompts, &rows.iter().map(|r| r.completion.len()).collect::<Vec<_>>());
     let (n, w) = (packing.rows, packing.width);
     let mut tokens = vec![0i64; n * w];
     let mut positions = vec![0usize; n * w];
-    let mut segment = vec![None; n * w];
     // For each output cell (row i, completion column j): the packed column whose hidden state
-    // predicts completion token j, i.e. the one just before it; padding cells reuse column 0's.
+    // predicts completion token j, i.e. the one just before it (the prompt's last for j = 0);
+    // padding cells reuse column 0's.
     let mut at = Vec::with_capacity(b * c);
     let mut targets = Vec::with_capacity(b * c);
     let mut mask = Vec::with_capacity(b * c);
-    for (i, (r, &(row, offset))) in rows.iter().zip(&packing.slots).enumerate() {
-        let start = row * w + offset;
-        for (k, &t) in r.prompt.iter().chain(r.completion).enumerate() {
-            tokens[start + k] = t as i64;
-            positions[start + k] = k;
-            segment[start + k] = Some(i as u32);
+    for (r, slot) in rows.iter().zip(&packing.slots) {
+        let (prompt, completion) = (slot.row * w + slot.prompt, slot.row * w + slot.completion);
+        // A shared prompt is written once per sequence that shares it: the same tokens each time.
+        for (k, &t) in r.prompt.iter().enumerate() {
+            tokens[prompt + k] = t as i64;
+            positions[prompt + k] = k;
         }
-        let first = start + r.prompt.len() - 1;
+        for (k, &t) in r.completion.iter().enumerate() {
+            tokens[completion + k] = t as i64;
+            positions[completion + k] = r.prompt.len() + k;
+        }
         let len = r.completion.len();
-        at.extend((0..c).map(|j| (first + if j < len { j } else { 0 }) as i64));
+        let before =
+            |j: usize| if j == 0 || j >= len { prompt + r.prompt.len() - 1 } else { completion + j - 1 };
+        at.extend((0..c).map(|j| before(j) as i64));
         targets.extend((0..c).map(|j| r.completion.get(j).map_or(0, |&t| t as i64)));
         mask.extend((0..c).map(|j| if j < len { 1.0f32 } else { 0.0 }));
     }
     let device = model.device();
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, w]), &device);
-    let ctx = packed_ctx::<B>(cfg, n, w, &positions, &segment, &device);
+    let ctx = packed_ctx::<B>(cfg, n, w, &positions, &packing.cells, &device);
     let hidden = model.forward_hidden(tokens, &ctx, None).reshape([n * w, cfg.hidden_size]);
     let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [b * c]), &device);
     let hidden = hidden.select(0, at).reshape([b, c, cfg.hidden_size]);

@@ -196,8 +196,7 @@ fn packed_scoring_equals_scoring_each_row_alone() {
             })
             .collect();
         let rows: Vec<ScoreRow> = seqs.iter().map(|(p, c)| ScoreRow { prompt: p, completion: c }).collect();
-        let packed =
-            sluice_model::batch::pack(&seqs.iter().map(|(p, c)| p.len() + c.len()).collect::<Vec<_>>());
+        let packed = pack_rows(&rows);
         assert!(packed.rows < rows.len(), "the test must pack several sequences into a row");
         let s = score(&model, &rows, 0.8, true).unwrap();
         let c = s.lengths.iter().copied().max().unwrap();
@@ -217,6 +216,62 @@ fn packed_scoring_equals_scoring_each_row_alone() {
                 assert!((ent[i * c + j] - want_ent).abs() < 1e-5, "{name} row {i} col {j}: entropy");
             }
         }
+    }
+}
+
+fn pack_rows(rows: &[ScoreRow<'_>]) -> sluice_model::batch::Packing {
+    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
+    sluice_model::batch::pack(&prompts, &rows.iter().map(|r| r.completion.len()).collect::<Vec<_>>())
+}
+
+#[test]
+fn rows_sharing_a_prompt_score_and_differentiate_as_each_alone() {
+    // Three prompts with four completions each (1 to 12 tokens) and two prompts of their own: the
+    // scorer computes each shared prompt once per unit; each completion must still see only its
+    // prompt and itself, and the prompt's gradient must collect every completion's.
+    let model = load::<CpuAutodiff>("tiny-llama");
+    let prompts: Vec<Vec<u32>> =
+        (0..5u32).map(|i| (0..2 + i).map(|k| 3 + (i * 13 + k * 7) % 60).collect()).collect();
+    let mut seqs: Vec<(usize, Vec<u32>)> = Vec::new();
+    for i in 0..14u32 {
+        let p = if i < 12 { (i % 3) as usize } else { 3 + (i - 12) as usize };
+        seqs.push((p, (0..1 + (i * 7) % 12).map(|k| 4 + (i * 5 + k * 11) % 60).collect()));
+    }
+    let rows: Vec<ScoreRow> =
+        seqs.iter().map(|(p, c)| ScoreRow { prompt: &prompts[*p], completion: c }).collect();
+    let packed = pack_rows(&rows);
+    let tokens: usize = rows.iter().map(|r| r.prompt.len() + r.completion.len()).sum();
+    let cells = packed.cells.iter().filter(|c| **c != sluice_model::batch::Cell::Pad).count();
+    assert!(cells < tokens, "prompts must be shared: {cells} columns for {tokens} tokens");
+    let s = score(&model, &rows, 0.8, false).unwrap();
+    let c = s.lengths.iter().copied().max().unwrap();
+    let lp = s.logprobs.clone().into_data().into_vec::<f32>().unwrap();
+    let grads = s.logprobs.sum().backward();
+    let together = model.named_tensors();
+    let mut alone_sum: Vec<Vec<f32>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let alone = score(&model, &[*row], 0.8, false).unwrap();
+        let alp = alone.logprobs.clone().into_data().into_vec::<f32>().unwrap();
+        for j in 0..row.completion.len() {
+            let tol = 1e-5 * alp[j].abs().max(1.0);
+            assert!((lp[i * c + j] - alp[j]).abs() < tol, "row {i} col {j}: {} vs {}", lp[i * c + j], alp[j]);
+        }
+        let g = alone.logprobs.sum().backward();
+        for (k, (_, t)) in model.named_tensors().iter().enumerate() {
+            let v = t.grad(&g).unwrap_or_default();
+            match alone_sum.get_mut(k) {
+                Some(acc) if !v.is_empty() => acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b),
+                Some(_) => {}
+                None => alone_sum.push(v),
+            }
+        }
+    }
+    for ((name, t), want) in together.iter().zip(&alone_sum) {
+        let got = t.grad(&grads).unwrap_or_default();
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(got.len(), want.len(), "{name}");
+        assert!(worst < 1e-4 * scale, "{name}: gradient differs by {worst} (scale {scale})");
     }
 }
 
@@ -254,6 +309,24 @@ fn seeded_sampling_is_reproducible_and_independent_of_batch_mates() {
     assert_eq!(first[0].tokens, batched[0].tokens);
     let other = generate(&model, &a, &SamplingParams { seed: 8, ..params.clone() }, None).unwrap();
     assert_ne!(first[0].tokens, other[0].tokens, "a different seed should change a 12-token sample");
+}
+
+#[test]
+fn equal_prompts_prefilled_once_sample_as_if_prefilled_apart() {
+    // Row 2's prompt equals row 0's in the first batch (its cache row is a copy of row 0's
+    // prefill) and is nobody else's in the second; rows draw from (seed, row), so row 2 must
+    // produce the same tokens and log-probs both times.
+    let model = load::<Cpu>("tiny-llama");
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, seed: 5, ..Default::default() };
+    let a = vec![3u32, 4, 5, 6];
+    let shared = generate(&model, &[a.clone(), vec![9, 10], a.clone()], &params, None).unwrap();
+    let apart = generate(&model, &[vec![20, 21, 22], vec![9, 10], a], &params, None).unwrap();
+    assert_eq!(shared[2].tokens, apart[2].tokens);
+    assert_eq!(shared[1].tokens, apart[1].tokens);
+    for (x, y) in shared[2].logprobs.iter().zip(&apart[2].logprobs) {
+        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    }
+    assert_ne!(shared[0].tokens, shared[2].tokens, "rows sharing a prompt still draw their own tokens");
 }
 
 #[test]
