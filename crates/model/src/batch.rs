@@ -3,7 +3,7 @@
 //! Two layouts share one [`ForwardCtx`]:
 //! - the sampler's: one sequence per row, left-padded (`[left padding | prompt | new tokens]`),
 //!   with a key-padding mask ([`forward_ctx`]), so decoding appends one column to every row;
-//! - the scorer's: whole sequences packed into rows as wide as the longest ([`pack`]), each with
+//! - the scorer's: whole sequences packed into rows ([`pack`]), each with
 //!   its own positions and a block-diagonal causal mask ([`packed_ctx`]), so a ragged batch
 //!   computes its real tokens and almost no padding; sequences with the same prompt (a GRPO
 //!   group's) share one copy of it, so the prompt is computed once rather than once per sample.
@@ -84,12 +84,12 @@ pub struct Slot {
 /// Sequences packed into rows, those with the same prompt sharing one copy of it.
 ///
 /// A *unit* is a prompt followed by completions of sequences that share it, as many as fit in a
-/// row; units are packed into rows as wide as the longest sequence. Each completion's positions
+/// row; units are packed into rows (see [`pack`] for the width). Each completion's positions
 /// continue from its prompt's, and it attends to the prompt and to itself only, so it computes
 /// what its sequence alone computes, while the prompt's tokens are computed once per unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packing {
-    /// The row width: the longest sequence.
+    /// The row width: at least the longest sequence.
     pub width: usize,
     /// Rows used.
     pub rows: usize,
@@ -106,14 +106,42 @@ impl Packing {
     }
 }
 
-/// Packs sequences (`prompts[i]` then `completion_lens[i]` tokens) into rows as wide as the
-/// longest. Sequences with equal prompts are grouped; each group's completions go, longest first,
-/// into the first unit with room (a unit holds the prompt once and at most a row's width); units
-/// go, longest first, into the first row with room (first-fit decreasing both times; ties in input
-/// order, so the layout is a function of the input).
-pub fn pack(prompts: &[&[u32]], completion_lens: &[usize]) -> Packing {
+/// Multiply-add equivalents of the elementwise passes over one attention score (scale, mask,
+/// softmax's max, exp, sum and divide, and their backward), next to its `2 * head_dim` products.
+const SCORE_OPS: usize = 16;
+
+/// A key column's attention cost for one query, relative to that query's projections (q/k/v/o and
+/// the MLP): what widening a packed row by one column adds to each of its positions.
+pub fn key_cost(cfg: &ModelConfig) -> f64 {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let projections = 2 * h * q + 2 * h * kv + 3 * h * cfg.intermediate_size;
+    (cfg.num_heads * (2 * hd + SCORE_OPS)) as f64 / projections.max(1) as f64
+}
+
+/// Packs sequences (`prompts[i]` then `completion_lens[i]` tokens) into rows, those with equal
+/// prompts sharing a copy of it. The width is 1 to 4 times the longest sequence: wider rows let
+/// more completions share a prompt but widen every query's attention, so the width with the
+/// least `positions * (1 + key_cost * width)` wins (the narrowest on a tie; see [`key_cost`]).
+pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Packing {
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
-    let width = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
+    let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
+    let cost = |p: &Packing| p.positions() as f64 * (1.0 + key_cost * p.width as f64);
+    let mut best = pack_into(prompts, completion_lens, longest);
+    for k in 2..=4 {
+        let wider = pack_into(prompts, completion_lens, k * longest);
+        if cost(&wider) < cost(&best) {
+            best = wider;
+        }
+    }
+    best
+}
+
+/// [`pack`] into rows of `width` (at least the longest sequence). Each group's completions go,
+/// longest first, into the first unit with room (a unit holds the prompt once and at most a row);
+/// units go, longest first, into the first row with room (first-fit decreasing both times; ties
+/// in input order, so the layout is a function of the input).
+fn pack_into(prompts: &[&[u32]], completion_lens: &[usize], width: usize) -> Packing {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut by_prompt = std::collections::HashMap::<&[u32], usize>::new();
     for (i, p) in prompts.iter().enumerate() {
@@ -254,7 +282,7 @@ mod tests {
     fn pack_lens(lens: &[usize]) -> Packing {
         let prompts: Vec<Vec<u32>> = (0..lens.len() as u32).map(|i| vec![i]).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        pack(&refs, &lens.iter().map(|l| l - 1).collect::<Vec<_>>())
+        pack_into(&refs, &lens.iter().map(|l| l - 1).collect::<Vec<_>>(), lens.iter().copied().max().unwrap())
     }
 
     #[test]
@@ -281,7 +309,7 @@ mod tests {
         // Prompt [1, 2] with completions of 5, 3, 2 and 1 tokens, prompt [9] with one of 2: rows
         // of 7 (the longest sequence) hold [1, 2 | 5], [1, 2 | 3, 2] and [1, 2 | 1 ; 9 | 2].
         let (a, b): (&[u32], &[u32]) = (&[1, 2], &[9]);
-        let p = pack(&[a, a, b, a, a], &[3, 5, 2, 2, 1]);
+        let p = pack_into(&[a, a, b, a, a], &[3, 5, 2, 2, 1], 7);
         assert_eq!((p.width, p.rows), (7, 3));
         let cell = |row: usize, col: usize| p.cells[row * p.width + col];
         assert_eq!(p.slots[1], Slot { row: 0, prompt: 0, completion: 2 });
@@ -297,5 +325,24 @@ mod tests {
         assert!(!s3.sees(cell(1, 2)), "a completion must not see its unit-mate");
         assert!(cell(1, 3).sees(cell(1, 2)));
         assert_ne!(cell(0, 0), cell(1, 0), "each unit holds its own copy of the prompt");
+    }
+
+    #[test]
+    fn rows_widen_while_sharing_saves_more_than_attention_costs() {
+        // One 30-token prompt with eight 10-token completions (sequences of 40): rows of 40 hold
+        // one completion each (8 x 40 positions), rows of 80 five and three (2 x 80), a row of 120
+        // all eight (110 of 120).
+        let prompt: &[u32] = &[7; 30];
+        let lens = [10; 8];
+        let free = pack(&[prompt; 8], &lens, 0.0);
+        assert_eq!((free.width, free.rows), (120, 1));
+        // At 0.1 a position costs 1 + 0.1 x width: 320 x 5 = 1600, 160 x 9 = 1440, 120 x 13 = 1560.
+        let dear = pack(&[prompt; 8], &lens, 0.1);
+        assert_eq!((dear.width, dear.rows), (80, 2));
+        // Distinct prompts share nothing: wider rows compute no fewer positions, so the narrowest.
+        let prompts: Vec<Vec<u32>> = (0..8).map(|i| vec![i; 30]).collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let apart = pack(&refs, &lens, 0.0);
+        assert_eq!((apart.width, apart.rows), (40, 8));
     }
 }

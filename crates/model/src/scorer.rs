@@ -1,7 +1,7 @@
 //! Per-token log-probs (and entropies) of completions given prompts — the learner's forward.
 //!
-//! Each row's sequence (prompt, then completion) is packed whole into rows as wide as the
-//! longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal causal
+//! Each row's sequence (prompt, then completion) is packed whole into rows of one to four times
+//! the longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal causal
 //! mask, so an RL batch whose completions run from a few tokens to the generation limit computes
 //! its real tokens rather than `rows x (longest prompt + longest completion)`; rows with the same
 //! prompt (a group's samples) share one copy of it, so its tokens are computed once. The hidden states
@@ -12,7 +12,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::batch::{pack, packed_ctx};
+use crate::batch::{key_cost, pack, packed_ctx};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 
@@ -63,7 +63,8 @@ pub fn score<B: Backend>(
     let b = rows.len();
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
     let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
-    let packing = pack(&prompts, &rows.iter().map(|r| r.completion.len()).collect::<Vec<_>>());
+    let lens: Vec<usize> = rows.iter().map(|r| r.completion.len()).collect();
+    let packing = pack(&prompts, &lens, key_cost(cfg));
     let (n, w) = (packing.rows, packing.width);
     let mut tokens = vec![0i64; n * w];
     let mut positions = vec![0usize; n * w];

@@ -196,7 +196,7 @@ fn packed_scoring_equals_scoring_each_row_alone() {
             })
             .collect();
         let rows: Vec<ScoreRow> = seqs.iter().map(|(p, c)| ScoreRow { prompt: p, completion: c }).collect();
-        let packed = pack_rows(&rows);
+        let packed = pack_rows(model.config(), &rows);
         assert!(packed.rows < rows.len(), "the test must pack several sequences into a row");
         let s = score(&model, &rows, 0.8, true).unwrap();
         let c = s.lengths.iter().copied().max().unwrap();
@@ -219,9 +219,13 @@ fn packed_scoring_equals_scoring_each_row_alone() {
     }
 }
 
-fn pack_rows(rows: &[ScoreRow<'_>]) -> sluice_model::batch::Packing {
+fn pack_rows(cfg: &ModelConfig, rows: &[ScoreRow<'_>]) -> sluice_model::batch::Packing {
     let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
-    sluice_model::batch::pack(&prompts, &rows.iter().map(|r| r.completion.len()).collect::<Vec<_>>())
+    sluice_model::batch::pack(
+        &prompts,
+        &rows.iter().map(|r| r.completion.len()).collect::<Vec<_>>(),
+        sluice_model::batch::key_cost(cfg),
+    )
 }
 
 #[test]
@@ -239,7 +243,7 @@ fn rows_sharing_a_prompt_score_and_differentiate_as_each_alone() {
     }
     let rows: Vec<ScoreRow> =
         seqs.iter().map(|(p, c)| ScoreRow { prompt: &prompts[*p], completion: c }).collect();
-    let packed = pack_rows(&rows);
+    let packed = pack_rows(model.config(), &rows);
     let tokens: usize = rows.iter().map(|r| r.prompt.len() + r.completion.len()).sum();
     let cells = packed.cells.iter().filter(|c| **c != sluice_model::batch::Cell::Pad).count();
     assert!(cells < tokens, "prompts must be shared: {cells} columns for {tokens} tokens");
