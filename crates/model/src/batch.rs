@@ -110,26 +110,23 @@ impl Packing {
 /// softmax's max, exp, sum and divide, and their backward), next to its `2 * head_dim` products.
 const SCORE_OPS: usize = 16;
 
-/// How much slower attention runs per multiply-add than the projections: on the CPU backend it
-/// is one small product per row and head, one after the other, and its softmax a pass of its own.
-/// Measured on the GRPO benchmark's forward (tiny Llama, completions of 1-32 tokens after a
-/// 6-token prompt): rows of twice the longest sequence computed 9% fewer positions (1140 against
-/// 1254) and took 7% longer, which this factor reproduces.
-const ATTENTION_SLOWDOWN: f64 = 10.0;
-
 /// A key column's attention cost for one query, relative to that query's projections (q/k/v/o and
 /// the MLP): what widening a packed row by one column adds to each of its positions.
 pub fn key_cost(cfg: &ModelConfig) -> f64 {
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let projections = 2 * h * q + 2 * h * kv + 3 * h * cfg.intermediate_size;
-    ATTENTION_SLOWDOWN * (cfg.num_heads * (2 * hd + SCORE_OPS)) as f64 / projections.max(1) as f64
+    (cfg.num_heads * (2 * hd + SCORE_OPS)) as f64 / projections.max(1) as f64
 }
 
 /// Packs sequences (`prompts[i]` then `completion_lens[i]` tokens) into rows, those with equal
 /// prompts sharing a copy of it. The width is 1 to 4 times the longest sequence: wider rows let
 /// more completions share a prompt but widen every query's attention, so the width with the
 /// least `positions * (1 + key_cost * width)` wins (the narrowest on a tie; see [`key_cost`]).
+/// On the GRPO benchmark (tiny Llama, 6-token prompts, completions of 1-32 tokens) this picks
+/// rows of twice the longest sequence (1140 positions against 1256); in three interleaved runs
+/// each, the asynchronous run was faster with them in every beta-0 run and two of three at beta
+/// 0.04, while a forward alone measured a few percent slower (its attention is single-threaded).
 pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Packing {
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
     let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
