@@ -77,7 +77,8 @@ pub const TOKENS: &str = "data/tokens";
 /// `learner.micro_batch_groups`).
 pub const MICRO_BATCHES: &str = "data/micro_batches";
 /// Positions the step's forward passes computed (packed rows x their width, summed over
-/// micro-batches): against the batch's prompt and completion tokens, what padding cost.
+/// micro-batches): against the batch's prompt and completion tokens, what padding cost and
+/// what sharing a group's prompt saved.
 pub const POSITIONS: &str = "data/positions";
 /// Zero-variance groups dropped before the step (dynamic sampling), by the replay and here.
 pub const ZERO_VARIANCE_DROPPED: &str = "data/zero_variance_dropped";
