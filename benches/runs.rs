@@ -164,7 +164,8 @@ tasks_per_batch = 2
                     "samples": recs.iter().map(|r| field(r, "data/samples")).sum::<f64>(),
                     "seconds": field(last, "time/wall_s"),
                     "reward_mean": mean(recs.iter().map(|r| field(r, "reward/mean"))),
-                    "accuracy_mean": mean(recs.iter().map(|r| field(r, "reward/accuracy"))),
+                    // A step none of whose samples reached a gradable answer reports no accuracy.
+                    "accuracy_mean": mean(recs.iter().filter_map(|r| r["reward/accuracy"].as_f64())),
                     "staleness_mean": mean(recs.iter().map(|r| field(r, "staleness/mean")))})
             );
         }
