@@ -1,8 +1,9 @@
 //! Batched generation with a KV cache.
 //!
 //! A [`Generator`] prefills a left-padded batch of prompts once (equal prompts, such as a GRPO
-//! group's, once for all their rows), then decodes one token per row per [`Generator::step`]. Rows stop independently (stop token, stop string, length) and finished rows
-//! are dropped from the cache so the batch only pays for live rows. The model is passed to every
+//! group's, once for all their rows), then decodes one token per row per [`Generator::step`].
+//! Rows stop independently (stop token, stop string, length) and finished rows are dropped from
+//! the cache so the batch only pays for live rows. The model is passed to every
 //! step, so a caller may swap in new weights between steps (partial rollouts); the cache keeps
 //! the keys/values the earlier weights computed, as AReaL's interruptible generation does.
 //!

@@ -1,13 +1,13 @@
 //! Per-token log-probs (and entropies) of completions given prompts — the learner's forward.
 //!
 //! Each row's sequence (prompt, then completion) is packed whole into rows of one to four times
-//! the longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal causal
-//! mask, so an RL batch whose completions run from a few tokens to the generation limit computes
-//! its real tokens rather than `rows x (longest prompt + longest completion)`; rows with the same
-//! prompt (a group's samples) share one copy of it, so its tokens are computed once. The hidden states
-//! that predict completion tokens are gathered into `[batch, C]` (`C` the longest completion), so
-//! the `[.., vocab]` projection is paid only for completion positions. On an autodiff backend the
-//! result is differentiable with respect to the weights.
+//! the longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal
+//! causal mask, so an RL batch whose completions run from a few tokens to the generation limit
+//! computes its real tokens rather than `rows x (longest prompt + longest completion)`; rows with
+//! the same prompt (a group's samples) share one copy of it, so its tokens are computed once. The
+//! hidden states that predict completion tokens are gathered into `[batch, C]` (`C` the longest
+//! completion), so the `[.., vocab]` projection is paid only for completion positions. On an
+//! autodiff backend the result is differentiable with respect to the weights.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
