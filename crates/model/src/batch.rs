@@ -131,9 +131,10 @@ pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Pac
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
     let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
     let cost = |p: &Packing| p.positions() as f64 * (1.0 + key_cost * p.width as f64);
-    let mut best = pack_into(prompts, completion_lens, longest);
+    let groups = groups(prompts);
+    let mut best = pack_into(prompts, &groups, completion_lens, longest);
     for k in 2..=4 {
-        let wider = pack_into(prompts, completion_lens, k * longest);
+        let wider = pack_into(prompts, &groups, completion_lens, k * longest);
         if cost(&wider) < cost(&best) {
             best = wider;
         }
@@ -141,24 +142,46 @@ pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Pac
     best
 }
 
-/// [`pack`] into rows of `width` (at least the longest sequence). Each group's completions go,
-/// longest first, into the first unit with room (a unit holds the prompt once and at most a row);
-/// units go, longest first, into the first row with room (first-fit decreasing both times; ties
-/// in input order, so the layout is a function of the input).
-fn pack_into(prompts: &[&[u32]], completion_lens: &[usize], width: usize) -> Packing {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_prompt = std::collections::HashMap::<&[u32], usize>::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let g = *by_prompt.entry(p).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(i);
+/// Equal prompts, found by content: for each prompt the index of its class, classes numbered in
+/// order of first appearance, and each class's first member. The sampler prefills one prompt per
+/// class; the scorer's packing shares one copy per unit.
+pub(crate) fn equal_prompts(prompts: &[&[u32]]) -> (Vec<usize>, Vec<usize>) {
+    let mut first = Vec::new();
+    let mut class_of = std::collections::HashMap::<&[u32], usize>::new();
+    let class = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            *class_of.entry(p).or_insert_with(|| {
+                first.push(i);
+                first.len() - 1
+            })
+        })
+        .collect();
+    (class, first)
+}
+
+/// The members of each class of [`equal_prompts`], in input order.
+fn groups(prompts: &[&[u32]]) -> Vec<Vec<usize>> {
+    let (class, first) = equal_prompts(prompts);
+    let mut groups = vec![Vec::new(); first.len()];
+    for (i, c) in class.into_iter().enumerate() {
+        groups[c].push(i);
     }
+    groups
+}
+
+/// [`pack`] into rows of `width` (at least the longest sequence), `groups` the sequences with
+/// equal prompts ([`groups`]). Each group's completions go, longest first, into the first unit
+/// with room (a unit holds the prompt once and at most a row); units go, longest first, into the
+/// first row with room (first-fit decreasing both times; ties in input order, so the layout is a
+/// function of the input).
+fn pack_into(prompts: &[&[u32]], groups: &[Vec<usize>], completion_lens: &[usize], width: usize) -> Packing {
     // Units: (length, sequences), each a prompt and the completions that fit after it.
     let mut units: Vec<(usize, Vec<usize>)> = Vec::new();
-    for mut members in groups {
+    for members in groups {
         let p = prompts[members[0]].len();
+        let mut members = members.clone();
         members.sort_by_key(|&i| std::cmp::Reverse(completion_lens[i]));
         let first = units.len();
         for i in members {
@@ -286,7 +309,8 @@ mod tests {
     fn pack_lens(lens: &[usize]) -> Packing {
         let prompts: Vec<Vec<u32>> = (0..lens.len() as u32).map(|i| vec![i]).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        pack_into(&refs, &lens.iter().map(|l| l - 1).collect::<Vec<_>>(), lens.iter().copied().max().unwrap())
+        let width = lens.iter().copied().max().unwrap();
+        pack_into(&refs, &groups(&refs), &lens.iter().map(|l| l - 1).collect::<Vec<_>>(), width)
     }
 
     #[test]
@@ -313,7 +337,8 @@ mod tests {
         // Prompt [1, 2] with completions of 5, 3, 2 and 1 tokens, prompt [9] with one of 2: rows
         // of 7 (the longest sequence) hold [1, 2 | 5], [1, 2 | 3, 2] and [1, 2 | 1 ; 9 | 2].
         let (a, b): (&[u32], &[u32]) = (&[1, 2], &[9]);
-        let p = pack_into(&[a, a, b, a, a], &[3, 5, 2, 2, 1], 7);
+        let prompts = [a, a, b, a, a];
+        let p = pack_into(&prompts, &groups(&prompts), &[3, 5, 2, 2, 1], 7);
         assert_eq!((p.width, p.rows), (7, 3));
         let cell = |row: usize, col: usize| p.cells[row * p.width + col];
         assert_eq!(p.slots[1], Slot { row: 0, prompt: 0, completion: 2 });

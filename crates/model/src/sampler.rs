@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::splitmix64;
 
-use crate::batch::forward_ctx;
+use crate::batch::{equal_prompts, forward_ctx};
 use crate::cache::KvCache;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
@@ -152,18 +152,7 @@ impl<B: Backend> Generator<B> {
         let device = model.device();
         let b = prompts.len();
         // Equal prompts (a group's samples) are prefilled once; their cache rows are then copied.
-        let mut distinct: Vec<usize> = Vec::new();
-        let mut first_of = std::collections::HashMap::<&[u32], usize>::new();
-        let source: Vec<usize> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                *first_of.entry(p.as_slice()).or_insert_with(|| {
-                    distinct.push(i);
-                    distinct.len() - 1
-                })
-            })
-            .collect();
+        let (source, distinct) = equal_prompts(&prompts.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let u = distinct.len();
         let mut tokens = Vec::with_capacity(u * width);
         let mut positions = Vec::with_capacity(u * width);

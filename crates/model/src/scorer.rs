@@ -108,11 +108,5 @@ pub fn score<B: Backend>(
         let ent = (logp.clone().exp() * logp).sum_dim(2).neg().reshape([b, c]);
         ent * mask.clone()
     });
-    Ok(Scores {
-        logprobs,
-        entropy,
-        mask,
-        lengths: rows.iter().map(|r| r.completion.len()).collect(),
-        positions: packing.positions(),
-    })
+    Ok(Scores { logprobs, entropy, mask, lengths: lens, positions: packing.positions() })
 }
