@@ -402,9 +402,10 @@ fn model_tokens(s: &Sample) -> usize {
     s.loss_mask.iter().filter(|&&m| m != 0).count()
 }
 
-/// Tokens of a sample's sequence as the scorer lays it out (prompt, then completion).
+/// Tokens of a sample's sequence as the scorer lays it out (the prompt, then the completion but
+/// its last token, which is never an input).
 fn seq_len(s: &Sample) -> usize {
-    s.prompt_tokens.len() + s.completion_tokens.len()
+    s.prompt_tokens.len() + s.completion_tokens.len().saturating_sub(1)
 }
 
 fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {

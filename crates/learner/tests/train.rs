@@ -170,8 +170,9 @@ fn micro_batches_give_the_same_update_as_one_pass_for_every_reduction() {
 
 #[test]
 fn a_batch_of_short_and_long_completions_is_packed_without_changing_the_update() {
-    // Half the rows stop after 2 tokens, half run to 40 (sequences of 4 and 42): padded to one
-    // width, 16 rows would be 16 x 42 positions; packed, the 8 short ones share one row.
+    // Half the rows stop after 2 tokens, half run to 40 (inputs of 3 and 41: a completion's last
+    // token is not an input): padded to one width, 16 rows would be 16 x 41 positions; packed,
+    // the 8 short ones share one row.
     let long = |k: u32| (0..40).map(|j| 3 + (j * 7 + k) % 13).collect::<Vec<u32>>();
     let groups: Vec<Group> =
         (0..4).map(|i| group_of(i, 0, false, [vec![5, 6], long(1), vec![12, 13], long(2)])).collect();
@@ -189,12 +190,12 @@ fn a_batch_of_short_and_long_completions_is_packed_without_changing_the_update()
         let passes = |s: &sluice_learner::StepStats| s.get(metrics::MICRO_BATCHES).unwrap();
         // One pass: the 8 long sequences a row each, the 8 short ones together in a ninth.
         assert_eq!(passes(&s0), 1.0, "{algorithm:?}");
-        assert_eq!(s0.get(metrics::POSITIONS).unwrap(), (9 * 42) as f64, "{algorithm:?}");
+        assert_eq!(s0.get(metrics::POSITIONS).unwrap(), (9 * 41) as f64, "{algorithm:?}");
         // At most 4 rows a pass: GRPO cuts rows, longest first (2 passes of 4 long rows, 2 of 4
         // short ones in rows of 4); TB whole groups (2 long rows and the 2 short ones in a third).
         let cut = match algorithm {
-            Algorithm::Grpo => 2 * 4 * 42 + 2 * 4 * 4,
-            Algorithm::Tb => 4 * 3 * 42,
+            Algorithm::Grpo => 2 * 4 * 41 + 2 * 4 * 3,
+            Algorithm::Tb => 4 * 3 * 41,
         };
         assert_eq!(s1.get(metrics::POSITIONS).unwrap(), cut as f64, "{algorithm:?}");
         assert_eq!(

@@ -124,9 +124,10 @@ pub fn key_cost(cfg: &ModelConfig) -> f64 {
 /// more completions share a prompt but widen every query's attention, so the width with the
 /// least `positions * (1 + key_cost * width)` wins (the narrowest on a tie; see [`key_cost`]).
 /// On the GRPO benchmark (tiny Llama, 6-token prompts, completions of 1-32 tokens) this picks
-/// rows of twice the longest sequence (1140 positions against 1256); in three interleaved runs
-/// each, the asynchronous run was faster with them in every beta-0 run and two of three at beta
-/// 0.04, while a forward alone measured a few percent slower (its attention is single-threaded).
+/// rows of twice the longest sequence (1140 positions against 1256, measured while a completion's
+/// last token was still an input); in three interleaved runs each, the asynchronous run was
+/// faster with them in every beta-0 run and two of three at beta 0.04, while a forward alone
+/// measured a few percent slower (its attention is single-threaded).
 pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Packing {
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
     let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);

@@ -4,10 +4,11 @@
 //! the longest sequence ([`crate::batch::pack`]), with its own positions and a block-diagonal
 //! causal mask, so an RL batch whose completions run from a few tokens to the generation limit
 //! computes its real tokens rather than `rows x (longest prompt + longest completion)`; rows with
-//! the same prompt (a group's samples) share one copy of it, so its tokens are computed once. The
-//! hidden states that predict completion tokens are gathered into `[batch, C]` (`C` the longest
-//! completion), so the `[.., vocab]` projection is paid only for completion positions. On an
-//! autodiff backend the result is differentiable with respect to the weights.
+//! the same prompt (a group's samples) share one copy of it, so its tokens are computed once, and
+//! a completion's last token, predicted but never read, is not an input at all. Only the hidden
+//! states that predict completion tokens go through the `[.., vocab]` projection (one per real
+//! token, not per cell of the `[batch, C]` result, `C` the longest completion). On an autodiff
+//! backend the result is differentiable with respect to the weights.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -64,49 +65,58 @@ pub fn score<B: Backend>(
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
     let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
     let lens: Vec<usize> = rows.iter().map(|r| r.completion.len()).collect();
-    let packing = pack(&prompts, &lens, key_cost(cfg));
+    // A completion's last token is predicted but never read: it is not an input.
+    let inputs: Vec<usize> = lens.iter().map(|&l| l.saturating_sub(1)).collect();
+    let packing = pack(&prompts, &inputs, key_cost(cfg));
     let (n, w) = (packing.rows, packing.width);
     let mut tokens = vec![0i64; n * w];
     let mut positions = vec![0usize; n * w];
-    // For each output cell (row i, completion column j): the packed column whose hidden state
-    // predicts completion token j, i.e. the one just before it (the prompt's last for j = 0);
-    // padding cells reuse column 0's.
-    let mut at = Vec::with_capacity(b * c);
-    let mut targets = Vec::with_capacity(b * c);
+    // For each completion token, in row order: the packed column whose hidden state predicts it,
+    // i.e. the one just before it (the prompt's last for the first token). Only these go through
+    // the `[.., vocab]` projection; one more entry (column 0, masked) stands for every cell of
+    // the `[batch, C]` output past a row's end.
+    let real: usize = lens.iter().sum();
+    let mut at = Vec::with_capacity(real + 1);
+    let mut targets = Vec::with_capacity(real + 1);
+    let mut cell_of = Vec::with_capacity(b * c);
     let mut mask = Vec::with_capacity(b * c);
-    for (r, slot) in rows.iter().zip(&packing.slots) {
+    for ((r, slot), &input) in rows.iter().zip(&packing.slots).zip(&inputs) {
         let (prompt, completion) = (slot.row * w + slot.prompt, slot.row * w + slot.completion);
         // A shared prompt is written once per sequence that shares it: the same tokens each time.
         for (k, &t) in r.prompt.iter().enumerate() {
             tokens[prompt + k] = t as i64;
             positions[prompt + k] = k;
         }
-        for (k, &t) in r.completion.iter().enumerate() {
+        for (k, &t) in r.completion[..input].iter().enumerate() {
             tokens[completion + k] = t as i64;
             positions[completion + k] = r.prompt.len() + k;
         }
-        let len = r.completion.len();
-        let before =
-            |j: usize| if j == 0 || j >= len { prompt + r.prompt.len() - 1 } else { completion + j - 1 };
-        at.extend((0..c).map(|j| before(j) as i64));
-        targets.extend((0..c).map(|j| r.completion.get(j).map_or(0, |&t| t as i64)));
-        mask.extend((0..c).map(|j| if j < len { 1.0f32 } else { 0.0 }));
+        for (j, &t) in r.completion.iter().enumerate() {
+            cell_of.push(at.len() as i64);
+            at.push(if j == 0 { prompt + r.prompt.len() - 1 } else { completion + j - 1 } as i64);
+            targets.push(t as i64);
+        }
+        cell_of.extend(std::iter::repeat_n(real as i64, c - r.completion.len()));
+        mask.extend((0..c).map(|j| if j < r.completion.len() { 1.0f32 } else { 0.0 }));
     }
+    at.push(0);
+    targets.push(0);
     let device = model.device();
     let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, w]), &device);
     let ctx = packed_ctx::<B>(cfg, n, w, &positions, &packing.cells, &device);
     let hidden = model.forward_hidden(tokens, &ctx, None).reshape([n * w, cfg.hidden_size]);
-    let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [b * c]), &device);
-    let hidden = hidden.select(0, at).reshape([b, c, cfg.hidden_size]);
+    let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [real + 1]), &device);
+    let hidden = hidden.select(0, at).reshape([1, real + 1, cfg.hidden_size]);
     let t = if temperature > 0.0 { temperature } else { 1.0 };
     let logits = model.logits(hidden) / t;
     let logp = log_softmax(logits, 2);
-    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [b, c, 1]), &device);
+    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [1, real + 1, 1]), &device);
+    let cell_of = Tensor::<B, 1, Int>::from_data(TensorData::new(cell_of, [b * c]), &device);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, c]), &device);
-    let logprobs = logp.clone().gather(2, targets).reshape([b, c]) * mask.clone();
-    let entropy = with_entropy.then(|| {
-        let ent = (logp.clone().exp() * logp).sum_dim(2).neg().reshape([b, c]);
-        ent * mask.clone()
-    });
+    let to_cells =
+        |per_token: Tensor<B, 1>| per_token.select(0, cell_of.clone()).reshape([b, c]) * mask.clone();
+    let logprobs = to_cells(logp.clone().gather(2, targets).reshape([real + 1]));
+    let entropy =
+        with_entropy.then(|| to_cells((logp.clone().exp() * logp).sum_dim(2).neg().reshape([real + 1])));
     Ok(Scores { logprobs, entropy, mask, lengths: lens, positions: packing.positions() })
 }
