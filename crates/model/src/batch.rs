@@ -122,21 +122,30 @@ pub fn key_cost(cfg: &ModelConfig) -> f64 {
 /// Packs sequences (`prompts[i]` then `completion_lens[i]` tokens) into rows, those with equal
 /// prompts sharing a copy of it. The width is 1 to 4 times the longest sequence: wider rows let
 /// more completions share a prompt but widen every query's attention, so the width with the
-/// least `positions * (1 + key_cost * width)` wins (the narrowest on a tie; see [`key_cost`]).
+/// least [`pack_cost`] wins (the narrowest on a tie).
 /// On the GRPO benchmark (tiny Llama, 6-token prompts, completions of 1-32 tokens) this picks
 /// rows of twice the longest sequence (1140 positions against 1256, measured while a completion's
 /// last token was still an input); in three interleaved runs each, the asynchronous run was
 /// faster with them in every beta-0 run and two of three at beta 0.04, while a forward alone
 /// measured a few percent slower (its attention is single-threaded).
 pub fn pack(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Packing {
+    best_layout(prompts, completion_lens, key_cost).cells(prompts, completion_lens)
+}
+
+/// What a forward over [`pack`]'s rows costs, in positions of projections (each position also
+/// pays `key_cost` per key column of its row), without laying the cells out.
+pub fn pack_cost(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> f64 {
+    best_layout(prompts, completion_lens, key_cost).cost(key_cost)
+}
+
+fn best_layout(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Layout {
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
     let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
-    let cost = |p: &Packing| p.positions() as f64 * (1.0 + key_cost * p.width as f64);
     let groups = groups(prompts);
-    let mut best = pack_into(prompts, &groups, completion_lens, longest);
+    let mut best = layout(prompts, &groups, completion_lens, longest);
     for k in 2..=4 {
-        let wider = pack_into(prompts, &groups, completion_lens, k * longest);
-        if cost(&wider) < cost(&best) {
+        let wider = layout(prompts, &groups, completion_lens, k * longest);
+        if wider.cost(key_cost) < best.cost(key_cost) {
             best = wider;
         }
     }
@@ -172,13 +181,22 @@ fn groups(prompts: &[&[u32]]) -> Vec<Vec<usize>> {
     groups
 }
 
+/// Where [`pack`] puts each unit in rows of one width, before the cells are laid out.
+struct Layout {
+    width: usize,
+    rows: usize,
+    /// Each unit's length and sequences (a prompt and the completions that fit after it).
+    units: Vec<(usize, Vec<usize>)>,
+    /// Each unit's row and column.
+    placed: Vec<(usize, usize)>,
+}
+
 /// [`pack`] into rows of `width` (at least the longest sequence), `groups` the sequences with
 /// equal prompts ([`groups`]). Each group's completions go, longest first, into the first unit
 /// with room (a unit holds the prompt once and at most a row); units go, longest first, into the
 /// first row with room (first-fit decreasing both times; ties in input order, so the layout is a
 /// function of the input).
-fn pack_into(prompts: &[&[u32]], groups: &[Vec<usize>], completion_lens: &[usize], width: usize) -> Packing {
-    // Units: (length, sequences), each a prompt and the completions that fit after it.
+fn layout(prompts: &[&[u32]], groups: &[Vec<usize>], completion_lens: &[usize], width: usize) -> Layout {
     let mut units: Vec<(usize, Vec<usize>)> = Vec::new();
     for members in groups {
         let p = prompts[members[0]].len();
@@ -212,23 +230,35 @@ fn pack_into(prompts: &[&[u32]], groups: &[Vec<usize>], completion_lens: &[usize
         placed[u] = (row, used[row]);
         used[row] += len;
     }
-    let rows = used.len();
-    let mut cells = vec![Cell::Pad; rows * width];
-    let mut slots = vec![Slot { row: 0, prompt: 0, completion: 0 }; prompts.len()];
-    for (u, ((_, seqs), &(row, offset))) in units.iter().zip(&placed).enumerate() {
-        let unit = u as u32;
-        let p = prompts[seqs[0]].len();
-        let at = row * width + offset;
-        cells[at..at + p].fill(Cell::Prompt { unit });
-        let mut next = offset + p;
-        for &i in seqs {
-            let c = completion_lens[i];
-            cells[row * width + next..row * width + next + c].fill(Cell::Completion { unit, seq: i as u32 });
-            slots[i] = Slot { row, prompt: offset, completion: next };
-            next += c;
-        }
+    Layout { width, rows: used.len(), units, placed }
+}
+
+impl Layout {
+    fn cost(&self, key_cost: f64) -> f64 {
+        (self.rows * self.width) as f64 * (1.0 + key_cost * self.width as f64)
     }
-    Packing { width, rows, slots, cells }
+
+    /// The cells and slots of this layout.
+    fn cells(self, prompts: &[&[u32]], completion_lens: &[usize]) -> Packing {
+        let Layout { width, rows, units, placed } = self;
+        let mut cells = vec![Cell::Pad; rows * width];
+        let mut slots = vec![Slot { row: 0, prompt: 0, completion: 0 }; prompts.len()];
+        for (u, ((_, seqs), &(row, offset))) in units.iter().zip(&placed).enumerate() {
+            let unit = u as u32;
+            let p = prompts[seqs[0]].len();
+            let at = row * width + offset;
+            cells[at..at + p].fill(Cell::Prompt { unit });
+            let mut next = offset + p;
+            for &i in seqs {
+                let c = completion_lens[i];
+                cells[row * width + next..row * width + next + c]
+                    .fill(Cell::Completion { unit, seq: i as u32 });
+                slots[i] = Slot { row, prompt: offset, completion: next };
+                next += c;
+            }
+        }
+        Packing { width, rows, slots, cells }
+    }
 }
 
 /// Builds the [`ForwardCtx`] of a packed batch without a cache: `cells` says what each of the
@@ -311,7 +341,8 @@ mod tests {
         let prompts: Vec<Vec<u32>> = (0..lens.len() as u32).map(|i| vec![i]).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let width = lens.iter().copied().max().unwrap();
-        pack_into(&refs, &groups(&refs), &lens.iter().map(|l| l - 1).collect::<Vec<_>>(), width)
+        let lens: Vec<usize> = lens.iter().map(|l| l - 1).collect();
+        layout(&refs, &groups(&refs), &lens, width).cells(&refs, &lens)
     }
 
     #[test]
@@ -339,7 +370,7 @@ mod tests {
         // of 7 (the longest sequence) hold [1, 2 | 5], [1, 2 | 3, 2] and [1, 2 | 1 ; 9 | 2].
         let (a, b): (&[u32], &[u32]) = (&[1, 2], &[9]);
         let prompts = [a, a, b, a, a];
-        let p = pack_into(&prompts, &groups(&prompts), &[3, 5, 2, 2, 1], 7);
+        let p = layout(&prompts, &groups(&prompts), &[3, 5, 2, 2, 1], 7).cells(&prompts, &[3, 5, 2, 2, 1]);
         assert_eq!((p.width, p.rows), (7, 3));
         let cell = |row: usize, col: usize| p.cells[row * p.width + col];
         assert_eq!(p.slots[1], Slot { row: 0, prompt: 0, completion: 2 });

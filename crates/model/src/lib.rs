@@ -34,7 +34,7 @@ pub use policy::{
     gguf_checkpoint, gguf_config, model_info, save_model, source_format, ModelInfo, Policy, SourceFormat,
 };
 pub use sampler::{generate, Completion, FinishReason, Generator, SamplingParams};
-pub use scorer::{score, ScoreRow, Scores};
+pub use scorer::{packing_cost, score, ScoreRow, Scores};
 pub use tokenizer::{ChatMessage, Tokenizer};
 
 /// The CPU backend (burn's Flex: pure Rust, SIMD, multi-threaded GEMM).

@@ -13,7 +13,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::batch::{key_cost, pack, packed_ctx};
+use crate::batch::{key_cost, pack, pack_cost, packed_ctx};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 
@@ -41,6 +42,19 @@ pub struct ScoreRow<'a> {
     pub completion: &'a [u32],
 }
 
+/// What [`score`]'s forward over `rows` costs for `cfg`'s model, in positions of projections
+/// ([`pack_cost`]), so a caller can plan batches by the scorer's own layout.
+pub fn packing_cost(cfg: &ModelConfig, rows: &[ScoreRow<'_>]) -> f64 {
+    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
+    pack_cost(&prompts, &input_lens(rows), key_cost(cfg))
+}
+
+/// Each row's completion tokens that are inputs: all but the last, which is predicted but never
+/// read.
+fn input_lens(rows: &[ScoreRow<'_>]) -> Vec<usize> {
+    rows.iter().map(|r| r.completion.len().saturating_sub(1)).collect()
+}
+
 /// Scores completions under the model at a sampling temperature (`<= 0` means 1).
 pub fn score<B: Backend>(
     model: &Llama<B>,
@@ -63,10 +77,9 @@ pub fn score<B: Backend>(
     }
     let b = rows.len();
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
     let lens: Vec<usize> = rows.iter().map(|r| r.completion.len()).collect();
-    // A completion's last token is predicted but never read: it is not an input.
-    let inputs: Vec<usize> = lens.iter().map(|&l| l.saturating_sub(1)).collect();
+    let inputs = input_lens(rows);
+    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
     let packing = pack(&prompts, &inputs, key_cost(cfg));
     let (n, w) = (packing.rows, packing.width);
     let mut tokens = vec![0i64; n * w];
