@@ -6,9 +6,10 @@
 //! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
 //! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
 //! nothing when unused; every number the metrics report must come from the step itself.
-//! *Solution.* GRPO advantages are computed on the host for the whole batch first, so its rows
-//! can be cut into micro-batches freely ([`crate::batching`]; the scorer packs each); TB's
-//! micro-batches hold whole groups (its `log Z` is per group). Each micro-batch's loss is
+//! *Solution.* GRPO advantages are computed on the host for the whole batch first, so a
+//! micro-batch's loss needs only its own rows; micro-batches hold whole groups, which the scorer
+//! packs sharing each group's prompt (and TB needs: its `log Z` is per group), cut where the
+//! scorer's packing says a cut pays ([`crate::batching`]). Each micro-batch's loss is
 //! normalised by the *batch's* row count, token count and longest completion ([`reduce_partial`]),
 //! so the summed gradients are the gradient of the batch loss, however the batch is cut.
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
@@ -24,7 +25,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use sluice_core::{metrics, Group, Sample};
-use sluice_model::{score, Llama, ScoreRow};
+use sluice_model::{score, Llama, ModelConfig, ScoreRow};
 
 use crate::advantages::{advantages, check_rewards, overlong_penalty};
 use crate::batching::{self, Unit};
@@ -152,7 +153,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats.set(metrics::SAMPLES, rows.len() as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
 
-        let (ordered, runs) = micro_batches(&rows, cfg);
+        let (ordered, runs) = micro_batches(&rows, cfg, self.model().config());
         let mut micros: Vec<Micro<'_>> = runs.into_iter().map(|r| micro(&ordered[r])).collect();
         stats.set(metrics::MICRO_BATCHES, micros.len() as f64);
         let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
@@ -402,31 +403,39 @@ fn model_tokens(s: &Sample) -> usize {
     s.loss_mask.iter().filter(|&&m| m != 0).count()
 }
 
-/// Tokens of a sample's sequence as the scorer lays it out (the prompt, then the completion but
-/// its last token, which is never an input).
-fn seq_len(s: &Sample) -> usize {
-    s.prompt_tokens.len() + s.completion_tokens.len().saturating_sub(1)
-}
-
 fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {
     rows.iter()
         .map(|r| ScoreRow { prompt: &r.sample.prompt_tokens, completion: &r.sample.completion_tokens })
         .collect()
 }
 
-/// The rows reordered and cut into micro-batches ([`crate::batching`]): single rows
-/// for GRPO (advantages are already computed), whole groups for TB (its `log Z` is per group).
-fn micro_batches<'a>(rows: &[Row<'a>], cfg: &LearnerConfig) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
-    let unit_rows = match cfg.algorithm {
-        Algorithm::Grpo => 1,
-        Algorithm::Tb => cfg.group_size,
-    };
-    let chunks: Vec<&[Row<'a>]> = rows.chunks(unit_rows).collect();
-    let units: Vec<Unit> =
-        chunks.iter().map(|u| Unit::new(u.iter().map(|r| seq_len(r.sample)).collect())).collect();
-    let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size);
-    let ordered = order.iter().flat_map(|&u| chunks[u].iter().copied()).collect();
-    let runs = runs.into_iter().map(|r| r.start * unit_rows..r.end * unit_rows).collect();
+/// The rows reordered and cut into micro-batches of whole groups ([`crate::batching`]), planned
+/// by what the scorer's packing of each candidate costs for `model`.
+fn micro_batches<'a>(
+    rows: &[Row<'a>],
+    cfg: &LearnerConfig,
+    model: &ModelConfig,
+) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
+    let groups: Vec<&[Row<'a>]> = rows.chunks(cfg.group_size).collect();
+    let units: Vec<Unit> = groups
+        .iter()
+        .map(|g| {
+            // A completion's last token is not an input (`sluice_model::packing`).
+            let inputs = |r: &Row<'_>| r.sample.completion_tokens.len().saturating_sub(1);
+            let prompt = g.first().map_or(0, |r| r.sample.prompt_tokens.len());
+            Unit {
+                rows: g.len(),
+                longest: g.iter().map(|r| r.sample.prompt_tokens.len() + inputs(r)).max().unwrap_or(0),
+                tokens: prompt + g.iter().map(inputs).sum::<usize>(),
+            }
+        })
+        .collect();
+    let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size, |run| {
+        let run_rows: Vec<Row<'a>> = run.iter().flat_map(|&g| groups[g].iter().copied()).collect();
+        sluice_model::packing_cost(model, &score_rows(&run_rows))
+    });
+    let ordered = order.iter().flat_map(|&g| groups[g].iter().copied()).collect();
+    let runs = runs.into_iter().map(|r| r.start * cfg.group_size..r.end * cfg.group_size).collect();
     (ordered, runs)
 }
 

@@ -191,13 +191,9 @@ fn a_batch_of_short_and_long_completions_is_packed_without_changing_the_update()
         // One pass: the 8 long sequences a row each, the 8 short ones together in a ninth.
         assert_eq!(passes(&s0), 1.0, "{algorithm:?}");
         assert_eq!(s0.get(metrics::POSITIONS).unwrap(), (9 * 41) as f64, "{algorithm:?}");
-        // At most 4 rows a pass: GRPO cuts rows, longest first (2 passes of 4 long rows, 2 of 4
-        // short ones in rows of 4); TB whole groups (2 long rows and the 2 short ones in a third).
-        let cut = match algorithm {
-            Algorithm::Grpo => 2 * 4 * 41 + 2 * 4 * 3,
-            Algorithm::Tb => 4 * 3 * 41,
-        };
-        assert_eq!(s1.get(metrics::POSITIONS).unwrap(), cut as f64, "{algorithm:?}");
+        // At most one group (4 rows) a pass, for either objective: each pass its 2 long rows and
+        // its 2 short ones sharing a third.
+        assert_eq!(s1.get(metrics::POSITIONS).unwrap(), (4 * 3 * 41) as f64, "{algorithm:?}");
         assert_eq!(
             passes(&s1),
             4.0,
