@@ -73,8 +73,8 @@ pub const GROUPS: &str = "data/groups";
 pub const SAMPLES: &str = "data/samples";
 /// Completion tokens trained on (loss mask 1) in the step.
 pub const TOKENS: &str = "data/tokens";
-/// Forward/backward passes the step's batch was cut into (by length, within
-/// `learner.micro_batch_groups`).
+/// Forward/backward passes the step's batch was cut into (whole groups, cut where the scorer's
+/// packing says a cut pays, within `learner.micro_batch_groups`).
 pub const MICRO_BATCHES: &str = "data/micro_batches";
 /// Positions the step's forward passes computed (packed rows x their width, summed over
 /// micro-batches): against the batch's prompt and completion tokens, what padding cost and
