@@ -108,7 +108,14 @@ impl Packing {
 
 /// Multiply-add equivalents of the elementwise passes over one attention score (scale, mask,
 /// softmax's max, exp, sum and divide, and their backward), next to its `2 * head_dim` products.
-const SCORE_OPS: usize = 16;
+/// Measured, not counted: on the CPU these passes are unfused, single-threaded and allocating
+/// under autodiff, while the projections run at the GEMM's peak. A forward + backward of 16
+/// SmolLM2-135M sequences (two 110-token prompts, completions of 10-160 tokens) took 43-55 s in
+/// rows four times the longest (2040 positions) and 31-40 s in rows of the longest (2805), three
+/// runs each; solving `positions * (1 + key_cost * width)` for the two gives a key column about
+/// 3.6 times the cost that 16 here implied, so 384. The tiny model's GRPO batch (below) still
+/// packs into rows of twice the longest.
+const SCORE_OPS: usize = 384;
 
 /// A key column's attention cost for one query, relative to that query's projections (q/k/v/o and
 /// the MLP): what widening a packed row by one column adds to each of its positions.
