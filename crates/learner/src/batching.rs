@@ -2,7 +2,7 @@
 //!
 //! # Design
 //! *Constraints.* The scorer packs a micro-batch's sequences into rows, the samples of a group
-//! sharing one copy of their prompt (`sluice_model::packing`), so what a pass costs depends on
+//! sharing one copy of their prompt (`sluice_model::batch::pack`), so what a pass costs depends on
 //! which groups it holds: a group split over two passes computes its prompt twice, and long
 //! sequences that cannot share a row pad short ones to their width. Each pass also has a fixed
 //! cost. `learner.micro_batch_groups` caps the groups of one pass (memory). The step's gradient
@@ -10,8 +10,8 @@
 //! totals, see `trainer.rs`); trajectory balance needs whole groups in a micro-batch (its `log Z`
 //! is per group).
 //! *Solution.* Units are whole groups, for every objective. They are sorted longest first and cut
-//! into contiguous runs by dynamic programming that minimises the cost of all runs as the
-//! scorer will pack them (the caller's `cost`, `sluice_model::packing_cost`) plus a fixed cost per run
+//! into contiguous runs by dynamic programming that minimises the cost of all runs as the scorer
+//! will pack them (the caller's `cost`: `sluice_model::packing_cost`) plus a fixed cost per run
 //! ([`RUN_OVERHEAD_POSITIONS`]), never more rows in a run than the cap. A run's real tokens bound
 //! its cost from below, so runs that cannot win are not packed.
 //! *Pros:* the plan is the scorer's own layout, prompt sharing included, whatever the shape.

@@ -420,7 +420,7 @@ fn micro_batches<'a>(
     let units: Vec<Unit> = groups
         .iter()
         .map(|g| {
-            // A completion's last token is not an input (`sluice_model::packing`).
+            // A completion's last token is not an input (`sluice_model::score`).
             let inputs = |r: &Row<'_>| r.sample.completion_tokens.len().saturating_sub(1);
             let prompt = g.first().map_or(0, |r| r.sample.prompt_tokens.len());
             Unit {
