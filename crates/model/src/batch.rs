@@ -148,7 +148,7 @@ pub fn pack_cost(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -
 fn best_layout(prompts: &[&[u32]], completion_lens: &[usize], key_cost: f64) -> Layout {
     assert_eq!(prompts.len(), completion_lens.len(), "one completion length per prompt");
     let longest = prompts.iter().zip(completion_lens).map(|(p, c)| p.len() + c).max().unwrap_or(0).max(1);
-    let groups = groups(prompts);
+    let groups = groups(prompts, completion_lens);
     let mut best = layout(prompts, &groups, completion_lens, longest);
     for k in 2..=4 {
         let wider = layout(prompts, &groups, completion_lens, k * longest);
@@ -178,12 +178,16 @@ pub(crate) fn equal_prompts(prompts: &[&[u32]]) -> (Vec<usize>, Vec<usize>) {
     (class, first)
 }
 
-/// The members of each class of [`equal_prompts`], in input order.
-fn groups(prompts: &[&[u32]]) -> Vec<Vec<usize>> {
+/// The members of each class of [`equal_prompts`], longest completion first (ties in input
+/// order): the order [`layout`] takes them in at every width.
+fn groups(prompts: &[&[u32]], completion_lens: &[usize]) -> Vec<Vec<usize>> {
     let (class, first) = equal_prompts(prompts);
     let mut groups = vec![Vec::new(); first.len()];
     for (i, c) in class.into_iter().enumerate() {
         groups[c].push(i);
+    }
+    for members in &mut groups {
+        members.sort_by_key(|&i| std::cmp::Reverse(completion_lens[i]));
     }
     groups
 }
@@ -199,18 +203,16 @@ struct Layout {
 }
 
 /// [`pack`] into rows of `width` (at least the longest sequence), `groups` the sequences with
-/// equal prompts ([`groups`]). Each group's completions go, longest first, into the first unit
-/// with room (a unit holds the prompt once and at most a row); units go, longest first, into the
-/// first row with room (first-fit decreasing both times; ties in input order, so the layout is a
-/// function of the input).
+/// equal prompts, longest first ([`groups`]). Each group's completions go, in that order, into
+/// the first unit with room (a unit holds the prompt once and at most a row); units go, longest
+/// first, into the first row with room (first-fit decreasing both times; ties in input order, so
+/// the layout is a function of the input).
 fn layout(prompts: &[&[u32]], groups: &[Vec<usize>], completion_lens: &[usize], width: usize) -> Layout {
     let mut units: Vec<(usize, Vec<usize>)> = Vec::new();
     for members in groups {
         let p = prompts[members[0]].len();
-        let mut members = members.clone();
-        members.sort_by_key(|&i| std::cmp::Reverse(completion_lens[i]));
         let first = units.len();
-        for i in members {
+        for &i in members {
             let c = completion_lens[i];
             match units[first..].iter_mut().find(|(len, _)| len + c <= width) {
                 Some((len, seqs)) => {
@@ -349,7 +351,7 @@ mod tests {
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let width = lens.iter().copied().max().unwrap();
         let lens: Vec<usize> = lens.iter().map(|l| l - 1).collect();
-        layout(&refs, &groups(&refs), &lens, width).cells(&refs, &lens)
+        layout(&refs, &groups(&refs, &lens), &lens, width).cells(&refs, &lens)
     }
 
     #[test]
@@ -377,7 +379,8 @@ mod tests {
         // of 7 (the longest sequence) hold [1, 2 | 5], [1, 2 | 3, 2] and [1, 2 | 1 ; 9 | 2].
         let (a, b): (&[u32], &[u32]) = (&[1, 2], &[9]);
         let prompts = [a, a, b, a, a];
-        let p = layout(&prompts, &groups(&prompts), &[3, 5, 2, 2, 1], 7).cells(&prompts, &[3, 5, 2, 2, 1]);
+        let lens = [3, 5, 2, 2, 1];
+        let p = layout(&prompts, &groups(&prompts, &lens), &lens, 7).cells(&prompts, &lens);
         assert_eq!((p.width, p.rows), (7, 3));
         let cell = |row: usize, col: usize| p.cells[row * p.width + col];
         assert_eq!(p.slots[1], Slot { row: 0, prompt: 0, completion: 2 });

@@ -42,17 +42,24 @@ pub struct ScoreRow<'a> {
     pub completion: &'a [u32],
 }
 
+impl ScoreRow<'_> {
+    /// Its completion tokens that are inputs of the forward: all but the last, which is predicted
+    /// but never read.
+    pub fn completion_inputs(&self) -> usize {
+        self.completion.len().saturating_sub(1)
+    }
+}
+
 /// What [`score`]'s forward over `rows` costs for `cfg`'s model, in positions of projections
 /// ([`pack_cost`]), so a caller can plan batches by the scorer's own layout.
 pub fn packing_cost(cfg: &ModelConfig, rows: &[ScoreRow<'_>]) -> f64 {
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
-    pack_cost(&prompts, &input_lens(rows), key_cost(cfg))
+    let (prompts, inputs) = pack_inputs(rows);
+    pack_cost(&prompts, &inputs, key_cost(cfg))
 }
 
-/// Each row's completion tokens that are inputs: all but the last, which is predicted but never
-/// read.
-fn input_lens(rows: &[ScoreRow<'_>]) -> Vec<usize> {
-    rows.iter().map(|r| r.completion.len().saturating_sub(1)).collect()
+/// What [`pack`] lays out for `rows`: each prompt and its completion inputs.
+fn pack_inputs<'a>(rows: &[ScoreRow<'a>]) -> (Vec<&'a [u32]>, Vec<usize>) {
+    rows.iter().map(|r| (r.prompt, r.completion_inputs())).unzip()
 }
 
 /// Scores completions under the model at a sampling temperature (`<= 0` means 1).
@@ -78,8 +85,7 @@ pub fn score<B: Backend>(
     let b = rows.len();
     let c = rows.iter().map(|r| r.completion.len()).max().unwrap_or(0).max(1);
     let lens: Vec<usize> = rows.iter().map(|r| r.completion.len()).collect();
-    let inputs = input_lens(rows);
-    let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt).collect();
+    let (prompts, inputs) = pack_inputs(rows);
     let packing = pack(&prompts, &inputs, key_cost(cfg));
     let (n, w) = (packing.rows, packing.width);
     let mut tokens = vec![0i64; n * w];
