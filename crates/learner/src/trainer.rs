@@ -403,7 +403,7 @@ fn model_tokens(s: &Sample) -> usize {
     s.loss_mask.iter().filter(|&&m| m != 0).count()
 }
 
-fn score_rows<'a>(rows: &'a [Row<'a>]) -> Vec<ScoreRow<'a>> {
+fn score_rows<'a>(rows: &[Row<'a>]) -> Vec<ScoreRow<'a>> {
     rows.iter()
         .map(|r| ScoreRow { prompt: &r.sample.prompt_tokens, completion: &r.sample.completion_tokens })
         .collect()
@@ -417,22 +417,20 @@ fn micro_batches<'a>(
     model: &ModelConfig,
 ) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
     let groups: Vec<&[Row<'a>]> = rows.chunks(cfg.group_size).collect();
-    let units: Vec<Unit> = groups
+    let scored = score_rows(rows);
+    let scored: Vec<&[ScoreRow<'_>]> = scored.chunks(cfg.group_size).collect();
+    let units: Vec<Unit> = scored
         .iter()
-        .map(|g| {
-            // A completion's last token is not an input (`sluice_model::score`).
-            let inputs = |r: &Row<'_>| r.sample.completion_tokens.len().saturating_sub(1);
-            let prompt = g.first().map_or(0, |r| r.sample.prompt_tokens.len());
-            Unit {
-                rows: g.len(),
-                longest: g.iter().map(|r| r.sample.prompt_tokens.len() + inputs(r)).max().unwrap_or(0),
-                tokens: prompt + g.iter().map(inputs).sum::<usize>(),
-            }
+        .map(|g| Unit {
+            rows: g.len(),
+            longest: g.iter().map(|r| r.prompt.len() + r.completion_inputs()).max().unwrap_or(0),
+            tokens: g.first().map_or(0, |r| r.prompt.len())
+                + g.iter().map(ScoreRow::completion_inputs).sum::<usize>(),
         })
         .collect();
     let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size, |run| {
-        let run_rows: Vec<Row<'a>> = run.iter().flat_map(|&g| groups[g].iter().copied()).collect();
-        sluice_model::packing_cost(model, &score_rows(&run_rows))
+        let run: Vec<ScoreRow<'_>> = run.iter().flat_map(|&g| scored[g].iter().copied()).collect();
+        sluice_model::packing_cost(model, &run)
     });
     let ordered = order.iter().flat_map(|&g| groups[g].iter().copied()).collect();
     let runs = runs.into_iter().map(|r| r.start * cfg.group_size..r.end * cfg.group_size).collect();
