@@ -92,6 +92,7 @@ fn bench(name: &str, model: &Llama<Cpu>, dir: &std::path::Path, shape: &Shape) {
 }
 
 fn main() {
+    sluice_model::keep_freed_memory(); // as the `sluice` binary does
     let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
     let root = PathBuf::from(std::env::var("SLUICE_BENCH_DIR").unwrap_or_else(|_| "target/bench".into()));
     let dev = Default::default();

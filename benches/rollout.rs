@@ -189,6 +189,7 @@ fn generate_baseline(policy: &Policy<Cpu>) -> Row {
 }
 
 fn main() {
+    sluice_model::keep_freed_memory(); // as the `sluice` binary does
     let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
     let gguf = model_path(&cache_dir().unwrap(), known("smollm2-135m-instruct").unwrap());
     if !gguf.is_file() {

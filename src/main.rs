@@ -220,6 +220,7 @@ struct LogprobsArgs {
 }
 
 fn main() -> Result<()> {
+    sluice_model::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -76,6 +76,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    sluice_model::keep_freed_memory(); // as the `sluice` binary does
     let dir = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

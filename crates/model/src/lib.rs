@@ -13,6 +13,7 @@
 //! Backends: [`Cpu`] (burn's Flex) always, [`CpuAutodiff`] for training; `Cuda` with the `cuda`
 //! feature.
 
+mod allocator;
 pub mod batch;
 mod cache;
 pub mod config;
@@ -26,6 +27,7 @@ mod scorer;
 mod tokenizer;
 pub mod weights;
 
+pub use allocator::keep_freed_memory;
 pub use cache::KvCache;
 pub use config::{Architecture, HfConfig, ModelConfig};
 pub use error::{ModelError, Result};
