@@ -14,11 +14,11 @@
 //! at a time, set once at start-up.
 //! The commands and benchmarks that run the model call [`keep_freed_memory`] first; a user who
 //! sets glibc's own `MALLOC_*` variables or `GLIBC_TUNABLES` keeps theirs.
-//! *Pros:* (`benches/allocator.sh`, BENCHMARKS.md) the learner step benchmark takes 1.17-1.23x
-//! less time; a SmolLM2 run of three learner steps took 82 s instead of 96 s (`sys` 35 s instead
-//! of 57 s) and peaked at 6.9 GB resident instead of 8.6 GB. *Cons:* memory freed after the peak stays with the
-//! process until it exits (as with PyTorch's caching allocators); all threads share one arena
-//! lock, which costs nothing measurable here (allocations are per tensor op, not per element).
+//! *Pros:* (`benches/allocator.sh`, BENCHMARKS.md) the learner step benchmark runs 1.17-1.23x
+//! faster; a SmolLM2 run of three learner steps took 82 s instead of 96 s (`sys` 35 s instead of
+//! 57 s) and peaked at 6.9 GB resident instead of 8.6 GB. *Cons:* memory freed after the peak
+//! stays with the process until it exits (as with PyTorch's caching allocators); all threads
+//! share one arena lock, which costs nothing measurable here (allocations are per tensor op, not per element).
 //! jemalloc as the process allocator was tried and was slower (it returns freed pages to the
 //! kernel eagerly: `sys` time doubled).
 
@@ -33,9 +33,9 @@ const USER_SETTINGS: [&str; 5] = [
 ];
 
 /// Sets the allocator up for the CPU backend's allocation pattern (see the module doc): one
-/// arena, blocks up to 1 GiB from the heap, freed memory kept, the heap grown 256 MiB at a time. Call it first thing in `main`,
-/// before other threads start. Returns whether the settings were applied: not when the user set
-/// glibc's own variables, nor off glibc (where it does nothing).
+/// arena, blocks up to 1 GiB from the heap, freed memory kept, the heap grown 256 MiB at a time.
+/// Call it first thing in `main`, before other threads start. Returns whether every setting was
+/// applied: not when the user set glibc's own variables, nor off glibc (where it does nothing).
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -49,14 +49,16 @@ pub fn keep_freed_memory() -> bool {
             (libc::M_TRIM_THRESHOLD, GIB),
             (libc::M_TOP_PAD, GIB / 4),
         ];
-        settings.iter().all(|&(param, value)| set(param, value))
+        // Each is tried even if one before it was refused.
+        settings.iter().fold(true, |all, &(param, value)| set(param, value) && all)
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)] // the one foreign call of the workspace: glibc's allocator has no safe interface
+// The one foreign call of the workspace: glibc's allocator has no safe interface.
+#[allow(unsafe_code)]
 fn set(param: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: `mallopt` takes two integers, touches only the allocator's own parameters under its
     // lock, and reports an unknown parameter or a refused value by returning 0.
