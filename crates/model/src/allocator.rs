@@ -18,9 +18,9 @@
 //! faster; a SmolLM2 run of three learner steps took 82 s instead of 96 s (`sys` 35 s instead of
 //! 57 s) and peaked at 6.9 GB resident instead of 8.6 GB. *Cons:* memory freed after the peak
 //! stays with the process until it exits (as with PyTorch's caching allocators); all threads
-//! share one arena lock, which costs nothing measurable here (allocations are per tensor op, not per element).
-//! jemalloc as the process allocator was tried and was slower (it returns freed pages to the
-//! kernel eagerly: `sys` time doubled).
+//! share one arena lock, which costs nothing measurable here (allocations are per tensor op, not
+//! per element). jemalloc as the process allocator was tried and was slower (it returns freed
+//! pages to the kernel eagerly: `sys` time doubled).
 
 /// glibc's variables that, when set, mean the user tunes the allocator themselves.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
