@@ -39,7 +39,7 @@ const USER_SETTINGS: [&str; 5] = [
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if USER_SETTINGS.iter().any(|v| std::env::var_os(v).is_some()) {
+        if user_tunes() {
             return false;
         }
         const GIB: libc::c_int = 1 << 30;
@@ -54,6 +54,12 @@ pub fn keep_freed_memory() -> bool {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
+}
+
+/// Whether one of [`USER_SETTINGS`] is set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn user_tunes() -> bool {
+    USER_SETTINGS.iter().any(|v| std::env::var_os(v).is_some())
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -73,7 +79,6 @@ mod tests {
     #[test]
     fn glibc_takes_every_setting() {
         // The values themselves: a refused one (say a threshold above glibc's limit) reads 0.
-        let user_set = USER_SETTINGS.iter().any(|v| std::env::var_os(v).is_some());
-        assert_eq!(keep_freed_memory(), !user_set);
+        assert_eq!(keep_freed_memory(), !user_tunes());
     }
 }
