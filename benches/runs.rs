@@ -9,7 +9,8 @@
 //!   Steps/s is taken over the steps after the first `WARMUP`.
 //! - `async` (`benches/async.sh`): SmolLM2-135M-Instruct on `calculator` with 100 ms tool calls
 //!   and on `arithmetic`, `max_staleness = 4` against `max_staleness = 0`, the same number of
-//!   trained samples; the wall clock of the last step, and the mean reward over all steps.
+//!   trained samples; the wall clock of the last step, the mean reward over all steps, and the
+//!   mean wait for a batch and learner step (from which `benches/async.sh` bounds the ratio).
 //!
 //! Prints one JSON line per run. `cargo bench --bench runs -- grpo STEPS` or `-- async STEPS`.
 #![allow(clippy::unwrap_used)] // a benchmark fails loudly
@@ -166,7 +167,10 @@ tasks_per_batch = 2
                     "reward_mean": mean(recs.iter().map(|r| field(r, "reward/mean"))),
                     // A step none of whose samples reached a gradable answer reports no accuracy.
                     "accuracy_mean": mean(recs.iter().filter_map(|r| r["reward/accuracy"].as_f64())),
-                    "staleness_mean": mean(recs.iter().map(|r| field(r, "staleness/mean")))})
+                    "staleness_mean": mean(recs.iter().map(|r| field(r, "staleness/mean"))),
+                    // What overlap can save: the learner's wait for each batch and its step.
+                    "wait_s_mean": mean(recs.iter().map(|r| field(r, "time/wait_data_s"))),
+                    "step_s_mean": mean(recs.iter().map(|r| field(r, "time/step_s")))})
             );
         }
     }
