@@ -15,6 +15,8 @@ cargo build -q --release --bin sluice
 step=$(cargo bench -p sluice-learner --bench step --no-run 2>&1 | grep -o 'target/release/deps/step-[0-9a-f]*' | head -1)
 cargo run --release -q -- model fetch smollm2-135m-instruct >/dev/null
 dir=$(mktemp -d)
+# Each SmolLM2 run ends with a 1.6 GB checkpoint; none of it is wanted after the table.
+trap 'rm -rf "$dir"' EXIT
 out="$dir/out"
 cat >"$dir/run.toml" <<TOML
 [run]

@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 steps=${1:-6}
 cargo run --release -q -- model fetch smollm2-135m-instruct >/dev/null
 out=$(mktemp)
+trap 'rm -f "$out"' EXIT
 cargo bench -q --bench runs -- async "$steps" | tee "$out"
 python3 - "$out" <<'PY'
 import json, sys
