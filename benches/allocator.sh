@@ -26,15 +26,17 @@ dir = "$dir/run"
 path = "smollm2-135m-instruct"
 [[envs]]
 name = "arithmetic"
-[learner]
+[rl]
 group_size = 8
 groups_per_step = 2
 max_staleness = 0
+temperature = 1.0
+[learner]
 total_steps = 3
 checkpoint_every = 0
 drop_zero_variance = false
+log_entropy = true
 [rollout]
-group_size = 8
 tasks_per_batch = 2
 max_new_tokens = 48
 max_completion_tokens = 48

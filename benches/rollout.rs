@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::fetch::{cache_dir, known, model_path};
-use sluice_core::{free_local_port, ZenohOptions};
+use sluice_core::{free_local_port, RlConfig, ZenohOptions};
 use sluice_envs::{
     Arithmetic, ArithmeticConfig, Calculator, CalculatorConfig, CalculatorTasks, IntegerVerifier,
 };
@@ -56,9 +56,13 @@ impl Row {
     }
 }
 
+/// Groups of `G` at temperature 1; the replay admits everything.
+fn rl() -> RlConfig {
+    RlConfig { group_size: G, groups_per_step: 1_000_000, max_staleness: 1_000_000, temperature: 1.0 }
+}
+
 fn arithmetic_cfg() -> RolloutConfig {
     RolloutConfig {
-        group_size: G,
         tasks_per_batch: TASKS_PER_BATCH,
         max_new_tokens: 64,
         max_completion_tokens: 64,
@@ -111,13 +115,8 @@ async fn workers(
     let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
     let server = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
     let client = ZenohOptions::connect_to(ep).open().await.unwrap();
-    let rcfg = ReplayConfig {
-        durability: Durability::GroupCommit { interval_ms: 5 },
-        max_staleness: 1_000_000,
-        groups_per_step: 1_000_000,
-        ..Default::default()
-    };
-    let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, rcfg).unwrap());
+    let rcfg = ReplayConfig { durability: Durability::GroupCommit { interval_ms: 5 }, ..Default::default() };
+    let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, rcfg, rl()).unwrap());
     let service = ReplayService::start(&server, "bench", shard.clone()).await.unwrap();
     let mut handles = Vec::new();
     let t0 = Instant::now();
@@ -125,7 +124,8 @@ async fn workers(
         let name = format!("w{i}");
         let cfg = RolloutConfig { seed: i as u64, ..cfg.clone() };
         let runner =
-            Runner::new("bench", &name, cfg, policy.tokenizer.clone(), policy.stop_token_ids()).unwrap();
+            Runner::new("bench", &name, cfg, rl(), policy.tokenizer.clone(), policy.stop_token_ids())
+                .unwrap();
         let replay = ReplayClient::new(client.clone(), ClientConfig::new("bench", 1)).unwrap();
         let mut w = Worker::new(
             client.clone(),
@@ -162,7 +162,7 @@ async fn workers(
 /// The sampler alone on one batch of arithmetic prompts, `BATCHES` times.
 fn generate_baseline(policy: &Policy<Cpu>) -> Row {
     let cfg = arithmetic_cfg();
-    let runner = Runner::new("bench", "base", cfg.clone(), policy.tokenizer.clone(), vec![]).unwrap();
+    let runner = Runner::new("bench", "base", cfg.clone(), rl(), policy.tokenizer.clone(), vec![]).unwrap();
     let mut src = arithmetic_source(0);
     let mut prompts = Vec::new();
     for _ in 0..TASKS_PER_BATCH {
@@ -171,7 +171,7 @@ fn generate_baseline(policy: &Policy<Cpu>) -> Row {
         prompts.extend(std::iter::repeat_n(p, G));
     }
     let params = SamplingParams {
-        temperature: cfg.temperature,
+        temperature: rl().temperature,
         max_new_tokens: cfg.max_new_tokens,
         stop_token_ids: policy.stop_token_ids(),
         ..Default::default()
@@ -188,13 +188,13 @@ fn generate_baseline(policy: &Policy<Cpu>) -> Row {
     Row { what: "generate (baseline)".into(), samples, tokens, seconds, env_steps: 0, env_wait_s: 0.0 }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     sluice_model::keep_freed_memory(); // as the `sluice` binary does
     let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
     let gguf = model_path(&cache_dir().unwrap(), known("smollm2-135m-instruct").unwrap());
     if !gguf.is_file() {
         eprintln!("run `sluice model fetch smollm2-135m-instruct` first");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     }
     let policy = Policy::<Cpu>::load(&gguf, &Default::default()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -249,4 +249,5 @@ fn main() {
         line(c0, format!("{:.2}x of generate", ratio(c0, &base)));
         line(c100, format!("{:.2}x of 0ms", ratio(c100, c0)));
     }
+    std::process::ExitCode::SUCCESS
 }

@@ -83,19 +83,21 @@ path = "{model}"
 name = "arithmetic"
 style = "bare"
 ops = ["+"]
-[learner]
+[rl]
 group_size = 8
 groups_per_step = 8
 max_staleness = {staleness}
+temperature = 1.0
+[learner]
 total_steps = {steps}
 checkpoint_every = 0
 drop_zero_variance = false
+log_entropy = true
 [learner.kl]
 beta = {beta}
 [learner.schedule]
 lr = 1e-5
 [rollout]
-group_size = 8
 tasks_per_batch = 8
 max_new_tokens = 32
 max_completion_tokens = 32
@@ -140,17 +142,19 @@ dir = "{run}"
 path = "smollm2-135m-instruct"
 [[envs]]
 {env_toml}
-[learner]
+[rl]
 group_size = 8
 groups_per_step = 2
 max_staleness = {staleness}
+temperature = 1.0
+[learner]
 total_steps = {steps}
 checkpoint_every = 0
 drop_zero_variance = false
+log_entropy = true
 [learner.schedule]
 lr = 1e-5
 [rollout]
-group_size = 8
 tasks_per_batch = 2
 {rollout_toml}
 "#,

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use sluice::fetch::resolve_model;
-use sluice_model::weights::to_vec_f32;
+use sluice_model::to_vec_f32;
 use sluice_model::{generate, score, ChatMessage, Cpu, Policy, SamplingParams, ScoreRow};
 
 fn main() -> Result<()> {

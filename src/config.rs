@@ -1,12 +1,17 @@
 //! The run's configuration: one typed tree read from TOML, unknown keys rejected with their path,
-//! `--set path.to.key=value` overrides, consistency checks across sections, and the resolved
-//! tree written into the run directory (`config.toml`). Every key is documented in
+//! `--set path.to.key=value` overrides, every section checked once where the tree is loaded, and
+//! the resolved tree written into the run directory (`config.toml`). Every key is documented in
 //! `examples/default.toml`.
+//!
+//! Each setting has one default, its struct's `Default` (the quickstart's value), whichever way a
+//! config is written: a missing section, a section missing the key, or no file at all. The
+//! settings several roles must agree on are one section, `[rl]` ([`RlConfig`]), handed to each.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sluice_core::RlConfig;
 use sluice_envs::ArithmeticConfig;
 use sluice_learner::LearnerConfig;
 use sluice_replay::ReplayConfig;
@@ -24,6 +29,8 @@ pub struct RunConfig {
     pub model: ModelSection,
     /// How the roles reach each other.
     pub zenoh: ZenohSection,
+    /// The settings every role agrees on: group size, groups per step, staleness, temperature.
+    pub rl: RlConfig,
     /// The replay store (per shard).
     pub replay: ReplayConfig,
     /// The learner.
@@ -127,37 +134,17 @@ impl Default for RunConfig {
     /// on the CPU, sized to show learning within half an hour on two cores (BENCHMARKS.md): one-digit
     /// operands (the 135M model gets 17% of them right greedily, mostly for want of a readable final
     /// answer; with two-digit operands it gets 5%, and two-digit arithmetic it cannot do), sampling
-    /// at temperature 0.7, lr 2e-5, 20 steps of 4 groups x 8.
+    /// at temperature 0.7, lr 2e-5, 20 steps of 4 groups x 8. Every section is its struct's
+    /// default; only the task list is chosen here.
     fn default() -> Self {
-        let temperature = 0.7;
-        let learner = LearnerConfig {
-            group_size: 8,
-            groups_per_step: 4,
-            max_staleness: 2,
-            temperature,
-            total_steps: 20,
-            checkpoint_every: 5,
-            schedule: sluice_learner::Schedule::constant(2e-5),
-            log_entropy: false,
-            ..Default::default()
-        };
-        let rollout = RolloutConfig {
-            group_size: 8,
-            tasks_per_batch: 4,
-            temperature,
-            max_new_tokens: 48,
-            max_completion_tokens: 48,
-            ..Default::default()
-        };
         RunConfig {
             run: RunSection::default(),
             model: ModelSection::default(),
             zenoh: ZenohSection::default(),
-            // A group is redelivered when its lease ends unacknowledged; the learner acknowledges at
-            // checkpoints, so the lease outlasts the time between two of them.
-            replay: ReplayConfig { fifo_lease_ms: 600_000, ..ReplayConfig::default() },
-            learner,
-            rollout,
+            rl: RlConfig::default(),
+            replay: ReplayConfig::default(),
+            learner: LearnerConfig::default(),
+            rollout: RolloutConfig::default(),
             envs: vec![EnvSpec::Arithmetic(ArithmeticConfig { max_digits: 1, ..Default::default() })],
             eval: EvalSection::default(),
         }
@@ -179,7 +166,6 @@ impl RunConfig {
             None => RunConfig::default().to_value()?,
         };
         let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "the quickstart config".into());
-        reject_derived_keys(&value, &origin)?;
         for o in overrides {
             apply_override(&mut value, o)?;
         }
@@ -192,17 +178,15 @@ impl RunConfig {
     pub fn from_value(value: toml::Value, origin: &str) -> Result<RunConfig> {
         let mut cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            anyhow!("{origin}: key `{path}`: {}", e.into_inner())
+            let moved = moved_key(&path, &e.inner().to_string());
+            anyhow!("{origin}: key `{path}`: {}{moved}", e.into_inner())
         })?;
-        cfg.derive();
+        cfg.seed_sections();
         Ok(cfg)
     }
 
-    /// Values one section owns and another follows: the replay's staleness bound and batch size
-    /// are the learner's.
-    fn derive(&mut self) {
-        self.replay.max_staleness = self.learner.max_staleness;
-        self.replay.groups_per_step = self.learner.groups_per_step as u64;
+    /// Sections whose seed is left at 0 take the run's.
+    fn seed_sections(&mut self) {
         if self.replay.seed == 0 {
             self.replay.seed = self.run.seed;
         }
@@ -229,31 +213,14 @@ impl RunConfig {
         if self.run.device == "cuda" && !cfg!(feature = "cuda") {
             bail!("run.device = \"cuda\" needs sluice built with `--features cuda`");
         }
-        self.learner.check().map_err(|e| anyhow!("{e}"))?;
-        self.rollout.check().map_err(|e| anyhow!("{e}"))?;
-        if self.rollout.temperature == 0.0 {
-            bail!("rollout.temperature must be > 0 for training (0, greedy, is for `sluice eval`)");
-        }
-        if self.rollout.group_size != self.learner.group_size {
-            bail!(
-                "rollout.group_size ({}) must equal learner.group_size ({})",
-                self.rollout.group_size,
-                self.learner.group_size
-            );
-        }
-        if self.rollout.temperature != self.learner.temperature {
-            bail!(
-                "rollout.temperature ({}) must equal learner.temperature ({}): the learner scores at the \
-                 temperature the workers sampled at",
-                self.rollout.temperature,
-                self.learner.temperature
-            );
-        }
+        self.rl.check()?;
+        self.learner.check(&self.rl)?;
+        self.rollout.check()?;
         if self.envs.is_empty() {
             bail!("envs: at least one environment is needed ([[envs]] name = \"arithmetic\")");
         }
         for (i, e) in self.envs.iter().enumerate() {
-            e.check().map_err(|m| anyhow!("envs[{i}] ({}): {m}", e.name()))?;
+            e.check().with_context(|| format!("envs[{i}] ({})", e.name()))?;
         }
         if let sluice_rollout::CurriculumConfig::Fixed { weights } = &self.rollout.curriculum {
             if weights.len() != self.envs.len() {
@@ -270,14 +237,9 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The tree as a TOML value, without the keys the replay takes from the learner.
+    /// The tree as a TOML value.
     pub fn to_value(&self) -> Result<toml::Value> {
-        let mut v = toml::Value::try_from(self).context("the config as TOML")?;
-        if let Some(replay) = v.get_mut("replay").and_then(|r| r.as_table_mut()) {
-            replay.remove("max_staleness");
-            replay.remove("groups_per_step");
-        }
-        Ok(v)
+        toml::Value::try_from(self).context("the config as TOML")
     }
 
     /// The resolved tree as TOML (what `config.toml` in the run directory holds).
@@ -300,17 +262,17 @@ impl RunConfig {
     }
 }
 
-/// `replay.max_staleness` and `replay.groups_per_step` follow the learner; setting them in the
-/// replay section would be silently ignored, so it is refused.
-fn reject_derived_keys(value: &toml::Value, origin: &str) -> Result<()> {
-    if let Some(replay) = value.get("replay").and_then(|v| v.as_table()) {
-        for key in ["max_staleness", "groups_per_step"] {
-            if replay.contains_key(key) {
-                bail!("{origin}: key `replay.{key}`: set `learner.{key}` instead (the replay follows the learner)");
-            }
+/// A hint for a key that an older config kept in a role's section: the settings every role shares
+/// are `[rl]` now.
+fn moved_key(path: &str, message: &str) -> String {
+    let shared = ["group_size", "groups_per_step", "max_staleness", "temperature"];
+    let section = path.split('.').next().unwrap_or_default();
+    match shared.iter().find(|k| message.contains(&format!("unknown field `{k}`"))) {
+        Some(k) if matches!(section, "learner" | "rollout" | "replay") => {
+            format!(" (set `rl.{k}`: every role reads the settings they share from [rl])")
         }
+        _ => String::new(),
     }
-    Ok(())
 }
 
 /// Applies `path.to.key=value`: the value is read as TOML (`4`, `1e-5`, `true`, `"x"`, `[1, 2]`),
@@ -396,9 +358,11 @@ mod tests {
         let e = refused("[[envs]]\nname = \"arithmetic\"\nmax_digit = 3\n", &[]);
         assert!(e.contains("envs") && e.contains("max_digit"), "{e}");
         let e = refused("[replay]\nmax_staleness = 3\n", &[]);
-        assert!(e.contains("learner.max_staleness"), "{e}");
+        assert!(e.contains("replay") && e.contains("rl.max_staleness"), "{e}");
         let e = refused("", &["learner.group_size=3"]);
-        assert!(e.contains("rollout.group_size") && e.contains("learner.group_size"), "{e}");
+        assert!(e.contains("learner") && e.contains("rl.group_size"), "{e}");
+        let e = refused("[rl]\ntemperature = 0.0\n", &[]);
+        assert!(e.contains("rl.temperature"), "{e}");
     }
 
     #[test]
@@ -407,7 +371,7 @@ mod tests {
             "[[envs]]\nname = \"arithmetic\"\n[[envs]]\nname = \"countdown\"\n",
             &[
                 "learner.kl.beta=0.04",
-                "learner.max_staleness=0",
+                "rl.max_staleness=0",
                 "run.name=\"my-run\"",
                 "run.dir=/tmp/x",
                 "envs.1.seed=7",
@@ -415,7 +379,7 @@ mod tests {
             ],
         )?;
         assert_eq!(cfg.learner.kl.beta, 0.04);
-        assert_eq!(cfg.replay.max_staleness, 0, "the replay follows the learner");
+        assert_eq!(cfg.rl.max_staleness, 0);
         assert_eq!(cfg.run.name, "my-run");
         assert_eq!(cfg.run.dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.envs[1].name(), "countdown");
@@ -425,6 +389,57 @@ mod tests {
         let two = "[[envs]]\nname = \"arithmetic\"\n[[envs]]\nname = \"countdown\"\n";
         let e = refused(two, &["envs.3.seed=1"]);
         assert!(e.contains("out of range"), "{e}");
+        Ok(())
+    }
+
+    /// One default per setting: a config that leaves a key out gets the quickstart's value,
+    /// whether the section is missing, present without the key, or set with `--set`.
+    #[test]
+    fn partial_configs_and_overrides_keep_the_built_in_defaults() -> Result<()> {
+        let quickstart = RunConfig::load(None, &[])?;
+        let with = |f: &dyn Fn(&mut RunConfig)| {
+            let mut c = quickstart.clone();
+            f(&mut c);
+            c
+        };
+        let total_2 = with(&|c| c.learner.total_steps = 2);
+        let cases: Vec<(&str, Vec<&str>, RunConfig)> = vec![
+            ("", vec![], quickstart.clone()),
+            ("[learner]\n", vec![], quickstart.clone()),
+            ("[learner]\ntotal_steps = 2\n", vec![], total_2.clone()),
+            ("", vec!["learner.total_steps=2"], total_2.clone()),
+            (
+                "[rollout]\ntop_k = 5\n",
+                vec!["learner.total_steps=2"],
+                with(&|c| {
+                    c.learner.total_steps = 2;
+                    c.rollout.top_k = 5;
+                }),
+            ),
+            ("[rl]\ntemperature = 1.0\n", vec![], with(&|c| c.rl.temperature = 1.0)),
+            (
+                "[rl]\n",
+                vec!["rl.group_size=4", "rl.groups_per_step=2"],
+                with(&|c| {
+                    c.rl.group_size = 4;
+                    c.rl.groups_per_step = 2;
+                }),
+            ),
+            (
+                "[replay]\nsegment_rows = 10\n[learner.kl]\nbeta = 0.04\n",
+                vec![],
+                with(&|c| {
+                    c.replay.segment_rows = 10;
+                    c.learner.kl.beta = 0.04;
+                }),
+            ),
+        ];
+        for (text, overrides, want) in cases {
+            let got = load_text(text, &overrides).with_context(|| format!("{text:?} {overrides:?}"))?;
+            assert_eq!(got, want, "{text:?} with {overrides:?}");
+        }
+        let none = RunConfig::load(None, &["learner.total_steps=2".to_string()])?;
+        assert_eq!(none, total_2, "no file, one --set");
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 use sluice_envs::{
     Arithmetic, ArithmeticConfig, Calculator, CalculatorConfig, CalculatorTasks, ChainSum, ChainSumConfig,
@@ -153,25 +153,26 @@ impl EnvSpec {
     }
 
     /// Checks the settings.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
         match self {
-            EnvSpec::Arithmetic(c) => c.check(),
+            EnvSpec::Arithmetic(c) => c.check()?,
             EnvSpec::Calculator(c) if c.tasks.style != Style::Chat => {
-                Err("tasks.style must be \"chat\": the calculator asks in a chat".into())
+                bail!("tasks.style must be \"chat\": the calculator asks in a chat")
             }
-            EnvSpec::Calculator(c) => c.tasks.check(),
-            EnvSpec::Remote(r) if r.env.is_empty() => Err("`env` (the served name) is required".into()),
+            EnvSpec::Calculator(c) => c.tasks.check()?,
+            EnvSpec::Remote(r) if r.env.is_empty() => bail!("`env` (the served name) is required"),
             EnvSpec::Remote(r) if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) => {
-                Err(format!("timeout_s {} must be > 0", r.timeout_s))
+                bail!("timeout_s {} must be > 0", r.timeout_s)
             }
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 
     /// Builds the source; `session` and `run` reach remote environments.
     pub fn build(&self, purpose: Purpose, session: &zenoh::Session, run: &str) -> Result<EnvSource> {
         let (split, name) = (purpose.split(), self.name());
-        let err = |e: String| anyhow!("envs `{name}`: {e}");
+        let err = |e: sluice_envs::EnvsError| anyhow!("envs `{name}`: {e}");
         let verifier = |tasks: Box<dyn sluice_core::TaskSource>, v: Arc<dyn sluice_core::Verifier>| {
             EnvSource { tasks, judge: Judge::Verifier(v), stop_strings: Vec::new() }
         };
@@ -221,7 +222,7 @@ impl EnvSpec {
             }
             EnvSpec::Remote(r) => {
                 let env = RemoteEnv::new(session.clone(), run, &r.env, Duration::from_secs_f64(r.timeout_s))
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| anyhow!("envs `{name}`: {e}"))?;
                 EnvSource {
                     tasks: Box::new(env.tasks()),
                     judge: Judge::Env(Arc::new(env)),

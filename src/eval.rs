@@ -1,5 +1,5 @@
 //! `sluice eval`: accuracy and pass@k of a model on held-out tasks (the split training never
-//! draws, DESIGN.md §7), rolled out by the same runner the workers use.
+//! draws: `docs/design.md`, "Environments"), rolled out by the same runner the workers use.
 
 use std::path::Path;
 use std::time::Instant;
@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use serde::Serialize;
-use sluice_core::metrics;
+use sluice_core::{metrics, RlConfig};
 use sluice_model::Policy;
 use sluice_rollout::{FixedWeights, Job, RolloutConfig, Runner, Versioned};
 
@@ -98,13 +98,14 @@ pub async fn eval<B: Backend>(
     let policy = Policy::<B>::load(model_path, &device)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let cfg = RolloutConfig {
-        group_size: samples,
-        temperature,
         curriculum: sluice_rollout::CurriculumConfig::Fixed { weights: vec![1.0] },
         ..base.clone()
     };
+    // Evaluation's own draw: `samples` per task at its temperature (0: greedy).
+    let draw = RlConfig { group_size: samples, temperature, ..RlConfig::default() };
     let batch = cfg.tasks_per_batch.max(1);
-    let mut runner = Runner::new("eval", "eval", cfg, policy.tokenizer.clone(), policy.stop_token_ids())?;
+    let mut runner =
+        Runner::new("eval", "eval", cfg, draw, policy.tokenizer.clone(), policy.stop_token_ids())?;
     let mut source = spec.build(Purpose::Eval(split), session, "eval")?;
     let mut current = Versioned { model: policy.model, version: 0 };
     let (mut correct, mut rewards, mut passed, mut tasks) = (Vec::new(), Vec::new(), 0usize, 0usize);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_model::weights::to_vec_f32;
+use sluice_model::to_vec_f32;
 use sluice_model::{generate, model_info, score, ChatMessage, Policy, SamplingParams, ScoreRow};
 
 #[derive(Parser)]

@@ -51,7 +51,7 @@ impl ReplayRole {
         for k in 0..cfg.run.replay_shards {
             let dir = cfg.run.dir.join("replay").join(format!("shard-{k}"));
             let shard = Arc::new(
-                Shard::open(&dir, k, cfg.replay.clone())
+                Shard::open(&dir, k, cfg.replay.clone(), cfg.rl)
                     .with_context(|| format!("opening replay shard {}", dir.display()))?,
             );
             let r = shard.recovery();
@@ -165,8 +165,10 @@ pub async fn learner<B: AutodiffBackend>(
     let reference = lc.needs_reference().then(|| policy.model.valid());
     let checkpoints = Checkpoints::new(cfg.run.dir.join("checkpoints"), lc.keep_checkpoints);
     let learner = match resume_latest::<B>(&checkpoints, &device) {
-        Some(restored) => Learner::resume(lc.clone(), restored, reference)?,
-        None => Learner::new(Trainer::new(lc.clone(), policy.model, reference, AdamW::new(lc.optimizer))?),
+        Some(restored) => Learner::resume(lc.clone(), cfg.rl, restored, reference)?,
+        None => {
+            Learner::new(Trainer::new(lc.clone(), cfg.rl, policy.model, reference, AdamW::new(lc.optimizer))?)
+        }
     };
     let resumed_from = learner.state().step;
     let report = Report::open(&cfg.run.dir, resumed_from, lc.total_steps)?;
@@ -273,10 +275,16 @@ pub async fn rollout<B: Backend>(
     let mut handles = Vec::new();
     for name in names {
         let sub_cfg = SubscriberConfig::new(run.clone(), name.clone());
-        let gate = StalenessGate::new(cfg.learner.max_staleness, 0);
+        let gate = StalenessGate::new(cfg.rl.max_staleness, 0);
         let sub = Subscriber::start(session, sub_cfg, Destination::REPLICATED, gate).await?;
-        let runner =
-            Runner::new(run, name, cfg.rollout.clone(), policy.tokenizer.clone(), policy.stop_token_ids())?;
+        let runner = Runner::new(
+            run,
+            name,
+            cfg.rollout.clone(),
+            cfg.rl,
+            policy.tokenizer.clone(),
+            policy.stop_token_ids(),
+        )?;
         let mix = sluice_core::fnv1a64(name.as_bytes());
         let sources = cfg
             .envs

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
 use crate::answer::{extract_answer, graded, matches_integer, strip_template};
+use crate::error::{EnvsError, Result};
 use crate::split::{split_of, Split};
 
 /// Settings of the `arithmetic` source.
@@ -53,15 +54,18 @@ impl Default for ArithmeticConfig {
 
 impl ArithmeticConfig {
     /// Checks the ranges; the error names the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
         if self.min_digits == 0 || self.min_digits > self.max_digits || self.max_digits > 9 {
-            return Err(format!(
+            return Err(EnvsError::Config(format!(
                 "arithmetic.min_digits ({}) and max_digits ({}) must satisfy 1 <= min <= max <= 9",
                 self.min_digits, self.max_digits
-            ));
+            )));
         }
         if self.ops.is_empty() || self.ops.iter().any(|o| !matches!(o, '+' | '-' | '*')) {
-            return Err(format!("arithmetic.ops {:?} must be a non-empty subset of + - *", self.ops));
+            return Err(EnvsError::Config(format!(
+                "arithmetic.ops {:?} must be a non-empty subset of + - *",
+                self.ops
+            )));
         }
         Ok(())
     }
@@ -89,7 +93,7 @@ pub struct Arithmetic {
 
 impl Arithmetic {
     /// A generator; refuses bad settings.
-    pub fn new(cfg: ArithmeticConfig) -> Result<Self, String> {
+    pub fn new(cfg: ArithmeticConfig) -> Result<Self> {
         cfg.check()?;
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(Arithmetic { cfg, rng, drawn: 0 })

@@ -46,7 +46,7 @@ pub struct CalculatorTasks {
 
 impl CalculatorTasks {
     /// Tasks drawn with `cfg` (see [`CalculatorTasks::default_config`]).
-    pub fn new(cfg: crate::arithmetic::ArithmeticConfig) -> Result<Self, String> {
+    pub fn new(cfg: crate::arithmetic::ArithmeticConfig) -> crate::Result<Self> {
         Ok(CalculatorTasks { inner: crate::arithmetic::Arithmetic::new(cfg)? })
     }
 

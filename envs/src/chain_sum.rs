@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Task, TaskSource};
 
+use crate::error::{EnvsError, Result};
 use crate::split::{split_of, Split};
 
 /// Settings of the `chain_sum` source.
@@ -48,15 +49,18 @@ pub struct ChainSum {
 
 impl ChainSum {
     /// A generator; refuses bad settings.
-    pub fn new(cfg: ChainSumConfig) -> Result<Self, String> {
+    pub fn new(cfg: ChainSumConfig) -> Result<Self> {
         if cfg.min_terms < 2 || cfg.min_terms > cfg.max_terms || cfg.max_terms > 50 {
-            return Err(format!(
+            return Err(EnvsError::Config(format!(
                 "chain_sum.min_terms ({}) and max_terms ({}) must satisfy 2 <= min <= max <= 50",
                 cfg.min_terms, cfg.max_terms
-            ));
+            )));
         }
         if cfg.max_digits == 0 || cfg.max_digits > 9 {
-            return Err(format!("chain_sum.max_digits ({}) must be in 1..=9", cfg.max_digits));
+            return Err(EnvsError::Config(format!(
+                "chain_sum.max_digits ({}) must be in 1..=9",
+                cfg.max_digits
+            )));
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(ChainSum { cfg, rng, drawn: 0 })

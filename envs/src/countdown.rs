@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{Message, Prompt, Reward, Task, TaskSource, Verifier};
 
 use crate::answer::{graded, last_answer_tag, last_boxed, strip_template};
+use crate::error::{EnvsError, Result};
 use crate::split::{split_of, Split};
 
 /// Settings of the `countdown` source.
@@ -226,18 +227,18 @@ pub struct Countdown {
 
 impl Countdown {
     /// A generator; refuses bad settings.
-    pub fn new(cfg: CountdownConfig) -> Result<Self, String> {
+    pub fn new(cfg: CountdownConfig) -> Result<Self> {
         if cfg.min_numbers < 2 || cfg.min_numbers > cfg.max_numbers || cfg.max_numbers > 6 {
-            return Err(format!(
+            return Err(EnvsError::Config(format!(
                 "countdown.min_numbers ({}) and max_numbers ({}) must satisfy 2 <= min <= max <= 6",
                 cfg.min_numbers, cfg.max_numbers
-            ));
+            )));
         }
         if cfg.max_value < 2 || cfg.max_target < 1 {
-            return Err(format!(
+            return Err(EnvsError::Config(format!(
                 "countdown.max_value ({}) must be >= 2 and max_target ({}) >= 1",
                 cfg.max_value, cfg.max_target
-            ));
+            )));
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(Countdown { cfg, rng, drawn: 0 })

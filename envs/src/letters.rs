@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::{Prompt, Reward, Task, TaskSource, Verifier};
 
 use crate::answer::graded;
+use crate::error::{EnvsError, Result};
 use crate::split::{split_of, Split};
 
 /// Settings of the `letters` source.
@@ -41,14 +42,14 @@ pub struct Letters {
 
 impl Letters {
     /// A generator over the letters of `cfg.alphabet` in `cfg.split`.
-    pub fn new(cfg: LettersConfig) -> Result<Self, String> {
+    pub fn new(cfg: LettersConfig) -> Result<Self> {
         let letters: Vec<char> =
             cfg.alphabet.chars().filter(|c| split_of(&prompt(*c)) == cfg.split).collect();
         if letters.is_empty() {
-            return Err(format!(
+            return Err(EnvsError::Config(format!(
                 "letters.alphabet {:?} has no letter in the {:?} split",
                 cfg.alphabet, cfg.split
-            ));
+            )));
         }
         Ok(Letters { letters, seed: cfg.seed, rng: StdRng::seed_from_u64(cfg.seed), drawn: 0 })
     }

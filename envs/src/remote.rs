@@ -1,6 +1,6 @@
 //! Remote environments: the environment API as JSON over zenoh queryables, so an environment can
-//! be another process in any language (DESIGN.md §7). `envs/python` serves a Python class this
-//! way; [`serve`] serves any Rust [`Env`] and [`TaskSource`].
+//! be another process in any language (`docs/design.md`, "Environments"). `envs/python` serves a
+//! Python class this way; [`serve`] serves any Rust [`Env`] and [`TaskSource`].
 //!
 //! # Protocol
 //! An environment `name` of run `run` answers queries on `sluice/{run}/env/{name}/{op}`; every

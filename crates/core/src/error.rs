@@ -32,6 +32,14 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A setting is out of its range.
+    #[error("{key}: {reason}")]
+    Setting {
+        /// The setting's key in the run config (`rl.group_size`).
+        key: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
     /// zenoh refused a configuration or failed to open a session.
     #[error("zenoh: {0}")]
     Zenoh(String),

@@ -1,4 +1,5 @@
-//! zenoh key expressions of every role (DESIGN.md §5, §6, §7): the only place they are spelled.
+//! zenoh key expressions of every role (`docs/design.md`: "Roles and settings", "Weight sync",
+//! "Replay", "Environments"): the only place they are spelled.
 
 use crate::error::{Error, Result};
 

@@ -1,7 +1,6 @@
-//! Shared vocabulary of sluice: policy versions and staleness, the trajectory schema (Arrow), the
-//! environment API, zenoh key expressions and session setup, metric names.
-//!
-//! Later work adds the run's config types here (DESIGN.md §1); only what is used today lives here.
+//! Shared vocabulary of sluice: the settings every role agrees on, policy versions and staleness,
+//! the trajectory schema (Arrow), the environment API, zenoh key expressions and session setup,
+//! metric names.
 
 pub mod env;
 mod error;
@@ -9,6 +8,8 @@ pub mod hash;
 pub mod keys;
 pub mod metrics;
 mod net;
+mod settings;
+pub mod testing;
 pub mod trajectory;
 mod version;
 
@@ -19,5 +20,6 @@ pub use env::{
 pub use error::{Error, Result};
 pub use hash::{fnv1a64, splitmix64};
 pub use net::{free_local_port, ZenohOptions};
-pub use trajectory::{Finish, Group, GroupSpan, Sample};
+pub use settings::RlConfig;
+pub use trajectory::{zero_variance, Finish, Group, GroupSpan, Sample};
 pub use version::{admission_limit, is_admissible, PolicyVersion};

@@ -7,7 +7,8 @@
 
 /// Optimizer steps taken when the record was written.
 pub const STEP: &str = "step";
-/// The policy version after the step (DESIGN.md §3: the number of optimizer steps applied).
+/// The policy version after the step: the number of optimizer steps applied (`docs/design.md`,
+/// "Versions and staleness").
 pub const VERSION: &str = "version";
 /// Which role wrote the record (`learner`, `rollout`).
 pub const ROLE: &str = "role";

@@ -1,4 +1,4 @@
-//! zenoh session setup shared by every role (DESIGN.md §8).
+//! zenoh session setup shared by every role (`docs/design.md`, "Roles and settings").
 //!
 //! A peer on explicit endpoints, multicast scouting off: a zenoh peer otherwise listens on every
 //! interface and scouts the LAN, which is never what a training run wants. A user's own zenoh
@@ -62,7 +62,10 @@ impl ZenohOptions {
     /// Opens a session (needs a tokio multi-thread runtime).
     pub async fn open(&self) -> Result<zenoh::Session> {
         let config = self.to_config()?;
-        zenoh::open(config).await.map_err(|e| {
+        // The one place a session is opened, from the settings above.
+        #[allow(clippy::disallowed_methods)]
+        let session = zenoh::open(config).await;
+        session.map_err(|e| {
             Error::Zenoh(format!(
                 "opening a session (listen {:?}, connect {:?}): {e}",
                 self.listen, self.connect

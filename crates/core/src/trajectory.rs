@@ -1,5 +1,5 @@
-//! The trajectory data contract (DESIGN.md §2): one Arrow row per sampled completion, a *group* is
-//! the G completions of one prompt.
+//! The trajectory data contract (`docs/design.md`, "Trajectories"): one Arrow row per sampled
+//! completion, a *group* is the G completions of one prompt.
 //!
 //! # Design
 //! *Constraints.* Rollout workers, the replay store, the learner and `sluice replay export` must
@@ -120,6 +120,23 @@ impl Group {
     pub fn mean_reward(&self) -> f64 {
         mean(self.samples.iter().map(|s| s.reward as f64))
     }
+
+    /// Whether the group's rewards are all equal ([`zero_variance`]).
+    pub fn zero_variance(&self) -> bool {
+        zero_variance(self.samples.iter().map(|s| s.reward))
+    }
+}
+
+/// Whether a group's rewards are all equal: its group-relative advantages are all zero, so it
+/// carries no GRPO signal (DAPO's dynamic sampling drops such groups). The one statement of the
+/// rule: the replay's sampler and the learner's batch filling both use it. Exact equality, not a
+/// standard deviation under a threshold, so that rounding in a mean never decides.
+pub fn zero_variance(rewards: impl IntoIterator<Item = f32>) -> bool {
+    let mut it = rewards.into_iter();
+    match it.next() {
+        Some(first) => it.all(|r| r == first),
+        None => true,
+    }
 }
 
 fn mean(xs: impl ExactSizeIterator<Item = f64>) -> f64 {
@@ -168,7 +185,7 @@ fn reward_parts_type() -> DataType {
     DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
 }
 
-/// The trajectory schema of DESIGN.md §2, the only definition of it.
+/// The trajectory schema of `docs/design.md` ("Trajectories"), the only definition of it.
 pub fn trajectory_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -305,8 +322,8 @@ pub struct GroupSpan {
     pub newest_version: u64,
     /// Mean reward.
     pub mean_reward: f64,
-    /// Population standard deviation of the rewards (0 for a zero-variance group).
-    pub reward_std: f64,
+    /// Whether the rewards are all equal ([`zero_variance`]).
+    pub zero_variance: bool,
     /// Estimated bytes the group occupies in memory.
     pub bytes: u64,
 }
@@ -525,7 +542,6 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
         }
         let rewards: Vec<f64> = rows.iter().map(|&r| c.reward.value(r as usize) as f64).collect();
         let mean_reward = mean(rewards.iter().copied());
-        let var = mean(rewards.iter().map(|r| (r - mean_reward) * (r - mean_reward)));
         let versions: Vec<u64> = rows.iter().map(|&r| c.behavior_version.value(r as usize)).collect();
         let bytes = rows
             .iter()
@@ -543,7 +559,7 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
             behavior_version: versions.iter().copied().min().unwrap_or(0),
             newest_version: versions.iter().copied().max().unwrap_or(0),
             mean_reward,
-            reward_std: var.sqrt(),
+            zero_variance: zero_variance(rows.iter().map(|&r| c.reward.value(r as usize))),
             bytes,
             rows,
         });
@@ -671,5 +687,30 @@ mod quiet_panics {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
         QUIET.with(|q| q.set(false));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{group, sample};
+
+    #[test]
+    fn zero_variance_is_exact_equality_for_groups_and_stored_spans_alike() {
+        // Equal rewards whose f64 mean is not exactly the reward: a spread computed from the mean
+        // would not be 0, and the replay and the learner used to disagree on such a group.
+        for (rewards, want) in [(vec![0.1f32; 3], true), (vec![0.1, 0.1, 0.3], false), (vec![1.0; 2], true)] {
+            let g = group(
+                1,
+                rewards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| Sample { reward: r, ..sample(1, i as u16, 0, vec![4]) }),
+            );
+            assert_eq!(g.zero_variance(), want, "{rewards:?}");
+            let span = validate_batch(&groups_to_batch(&[g]).expect("a valid group")).expect("valid");
+            assert_eq!(span[0].zero_variance, want, "{rewards:?}");
+        }
+        assert!(zero_variance(std::iter::empty()));
     }
 }

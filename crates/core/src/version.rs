@@ -1,4 +1,4 @@
-//! Policy versions and staleness (DESIGN.md §3).
+//! Policy versions and staleness (`docs/design.md`, "Versions and staleness").
 //!
 //! # Design
 //! *Constraints.* An asynchronous learner trains on samples drawn by older policies; too old and

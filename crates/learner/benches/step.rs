@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use sluice_core::{Finish, Group, Sample};
+use sluice_core::testing::{group, sample};
+use sluice_core::{Finish, Group, RlConfig, Sample};
 use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trainer};
 use sluice_model::{save_model, CpuAutodiff, Llama, ModelConfig};
 
@@ -45,27 +46,14 @@ fn groups(vocab: u32) -> Vec<Group> {
     (0..GROUPS as u64)
         .map(|group_id| {
             let prompt: Vec<u32> = (0..PROMPT).map(|_| t.next(vocab)).collect();
-            let samples = (0..G)
-                .map(|i| Sample {
-                    run_id: "bench".into(),
-                    group_id,
-                    sample_idx: i as u16,
-                    task_id: "t".into(),
-                    source: "bench".into(),
-                    prompt_tokens: prompt.clone(),
-                    completion_tokens: (0..COMPLETION).map(|_| t.next(vocab)).collect(),
-                    loss_mask: vec![1; COMPLETION],
-                    behavior_logprobs: vec![-9.0; COMPLETION],
-                    token_versions: vec![0; COMPLETION],
-                    behavior_version: 0,
-                    reward: (i % 2) as f32,
-                    reward_parts: Default::default(),
-                    finish: Finish::Length,
-                    num_turns: 1,
-                    created_at_us: 0,
-                })
-                .collect();
-            Group { group_id, samples }
+            let samples = (0..G).map(|i| Sample {
+                prompt_tokens: prompt.clone(),
+                behavior_logprobs: vec![-9.0; COMPLETION],
+                reward: (i % 2) as f32,
+                finish: Finish::Length,
+                ..sample(group_id, i as u16, 0, (0..COMPLETION).map(|_| t.next(vocab)).collect())
+            });
+            group(group_id, samples)
         })
         .collect()
 }
@@ -87,10 +75,8 @@ fn main() {
     save_model(&model, &dir).unwrap();
     let data = groups(cfg.vocab_size as u32);
     for beta in [0.0f64, 0.04] {
+        let rl = RlConfig { group_size: G, groups_per_step: GROUPS, max_staleness: 0, temperature: 1.0 };
         let learner = LearnerConfig {
-            group_size: G,
-            groups_per_step: GROUPS,
-            max_staleness: 0,
             log_entropy: false,
             kl: KlConfig { beta: beta as f32, ..Default::default() },
             optimizer: AdamWConfig { weight_decay: 0.01, ..Default::default() },
@@ -99,7 +85,7 @@ fn main() {
         };
         let reference = (beta > 0.0).then(|| model.valid());
         let mut trainer =
-            Trainer::new(learner, model.clone(), reference, AdamW::new(Default::default())).unwrap();
+            Trainer::new(learner, rl, model.clone(), reference, AdamW::new(Default::default())).unwrap();
         trainer.train(&data).unwrap(); // warm-up (and the optimizer's state allocation)
         let times: Vec<f64> = (0..ITERS)
             .map(|_| {

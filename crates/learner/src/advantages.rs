@@ -74,12 +74,6 @@ pub(crate) fn check_rewards(rewards: &[f32]) -> Result<()> {
     }
 }
 
-/// Whether a group's rewards are all equal (its advantages carry no signal; DAPO's dynamic
-/// sampling drops such groups).
-pub fn zero_variance(group: &[f32]) -> bool {
-    group.windows(2).all(|w| w[0] == w[1])
-}
-
 /// DAPO's soft overlong penalty for a completion of `len` tokens.
 pub fn overlong_penalty(len: usize, max_len: usize, cache: usize) -> f32 {
     let soft_start = max_len.saturating_sub(cache);
@@ -108,6 +102,6 @@ mod tests {
     fn zero_variance_group_has_zero_advantage() {
         let a = advantages(&[0.5; 4], 4, &AdvantageConfig::default()).unwrap();
         assert!(a.iter().all(|&v| v == 0.0));
-        assert!(zero_variance(&[0.5; 4]) && !zero_variance(&[0.5, 0.4]));
+        assert!(sluice_core::zero_variance([0.5; 4]) && !sluice_core::zero_variance([0.5, 0.4]));
     }
 }

@@ -4,7 +4,9 @@
 //! `RUN_DIR/checkpoints/step-00000120/` holds whatever the learner writes (the HF model
 //! directory, `optimizer.safetensors`, `trainer.json`) plus `COMPLETE`. [`Checkpoints::latest`]
 //! returns the newest directory whose files all match their seal; an incomplete or corrupt one is
-//! skipped with a warning, never loaded.
+//! skipped with a warning, never loaded. [`write_checkpoint`] and [`load_checkpoint`] write and
+//! read what the learner keeps there ([`TrainerState`] beside the model and the optimizer);
+//! [`resume_latest`] finds the newest one that loads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+
+use sluice_model::{save_model, Llama, ModelConfig};
 
 use crate::error::{LearnerError, Result};
 use crate::optim::{AdamW, AdamWConfig, Moments};
@@ -250,4 +254,116 @@ pub fn load_optimizer<B: AutodiffBackend>(
         }
     }
     Ok(opt)
+}
+
+/// What a checkpoint records besides the weights and the optimizer (`trainer.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Format of this file.
+    pub format: u32,
+    /// Policy version: optimizer steps applied.
+    pub version: u64,
+    /// Learner steps (batches) taken; `version = step * epochs`.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The learning-rate schedule's position (its next step).
+    pub schedule_step: u64,
+    /// The replay consumer this learner acknowledges as.
+    pub consumer: String,
+    /// Groups trained on since the run began.
+    pub groups_consumed: u64,
+    /// Samples trained on since the run began.
+    pub samples_consumed: u64,
+    /// Groups trained on since the previous checkpoint: acknowledged once this one is sealed (and
+    /// again on resume, which is harmless).
+    pub unacked: Vec<u64>,
+    /// Digest of the config the checkpoint was made under ([`crate::LearnerConfig::digest`]).
+    pub config_digest: String,
+}
+
+const STATE_FILE: &str = "trainer.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Tokenizer files copied from the initial model into every checkpoint, when present.
+const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+
+/// A checkpoint read back: the policy, its optimizer and the trainer state.
+pub struct Restored<B: AutodiffBackend> {
+    /// The policy at the checkpoint.
+    pub model: Llama<B>,
+    /// AdamW with its moments.
+    pub optimizer: AdamW<B>,
+    /// The trainer state.
+    pub state: TrainerState,
+}
+
+/// Reads a sealed checkpoint directory (refusing an unsealed or corrupt one).
+pub fn load_checkpoint<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Restored<B>> {
+    verify(dir)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = sluice_model::weights::read_hf_weights(dir)?;
+    let model = Llama::<B>::from_checkpoint(&cfg, &weights, dir, device)?;
+    let optimizer = load_optimizer::<B>(&dir.join(OPTIMIZER_FILE), device)?;
+    let path = dir.join(STATE_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| LearnerError::Io { path: path.clone(), source })?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| LearnerError::Checkpoint(format!("{}: {e}", path.display())))?;
+    if state.version != optimizer.step {
+        return Err(LearnerError::Checkpoint(format!(
+            "{}: trainer state says version {} but the optimizer took {} steps",
+            dir.display(),
+            state.version,
+            optimizer.step
+        )));
+    }
+    Ok(Restored { model, optimizer, state })
+}
+
+/// What `--resume` loads: the newest checkpoint under `checkpoints` that is sealed, intact and
+/// readable. Incomplete, corrupt or unreadable ones are skipped with a warning, never loaded;
+/// `None` when no checkpoint qualifies (the run starts fresh).
+pub fn resume_latest<B: AutodiffBackend>(
+    checkpoints: &Checkpoints,
+    device: &B::Device,
+) -> Option<Restored<B>> {
+    for (_, path) in checkpoints.list().into_iter().rev() {
+        match load_checkpoint::<B>(&path, device) {
+            Ok(r) => {
+                tracing::info!("resuming from {} (version {})", path.display(), r.state.version);
+                return Some(r);
+            }
+            Err(e) => tracing::warn!("skipping checkpoint {}: {e}", path.display()),
+        }
+    }
+    None
+}
+
+/// Writes a sealed checkpoint of step `state.step`: the model as an HF directory (with the
+/// tokenizer files of `tokenizer_dir`, so it loads as a policy), the optimizer's moments and the
+/// trainer state.
+pub fn write_checkpoint<B: AutodiffBackend>(
+    checkpoints: &Checkpoints,
+    state: &TrainerState,
+    model: &Llama<B>,
+    optimizer: &AdamW<B>,
+    tokenizer_dir: Option<&Path>,
+) -> Result<PathBuf> {
+    checkpoints.save(state.step, |tmp| {
+        save_model(model, tmp)?;
+        if let Some(dir) = tokenizer_dir {
+            for name in TOKENIZER_FILES {
+                let from = dir.join(name);
+                if from.exists() {
+                    std::fs::copy(&from, tmp.join(name))
+                        .map_err(|source| LearnerError::Io { path: from.clone(), source })?;
+                }
+            }
+        }
+        save_optimizer(optimizer, &tmp.join(OPTIMIZER_FILE))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
+        let p = tmp.join(STATE_FILE);
+        std::fs::write(&p, json).map_err(|source| LearnerError::Io { path: p, source })
+    })
 }

@@ -2,6 +2,8 @@
 //! [`LearnerConfig::check`] with the key's path in the error.
 
 use serde::{Deserialize, Serialize};
+use sluice_core::RlConfig;
+use sluice_replay::Sampler;
 
 use crate::advantages::AdvantageConfig;
 use crate::error::{LearnerError, Result};
@@ -20,11 +22,11 @@ pub enum Algorithm {
     Tb,
 }
 
-/// How stale samples are corrected (DESIGN.md §3, §4).
+/// How stale samples are corrected (`docs/design.md`, "Versions and staleness" and "Objectives").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OffPolicyMode {
-    /// Decoupled PPO when `max_staleness > 0`, none otherwise.
+    /// Decoupled PPO when `rl.max_staleness > 0`, none otherwise.
     #[default]
     Auto,
     /// Decoupled PPO (Hilton et al., 2022; AReaL): the ratio is taken against the proximal policy
@@ -130,16 +132,14 @@ fn one() -> f32 {
     1.0
 }
 
-/// Everything the learner needs besides the model.
+/// Everything the learner needs besides the model and the run's shared settings
+/// ([`RlConfig`]: group size, groups per step, staleness bound, temperature). Its defaults are the
+/// quickstart's, so a config that leaves a key out gets the value `sluice run` runs with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LearnerConfig {
     /// GRPO family or trajectory balance.
     pub algorithm: Algorithm,
-    /// Completions per prompt (every group must have exactly this many).
-    pub group_size: usize,
-    /// Groups per optimizer step.
-    pub groups_per_step: usize,
     /// At most this many groups' rows per forward/backward pass (a memory cap; 0: no cap). Each
     /// pass packs its sequences (the scorer); within the cap the batch is cut where that saves
     /// more than a pass costs (`batching.rs`). Gradients of a step's micro-batches are summed
@@ -147,12 +147,10 @@ pub struct LearnerConfig {
     pub micro_batch_groups: usize,
     /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1).
     pub epochs: u32,
-    /// The sampling temperature: log-probs are computed at it, as the sampler drew.
-    pub temperature: f32,
-    /// Staleness bound of the admissibility filter (DESIGN.md §3).
-    pub max_staleness: u64,
-    /// Replay sampler by name (`fifo`, `uniform`, `recency`, `reward:T`, `tba:P:T`).
-    pub sampler: String,
+    /// Replay sampler, written by name (`fifo`, `uniform`, `recency[:HALF_LIFE]`, `reward[:T]`,
+    /// `tba[:P[:T]]`) and parsed once, where the config is read.
+    #[serde(with = "sluice_replay::sampler_spec")]
+    pub sampler: Sampler,
     /// Drop zero-variance groups before the step (dynamic sampling). Default: on for GRPO, off for
     /// TB (whose loss still learns from them).
     pub drop_zero_variance: Option<bool>,
@@ -196,16 +194,14 @@ pub struct LearnerConfig {
 }
 
 impl Default for LearnerConfig {
+    /// The quickstart's learner: GRPO, lr 2e-5 constant, 20 steps, a checkpoint every 5, no
+    /// entropy pass.
     fn default() -> Self {
         LearnerConfig {
             algorithm: Algorithm::Grpo,
-            group_size: 8,
-            groups_per_step: 8,
             micro_batch_groups: 0,
             epochs: 1,
-            temperature: 1.0,
-            max_staleness: 2,
-            sampler: "fifo".into(),
+            sampler: Sampler::Fifo,
             drop_zero_variance: None,
             max_zero_variance_dropped: 64,
             advantage: AdvantageConfig::default(),
@@ -216,12 +212,12 @@ impl Default for LearnerConfig {
             tb: TbConfig::default(),
             overlong: None,
             optimizer: AdamWConfig::default(),
-            schedule: Schedule::constant(1e-6),
+            schedule: Schedule::constant(2e-5),
             sync_every: 1,
-            checkpoint_every: 50,
+            checkpoint_every: 5,
             keep_checkpoints: 3,
-            total_steps: 100,
-            log_entropy: true,
+            total_steps: 20,
+            log_entropy: false,
             consumer: "learner".into(),
             seed: 0,
         }
@@ -239,41 +235,29 @@ impl LearnerConfig {
         self.algorithm == Algorithm::Tb || self.kl.beta > 0.0
     }
 
-    /// Micro-batch size in groups.
-    pub fn micro_groups(&self) -> usize {
+    /// Micro-batch size in groups, for `groups_per_step` groups a step.
+    pub fn micro_groups(&self, groups_per_step: usize) -> usize {
         if self.micro_batch_groups == 0 {
-            self.groups_per_step
+            groups_per_step
         } else {
-            self.micro_batch_groups.min(self.groups_per_step)
+            self.micro_batch_groups.min(groups_per_step)
         }
     }
 
-    /// The xxh3 of the canonical JSON of the settings, recorded in checkpoints.
-    pub fn digest(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
+    /// The xxh3 of the canonical JSON of these settings and the shared ones, recorded in
+    /// checkpoints.
+    pub fn digest(&self, rl: &RlConfig) -> String {
+        let json = serde_json::to_vec(&(self, rl)).unwrap_or_default();
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
     }
 
-    /// Checks every range; the error names the key.
-    pub fn check(&self) -> Result<()> {
+    /// Checks every range, and the agreements with the shared settings `rl` (checked on their own
+    /// by [`RlConfig::check`]); the error names the key. The run config calls it once, where the
+    /// config is read.
+    pub fn check(&self, rl: &RlConfig) -> Result<()> {
         let bad = |name: &'static str, reason: String| Err(LearnerError::InvalidConfig { name, reason });
-        if self.group_size < 2 {
-            return bad(
-                "learner.group_size",
-                format!("{} must be >= 2 (groups need a baseline)", self.group_size),
-            );
-        }
-        if self.groups_per_step == 0 {
-            return bad("learner.groups_per_step", "must be >= 1".into());
-        }
         if self.epochs == 0 {
             return bad("learner.epochs", "must be >= 1".into());
-        }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return bad("learner.temperature", format!("{} must be > 0", self.temperature));
-        }
-        if let Err(e) = sluice_replay::Sampler::parse(&self.sampler) {
-            return bad("learner.sampler", e);
         }
         if !(self.advantage.eps.is_finite() && self.advantage.eps >= 0.0) {
             return bad("learner.advantage.eps", format!("{} must be >= 0", self.advantage.eps));
@@ -324,16 +308,16 @@ impl LearnerConfig {
         if self.sync_every == 0 {
             return bad("learner.sync_every", "must be >= 1".into());
         }
-        if self.sync_every > self.max_staleness + 1 {
+        if self.sync_every > rl.max_staleness + 1 {
             // Between publishes the workers keep the last weights while the learner moves on: at
             // version `k * sync_every - 1` their data is `sync_every - 1` versions old, which the
             // replay refuses past `max_staleness`, and no new weights come until the next step.
             return bad(
                 "learner.sync_every",
                 format!(
-                    "{} publishes weights too rarely for learner.max_staleness = {}: need sync_every <= \
+                    "{} publishes weights too rarely for rl.max_staleness = {}: need sync_every <= \
                      max_staleness + 1, or the workers' data goes stale before the next publish",
-                    self.sync_every, self.max_staleness
+                    self.sync_every, rl.max_staleness
                 ),
             );
         }

@@ -21,211 +21,24 @@
 //! the state records the run's seed so that any draw is keyed by `(seed, step)`.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use burn::tensor::backend::AutodiffBackend;
-use serde::{Deserialize, Serialize};
-use sluice_core::{metrics, trajectory, Group};
-use sluice_model::{save_model, Llama, ModelConfig};
-use sluice_replay::{AckRequest, ReplayClient, SampleInfo, SampleRequest, Sampler, Shard};
+use sluice_core::{metrics, trajectory, Group, RlConfig};
+use sluice_model::Llama;
+use sluice_replay::{SampleRequest, Sampler};
 use sluice_weights_sync::{Announce, Publisher, SourceTensor};
 use tokio::task::JoinHandle;
 
-use crate::advantages::zero_variance;
-use crate::checkpoint::{load_optimizer, save_optimizer, verify, Checkpoints};
+use crate::checkpoint::{write_checkpoint, Checkpoints, Restored, TrainerState};
 use crate::config::LearnerConfig;
 use crate::error::{LearnerError, Result};
-use crate::optim::AdamW;
+use crate::metrics_log::{record, MetricsLog};
+use crate::source::GroupSource;
 use crate::trainer::{StepStats, Trainer};
-
-/// Where the learner's batches come from: the replay over zenoh ([`ReplayClient`]) or a shard in
-/// this process ([`Shard`]).
-pub trait GroupSource: Send + Sync {
-    /// Draws whole groups as the request says.
-    fn sample(
-        &self,
-        req: &SampleRequest,
-    ) -> impl std::future::Future<Output = Result<(RecordBatch, SampleInfo)>> + Send;
-    /// Marks groups consumed by `consumer`.
-    fn ack(&self, consumer: &str, group_ids: &[u64]) -> impl std::future::Future<Output = Result<()>> + Send;
-}
-
-impl GroupSource for ReplayClient {
-    async fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
-        let s = ReplayClient::sample(self, req).await?;
-        Ok((s.batch, s.info))
-    }
-
-    async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
-        ReplayClient::ack(self, consumer, group_ids).await?;
-        Ok(())
-    }
-}
-
-impl GroupSource for Shard {
-    async fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
-        Ok(Shard::sample(self, req)?)
-    }
-
-    async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
-        Shard::ack(self, &AckRequest { consumer: consumer.into(), group_ids: group_ids.to_vec() })?;
-        Ok(())
-    }
-}
-
-/// What a checkpoint records besides the weights and the optimizer (`trainer.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainerState {
-    /// Format of this file.
-    pub format: u32,
-    /// Policy version: optimizer steps applied.
-    pub version: u64,
-    /// Learner steps (batches) taken; `version = step * epochs`.
-    pub step: u64,
-    /// The run's seed.
-    pub seed: u64,
-    /// The learning-rate schedule's position (its next step).
-    pub schedule_step: u64,
-    /// The replay consumer this learner acknowledges as.
-    pub consumer: String,
-    /// Groups trained on since the run began.
-    pub groups_consumed: u64,
-    /// Samples trained on since the run began.
-    pub samples_consumed: u64,
-    /// Groups trained on since the previous checkpoint: acknowledged once this one is sealed (and
-    /// again on resume, which is harmless).
-    pub unacked: Vec<u64>,
-    /// Digest of the config the checkpoint was made under ([`LearnerConfig::digest`]).
-    pub config_digest: String,
-}
-
-const STATE_FILE: &str = "trainer.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-/// Tokenizer files copied from the initial model into every checkpoint, when present.
-const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
-
-/// A checkpoint read back: the policy, its optimizer and the trainer state.
-pub struct Restored<B: AutodiffBackend> {
-    /// The policy at the checkpoint.
-    pub model: Llama<B>,
-    /// AdamW with its moments.
-    pub optimizer: AdamW<B>,
-    /// The trainer state.
-    pub state: TrainerState,
-}
-
-/// Reads a sealed checkpoint directory (refusing an unsealed or corrupt one).
-pub fn load_checkpoint<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Restored<B>> {
-    verify(dir)?;
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let weights = sluice_model::weights::read_hf_weights(dir)?;
-    let model = Llama::<B>::from_checkpoint(&cfg, &weights, dir, device)?;
-    let optimizer = load_optimizer::<B>(&dir.join(OPTIMIZER_FILE), device)?;
-    let path = dir.join(STATE_FILE);
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| LearnerError::Io { path: path.clone(), source })?;
-    let state: TrainerState = serde_json::from_str(&text)
-        .map_err(|e| LearnerError::Checkpoint(format!("{}: {e}", path.display())))?;
-    if state.version != optimizer.step {
-        return Err(LearnerError::Checkpoint(format!(
-            "{}: trainer state says version {} but the optimizer took {} steps",
-            dir.display(),
-            state.version,
-            optimizer.step
-        )));
-    }
-    Ok(Restored { model, optimizer, state })
-}
-
-/// What `--resume` loads: the newest checkpoint under `checkpoints` that is sealed, intact and
-/// readable. Incomplete, corrupt or unreadable ones are skipped with a warning, never loaded;
-/// `None` when no checkpoint qualifies (the run starts fresh).
-pub fn resume_latest<B: AutodiffBackend>(
-    checkpoints: &Checkpoints,
-    device: &B::Device,
-) -> Option<Restored<B>> {
-    for (_, path) in checkpoints.list().into_iter().rev() {
-        match load_checkpoint::<B>(&path, device) {
-            Ok(r) => {
-                tracing::info!("resuming from {} (version {})", path.display(), r.state.version);
-                return Some(r);
-            }
-            Err(e) => tracing::warn!("skipping checkpoint {}: {e}", path.display()),
-        }
-    }
-    None
-}
-
-/// Where the learner's records go: appended one JSON object per line to `metrics.jsonl`, or
-/// handed to a sink (the launcher's, which also writes TensorBoard events and the progress bar).
-pub struct MetricsLog {
-    out: MetricsOut,
-}
-
-/// A record consumer for [`MetricsLog::sink`].
-pub type MetricsSink = Box<dyn FnMut(&serde_json::Value) -> std::io::Result<()> + Send>;
-
-enum MetricsOut {
-    File { file: std::fs::File, path: PathBuf },
-    Sink(MetricsSink),
-}
-
-impl MetricsLog {
-    /// Opens (appending) or creates the log.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
-        let path = path.into();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| LearnerError::Io { path: dir.into(), source })?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| LearnerError::Io { path: path.clone(), source })?;
-        Ok(MetricsLog { out: MetricsOut::File { file, path } })
-    }
-
-    /// Hands every record to `sink`.
-    pub fn sink(sink: MetricsSink) -> Self {
-        MetricsLog { out: MetricsOut::Sink(sink) }
-    }
-
-    /// Writes one record.
-    pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        match &mut self.out {
-            MetricsOut::File { file, path } => {
-                let mut line =
-                    serde_json::to_vec(record).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
-                line.push(b'\n');
-                file.write_all(&line).map_err(|source| LearnerError::Io { path: path.clone(), source })
-            }
-            MetricsOut::Sink(sink) => {
-                sink(record).map_err(|source| LearnerError::Io { path: "<metrics sink>".into(), source })
-            }
-        }
-    }
-}
-
-/// A learner step's record: the trainer's metrics, the data side, and where it was taken.
-pub fn record(role: &str, step: u64, version: u64, stats: &StepStats) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    map.insert(metrics::ROLE.into(), role.into());
-    map.insert(metrics::STEP.into(), step.into());
-    map.insert(metrics::VERSION.into(), version.into());
-    for (k, v) in &stats.values {
-        if let Some(n) = serde_json::Number::from_f64(*v) {
-            map.insert((*k).into(), serde_json::Value::Number(n));
-        }
-    }
-    map.insert(metrics::STALENESS_HIST.into(), stats.staleness_hist.clone().into());
-    serde_json::Value::Object(map)
-}
 
 /// The learner: a [`Trainer`] fed from a [`GroupSource`], with optional weight publishing,
 /// checkpoints and a metrics log.
@@ -261,7 +74,7 @@ impl<B: AutodiffBackend> Learner<B> {
             groups_consumed: 0,
             samples_consumed: 0,
             unacked: Vec::new(),
-            config_digest: cfg.digest(),
+            config_digest: cfg.digest(trainer.rl()),
         };
         Self::with_state(trainer, state, Vec::new())
     }
@@ -284,22 +97,23 @@ impl<B: AutodiffBackend> Learner<B> {
     }
 
     /// Resumes from a restored checkpoint: the model and optimizer go into a trainer built with
-    /// `cfg` and `reference`; the groups the checkpoint had not acknowledged yet are acknowledged
+    /// `cfg`, `rl` and `reference`; the groups the checkpoint had not acknowledged yet are acknowledged
     /// on the first step. A config whose digest differs from the checkpoint's is accepted with a
     /// warning (changing, say, `total_steps` is legitimate; the digests are logged).
     pub fn resume(
         cfg: LearnerConfig,
+        rl: RlConfig,
         restored: Restored<B>,
         reference: Option<Llama<B::InnerBackend>>,
     ) -> Result<Self> {
         let Restored { model, optimizer, mut state } = restored;
-        if state.config_digest != cfg.digest() {
+        let digest = cfg.digest(&rl);
+        if state.config_digest != digest {
             tracing::warn!(
-                "resuming under a different config (checkpoint {}, now {})",
+                "resuming under a different config (checkpoint {}, now {digest})",
                 state.config_digest,
-                cfg.digest()
             );
-            state.config_digest = cfg.digest();
+            state.config_digest = digest;
         }
         if state.consumer != cfg.consumer {
             return Err(LearnerError::InvalidConfig {
@@ -311,7 +125,7 @@ impl<B: AutodiffBackend> Learner<B> {
             });
         }
         let owed = std::mem::take(&mut state.unacked);
-        let trainer = Trainer::new(cfg, model, reference, optimizer)?;
+        let trainer = Trainer::new(cfg, rl, model, reference, optimizer)?;
         Ok(Self::with_state(trainer, state, owed))
     }
 
@@ -443,28 +257,9 @@ impl<B: AutodiffBackend> Learner<B> {
         let Some(ckpts) = &self.checkpoints else {
             return Err(LearnerError::Checkpoint("no checkpoint directory configured".into()));
         };
-        let state = &self.state;
-        let trainer = &self.trainer;
-        let tokenizer = self.tokenizer_dir.as_deref();
-        let path = in_place(|| {
-            ckpts.save(state.step, |tmp| {
-                save_model(trainer.model(), tmp)?;
-                if let Some(dir) = tokenizer {
-                    for name in TOKENIZER_FILES {
-                        let from = dir.join(name);
-                        if from.exists() {
-                            std::fs::copy(&from, tmp.join(name))
-                                .map_err(|source| LearnerError::Io { path: from.clone(), source })?;
-                        }
-                    }
-                }
-                save_optimizer(trainer.optimizer(), &tmp.join(OPTIMIZER_FILE))?;
-                let json =
-                    serde_json::to_vec_pretty(state).map_err(|e| LearnerError::Checkpoint(e.to_string()))?;
-                let p = tmp.join(STATE_FILE);
-                std::fs::write(&p, json).map_err(|source| LearnerError::Io { path: p, source })
-            })
-        })?;
+        let (state, trainer, tokenizer) = (&self.state, &self.trainer, self.tokenizer_dir.as_deref());
+        let path =
+            in_place(|| write_checkpoint(ckpts, state, trainer.model(), trainer.optimizer(), tokenizer))?;
         tracing::info!("checkpoint {} (version {})", path.display(), self.state.version);
         self.ack_held(source).await?;
         Ok(path)
@@ -516,10 +311,9 @@ impl<B: AutodiffBackend> Learner<B> {
 
     /// Draws groups until the batch is full; `None` if stopped while waiting.
     async fn fill<S: GroupSource>(&mut self, source: &S) -> Result<Option<(Vec<Group>, StepStats)>> {
-        let cfg = self.trainer.config();
-        let want = cfg.groups_per_step;
-        let sampler = Sampler::parse(&cfg.sampler)
-            .map_err(|reason| LearnerError::InvalidConfig { name: "learner.sampler", reason })?;
+        let (cfg, rl) = (self.trainer.config(), self.trainer.rl());
+        let want = rl.groups_per_step;
+        let sampler = cfg.sampler;
         let fifo = matches!(sampler, Sampler::Fifo);
         let max_dropped = match cfg.max_zero_variance_dropped {
             0 => u64::MAX,
@@ -537,7 +331,7 @@ impl<B: AutodiffBackend> Learner<B> {
                 sampler,
                 groups: (want - groups.len()) as u32,
                 learner_version: self.trainer.version(),
-                max_staleness: cfg.max_staleness,
+                max_staleness: rl.max_staleness,
                 consumer: cfg.consumer.clone(),
                 drop_zero_variance: drop_zero,
                 dedup: false,
@@ -558,8 +352,7 @@ impl<B: AutodiffBackend> Learner<B> {
                     duplicates += 1;
                     continue;
                 }
-                let rewards: Vec<f32> = g.samples.iter().map(|s| s.reward).collect();
-                if drop_zero && dropped < max_dropped && zero_variance(&rewards) {
+                if drop_zero && dropped < max_dropped && g.zero_variance() {
                     // Carries no GRPO signal; consumed all the same.
                     dropped += 1;
                     if self.held.insert(g.group_id) {

@@ -24,12 +24,17 @@ mod error;
 mod grpo;
 mod kl;
 mod learner;
+mod metrics_log;
 mod optim;
+mod source;
 mod tb;
 mod trainer;
 
-pub use advantages::{advantages, overlong_penalty, zero_variance, AdvantageConfig, Estimator};
-pub use checkpoint::{load_optimizer, save_optimizer, Checkpoints};
+pub use advantages::{advantages, overlong_penalty, AdvantageConfig, Estimator};
+pub use checkpoint::{
+    load_checkpoint, load_optimizer, resume_latest, save_optimizer, write_checkpoint, Checkpoints, Restored,
+    TrainerState,
+};
 pub use config::{
     Algorithm, KlConfig, LearnerConfig, OffPolicyConfig, OffPolicyMode, OverlongConfig, TbConfig,
 };
@@ -39,10 +44,9 @@ pub use grpo::{
     IsCorrection, Reduction,
 };
 pub use kl::{kl_per_token, KlEstimator};
-pub use learner::{
-    load_checkpoint, record, resume_latest, GroupSource, Learner, MetricsLog, MetricsSink, Restored,
-    TrainerState,
-};
+pub use learner::Learner;
+pub use metrics_log::{record, MetricsLog, MetricsSink};
 pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
+pub use source::GroupSource;
 pub use tb::tb_vargrad_loss;
 pub use trainer::{StepStats, Trainer};

@@ -23,6 +23,26 @@ pub fn tb_vargrad_loss<B: Backend>(
     group_size: usize,
     beta: f32,
 ) -> Result<Tensor<B, 1>> {
+    Ok(tb_vargrad(seq_logp, seq_logp_ref, rewards, group_size, beta)?.loss)
+}
+
+/// The loss and the per-group `log Z` it was computed with (the one place `log Z` is computed;
+/// the trainer reports its mean).
+pub(crate) struct TbTerms<B: Backend> {
+    /// The VarGrad loss.
+    pub loss: Tensor<B, 1>,
+    /// `log Z` of each group, `[groups]`, detached.
+    pub log_z: Tensor<B, 1>,
+}
+
+/// [`tb_vargrad_loss`] with its `log Z`.
+pub(crate) fn tb_vargrad<B: Backend>(
+    seq_logp: Tensor<B, 1>,
+    seq_logp_ref: Tensor<B, 1>,
+    rewards: Tensor<B, 1>,
+    group_size: usize,
+    beta: f32,
+) -> Result<TbTerms<B>> {
     let [n] = seq_logp.dims();
     if group_size == 0 || !n.is_multiple_of(group_size) {
         return Err(LearnerError::RaggedGroups { rows: n, group_size });
@@ -34,7 +54,34 @@ pub fn tb_vargrad_loss<B: Backend>(
     let scaled = rewards / beta;
     let log_ratio = seq_logp - seq_logp_ref.detach();
     let inner = (scaled.clone() - log_ratio.clone()).detach().reshape([groups, group_size]);
-    let log_z = inner.mean_dim(1).expand([groups, group_size]).reshape([n]);
-    let residual = log_z + log_ratio - scaled;
-    Ok(residual.powi_scalar(2).mean())
+    let log_z = inner.mean_dim(1).reshape([groups]);
+    let residual =
+        log_z.clone().unsqueeze_dim::<2>(1).expand([groups, group_size]).reshape([n]) + log_ratio - scaled;
+    Ok(TbTerms { loss: residual.powi_scalar(2).mean(), log_z })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+
+    use super::*;
+
+    #[test]
+    fn log_z_is_each_groups_mean_of_scaled_reward_minus_log_ratio() {
+        let d = Default::default();
+        let t = |v: &[f32]| Tensor::<Flex, 1>::from_floats(v, &d);
+        let (seq, seq_ref, r) =
+            (t(&[-1.0, -2.0, -3.0, -5.0]), t(&[-1.5, -1.0, -3.0, -4.0]), t(&[1.0, 0.0, 0.5, 1.0]));
+        let terms = tb_vargrad(seq, seq_ref, r, 2, 0.5).expect("two groups of two");
+        // Group 0: [1/0.5 - (-1 + 1.5), 0 - (-2 + 1)] = [1.5, 1]; group 1: [1 - 0, 2 - (-1)] = [1, 3].
+        let log_z = host(terms.log_z);
+        assert_eq!(log_z, vec![1.25, 2.0]);
+        // Residuals: group 0 [1.25 - 1.5, 1.25 - 1], group 1 [2 - 1, 2 - 3]; loss = mean of squares.
+        let loss = host(terms.loss)[0];
+        assert!((loss - (0.0625 + 0.0625 + 1.0 + 1.0) / 4.0).abs() < 1e-6, "{loss}");
+    }
+
+    fn host(t: Tensor<Flex, 1>) -> Vec<f32> {
+        t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data")
+    }
 }

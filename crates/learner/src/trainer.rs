@@ -4,8 +4,8 @@
 //!
 //! # Design
 //! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
-//! samples need their behaviour log-probs corrected (DESIGN.md §3); the frozen reference must cost
-//! nothing when unused; every number the metrics report must come from the step itself.
+//! samples need their behaviour log-probs corrected (`docs/design.md`, "Versions and staleness");
+//! the frozen reference must cost nothing when unused; every number the metrics report must come from the step itself.
 //! *Solution.* GRPO advantages are computed on the host for the whole batch first, so a
 //! micro-batch's loss needs only its own rows; micro-batches hold whole groups, which the scorer
 //! packs sharing each group's prompt (and TB needs: its `log Z` is per group), cut where the
@@ -24,7 +24,7 @@ use std::ops::Range;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use sluice_core::{metrics, Group, Sample};
+use sluice_core::{metrics, Group, RlConfig, Sample};
 use sluice_model::{score, Llama, ModelConfig, ScoreRow};
 
 use crate::advantages::{advantages, check_rewards, overlong_penalty};
@@ -36,7 +36,7 @@ use crate::grpo::{
 };
 use crate::kl::kl_per_token;
 use crate::optim::{AdamW, GradAccumulator};
-use crate::tb::tb_vargrad_loss;
+use crate::tb::tb_vargrad;
 
 /// What one step measured. Keys are the names of [`sluice_core::metrics`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -65,6 +65,8 @@ impl StepStats {
 /// The policy, its frozen reference, the optimizer, and the step.
 pub struct Trainer<B: AutodiffBackend> {
     cfg: LearnerConfig,
+    /// The run's shared settings: group size, batch size, staleness bound, temperature.
+    rl: RlConfig,
     model: Option<Llama<B>>,
     reference: Option<Llama<B::InnerBackend>>,
     optimizer: AdamW<B>,
@@ -94,14 +96,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer for `model` at the version the optimizer has counted (`optimizer.step`).
     ///
     /// `reference` is the frozen initial policy; it must be given when the objective needs it
-    /// ([`LearnerConfig::needs_reference`]).
+    /// ([`LearnerConfig::needs_reference`]). The settings are taken as checked
+    /// ([`LearnerConfig::check`], [`RlConfig::check`]: the run config checks them where it reads
+    /// them).
     pub fn new(
         cfg: LearnerConfig,
+        rl: RlConfig,
         model: Llama<B>,
         reference: Option<Llama<B::InnerBackend>>,
         optimizer: AdamW<B>,
     ) -> Result<Self> {
-        cfg.check()?;
         if cfg.needs_reference() && reference.is_none() {
             return Err(LearnerError::InvalidConfig {
                 name: "reference",
@@ -111,12 +115,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         let reference = if cfg.needs_reference() { reference } else { None };
-        Ok(Trainer { cfg, model: Some(model), reference, optimizer })
+        Ok(Trainer { cfg, rl, model: Some(model), reference, optimizer })
     }
 
     /// The settings.
     pub fn config(&self) -> &LearnerConfig {
         &self.cfg
+    }
+
+    /// The run's shared settings.
+    pub fn rl(&self) -> &RlConfig {
+        &self.rl
     }
 
     /// The policy.
@@ -132,15 +141,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.optimizer
     }
 
-    /// The policy version: optimizer steps applied (DESIGN.md §3).
+    /// The policy version: optimizer steps applied.
     pub fn version(&self) -> u64 {
         self.optimizer.step
     }
 
-    /// Takes `epochs` optimizer steps on `groups` (whole groups of `group_size`).
+    /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`).
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
         let rows = self.prepare(groups)?;
-        let cfg = &self.cfg;
+        let (cfg, rl) = (&self.cfg, &self.rl);
         let totals = BatchTotals {
             rows: rows.len(),
             tokens: rows.iter().map(|r| model_tokens(r.sample)).sum(),
@@ -153,16 +162,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats.set(metrics::SAMPLES, rows.len() as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
 
-        let (ordered, runs) = micro_batches(&rows, cfg, self.model().config());
+        let (ordered, runs) = micro_batches(&rows, cfg, rl, self.model().config());
         let mut micros: Vec<Micro<'_>> = runs.into_iter().map(|r| micro(&ordered[r])).collect();
         stats.set(metrics::MICRO_BATCHES, micros.len() as f64);
         let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
         for m in &mut micros {
             if let Some(reference) = &self.reference {
-                m.reference = Some(host_logprobs(reference, m, cfg.temperature)?);
+                m.reference = Some(host_logprobs(reference, m, rl.temperature)?);
             }
             if needs_proximal {
-                m.proximal = Some(host_logprobs(&self.model().valid(), m, cfg.temperature)?);
+                m.proximal = Some(host_logprobs(&self.model().valid(), m, rl.temperature)?);
             }
         }
         for epoch in 0..cfg.epochs {
@@ -191,12 +200,12 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The off-policy mode in force.
     fn mode(&self) -> OffPolicyMode {
-        self.cfg.off_policy.resolved(self.cfg.max_staleness)
+        self.cfg.off_policy.resolved(self.rl.max_staleness)
     }
 
     /// Validates the groups and computes shaped rewards and advantages.
     fn prepare<'a>(&self, groups: &'a [Group]) -> Result<Vec<Row<'a>>> {
-        let cfg = &self.cfg;
+        let (cfg, g_size) = (&self.cfg, self.rl.group_size);
         let bad = |m: String| Err(LearnerError::Batch(m));
         if groups.is_empty() {
             return bad("no groups to train on".into());
@@ -205,12 +214,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut rewards = Vec::new();
         let mut samples = Vec::new();
         for g in groups {
-            if g.samples.len() != cfg.group_size {
+            if g.samples.len() != g_size {
                 return bad(format!(
-                    "group {} has {} samples; learner.group_size is {}",
+                    "group {} has {} samples; rl.group_size is {g_size}",
                     g.group_id,
                     g.samples.len(),
-                    cfg.group_size
                 ));
             }
             for s in &g.samples {
@@ -244,7 +252,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         let adv = match cfg.algorithm {
-            Algorithm::Grpo => advantages(&rewards, cfg.group_size, &cfg.advantage)?,
+            Algorithm::Grpo => advantages(&rewards, g_size, &cfg.advantage)?,
             Algorithm::Tb => {
                 check_rewards(&rewards)?;
                 vec![0.0; rewards.len()]
@@ -272,14 +280,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let b = m.rows.len();
         let c = m.width;
         let t2 = |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [b, c]), &device);
-        let scored = score(model, &score_rows(m.rows), cfg.temperature, cfg.log_entropy)?;
+        let scored = score(model, &score_rows(m.rows), self.rl.temperature, cfg.log_entropy)?;
         stats.add(metrics::POSITIONS, scored.positions as f64);
         let logp = scored.logprobs;
         let lm = t2(&m.loss_mask);
         let behavior = t2(&m.behavior);
         let reference = m.reference.as_deref().map(t2);
         let tokens = m.loss_mask.iter().sum::<f32>() as f64;
-        let logp_host = sluice_model::weights::to_vec_f32(logp.clone().detach());
+        let logp_host = sluice_model::to_vec_f32(logp.clone().detach());
 
         // Diagnostics every mode reports: train/inference mismatch, entropy.
         let prox_host: &[f32] = m.proximal.as_deref().unwrap_or(&logp_host);
@@ -348,7 +356,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             }
             Algorithm::Tb => {
-                let beta = cfg.tb.beta_at(self.version());
+                let (beta, g) = (cfg.tb.beta_at(self.version()), self.rl.group_size);
                 let Some(r) = reference else {
                     unreachable!("TB always has its reference (checked in Trainer::new)")
                 };
@@ -366,11 +374,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let seq = (logp * lm.clone()).sum_dim(1).reshape([b]);
                 let seq_ref = (r * lm).sum_dim(1).reshape([b]);
                 let rewards: Vec<f32> = m.rows.iter().map(|r| r.reward).collect();
-                let log_z = tb_log_z(&rewards, &seq_host(&seq), &seq_host(&seq_ref), cfg.group_size, beta);
-                stats.add(metrics::TB_LOG_Z, log_z * b as f64 / totals.rows as f64);
                 let r = Tensor::<B, 1>::from_data(TensorData::new(rewards, [b]), &device);
-                let tb =
-                    tb_vargrad_loss(seq, seq_ref, r, cfg.group_size, beta)? * (b as f32 / totals.rows as f32);
+                let terms = tb_vargrad(seq, seq_ref, r, g, beta)?;
+                // The mean over the batch's groups: this micro-batch's groups weigh b / rows.
+                stats.add(metrics::TB_LOG_Z, scalar(&terms.log_z.mean()) * b as f64 / totals.rows as f64);
+                let tb = terms.loss * (b as f32 / totals.rows as f32);
                 stats.add(metrics::LOSS_TB, scalar(&tb));
                 tb
             }
@@ -384,10 +392,6 @@ impl<B: AutodiffBackend> Trainer<B> {
 
 fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
     t.clone().into_scalar().elem::<f32>() as f64
-}
-
-fn seq_host<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
-    sluice_model::weights::to_vec_f32(t.clone())
 }
 
 fn denom(n: usize) -> f64 {
@@ -414,11 +418,13 @@ fn score_rows<'a>(rows: &[Row<'a>]) -> Vec<ScoreRow<'a>> {
 fn micro_batches<'a>(
     rows: &[Row<'a>],
     cfg: &LearnerConfig,
+    rl: &RlConfig,
     model: &ModelConfig,
 ) -> (Vec<Row<'a>>, Vec<Range<usize>>) {
-    let groups: Vec<&[Row<'a>]> = rows.chunks(cfg.group_size).collect();
+    let g = rl.group_size;
+    let groups: Vec<&[Row<'a>]> = rows.chunks(g).collect();
     let scored = score_rows(rows);
-    let scored: Vec<&[ScoreRow<'_>]> = scored.chunks(cfg.group_size).collect();
+    let scored: Vec<&[ScoreRow<'_>]> = scored.chunks(g).collect();
     let units: Vec<Unit> = scored
         .iter()
         .map(|g| Unit {
@@ -428,12 +434,12 @@ fn micro_batches<'a>(
                 + g.iter().map(ScoreRow::completion_inputs).sum::<usize>(),
         })
         .collect();
-    let (order, runs) = batching::plan(&units, cfg.micro_groups() * cfg.group_size, |run| {
+    let (order, runs) = batching::plan(&units, cfg.micro_groups(rl.groups_per_step) * g, |run| {
         let run: Vec<ScoreRow<'_>> = run.iter().flat_map(|&g| scored[g].iter().copied()).collect();
         sluice_model::packing_cost(model, &run)
     });
     let ordered = order.iter().flat_map(|&g| groups[g].iter().copied()).collect();
-    let runs = runs.into_iter().map(|r| r.start * cfg.group_size..r.end * cfg.group_size).collect();
+    let runs = runs.into_iter().map(|r| r.start * g..r.end * g).collect();
     (ordered, runs)
 }
 
@@ -459,7 +465,7 @@ fn micro<'a>(rows: &'a [Row<'a>]) -> Micro<'a> {
 /// Log-probs of a micro-batch under a model without autodiff, padded like [`micro`].
 fn host_logprobs<B: Backend>(model: &Llama<B>, m: &Micro<'_>, temperature: f32) -> Result<Vec<f32>> {
     let s = score(model, &score_rows(m.rows), temperature, false)?;
-    Ok(sluice_model::weights::to_vec_f32(s.logprobs))
+    Ok(sluice_model::to_vec_f32(s.logprobs))
 }
 
 /// Importance-weight diagnostics: raw weights' extremes, corrected weights' mean, and the share
@@ -472,7 +478,7 @@ fn is_stats<B: Backend>(
     totals: &BatchTotals,
     stats: &mut StepStats,
 ) {
-    let corrected = sluice_model::weights::to_vec_f32(corrected.clone());
+    let corrected = sluice_model::to_vec_f32(corrected.clone());
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     let (mut sum, mut changed) = (0.0, 0.0);
     for i in (0..mask.len()).filter(|&i| mask[i] > 0.0) {
@@ -492,15 +498,6 @@ fn is_stats<B: Backend>(
         stats.set(metrics::IS_WEIGHT_MIN, min);
         stats.set(metrics::IS_WEIGHT_MAX, max);
     }
-}
-
-/// Mean over the micro-batch's groups of TB's VarGrad `log Z` (as [`tb_vargrad_loss`] computes it).
-fn tb_log_z(rewards: &[f32], seq: &[f32], seq_ref: &[f32], g: usize, beta: f32) -> f64 {
-    let n = rewards.len();
-    let inner: Vec<f64> =
-        (0..n).map(|i| (rewards[i] / beta) as f64 - seq[i] as f64 + seq_ref[i] as f64).collect();
-    let groups = inner.chunks(g).map(|c| c.iter().sum::<f64>() / c.len() as f64);
-    groups.sum::<f64>() / (n / g).max(1) as f64
 }
 
 /// Reward, accuracy and staleness summaries (and the staleness histogram) of the batch.

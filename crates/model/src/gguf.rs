@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
-use crate::weights::HostTensor;
+use crate::host::HostTensor;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]

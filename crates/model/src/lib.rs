@@ -14,12 +14,14 @@
 //! feature.
 
 mod allocator;
+mod backend;
 pub mod batch;
 mod cache;
 pub mod config;
 mod error;
 mod fused;
 pub mod gguf;
+pub mod host;
 mod llama;
 mod policy;
 mod sampler;
@@ -28,9 +30,13 @@ mod tokenizer;
 pub mod weights;
 
 pub use allocator::keep_freed_memory;
+#[cfg(feature = "cuda")]
+pub use backend::Cuda;
+pub use backend::{Cpu, CpuAutodiff};
 pub use cache::KvCache;
 pub use config::{Architecture, HfConfig, ModelConfig};
 pub use error::{ModelError, Result};
+pub use host::{to_host, to_vec_f32, HostTensor};
 pub use llama::{DecoderLayer, ForwardCtx, Llama, NamedTensor};
 pub use policy::{
     gguf_checkpoint, gguf_config, model_info, save_model, source_format, ModelInfo, Policy, SourceFormat,
@@ -38,11 +44,3 @@ pub use policy::{
 pub use sampler::{generate, Completion, FinishReason, Generator, SamplingParams};
 pub use scorer::{packing_cost, score, ScoreRow, Scores};
 pub use tokenizer::{ChatMessage, Tokenizer};
-
-/// The CPU backend (burn's Flex: pure Rust, SIMD, multi-threaded GEMM).
-pub type Cpu = burn::backend::Flex;
-/// The CPU backend with autodiff, for training.
-pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
-/// The CUDA backend (NVRTC at run time), with the `cuda` feature.
-#[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;

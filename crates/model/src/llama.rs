@@ -224,10 +224,10 @@ pub enum NamedTensor<B: Backend> {
 
 impl<B: Backend> NamedTensor<B> {
     /// Copies the tensor to the host as f32, in its checkpoint shape.
-    pub fn to_host(self) -> crate::weights::HostTensor {
+    pub fn to_host(self) -> crate::host::HostTensor {
         match self {
-            Self::Vector(t) => crate::weights::to_host(t),
-            Self::Matrix(t) => crate::weights::to_host(t),
+            Self::Vector(t) => crate::host::to_host(t),
+            Self::Matrix(t) => crate::host::to_host(t),
         }
     }
 }
@@ -236,8 +236,8 @@ impl<B: burn::tensor::backend::AutodiffBackend> NamedTensor<B> {
     /// The gradient of this parameter in `grads`, flattened to f32, if it has one.
     pub fn grad(&self, grads: &B::Gradients) -> Option<Vec<f32>> {
         match self {
-            Self::Vector(t) => t.grad(grads).map(crate::weights::to_vec_f32),
-            Self::Matrix(t) => t.grad(grads).map(crate::weights::to_vec_f32),
+            Self::Vector(t) => t.grad(grads).map(crate::host::to_vec_f32),
+            Self::Matrix(t) => t.grad(grads).map(crate::host::to_vec_f32),
         }
     }
 }

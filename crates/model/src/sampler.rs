@@ -282,7 +282,7 @@ impl<B: Backend> Generator<B> {
 }
 
 fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    crate::weights::to_vec_f32(logits)
+    crate::host::to_vec_f32(logits)
 }
 
 /// Draws one token; returns it with its log-prob under `log softmax(logits / T)`.

@@ -13,16 +13,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::host::HostTensor;
 use crate::llama::{DecoderLayer, Llama};
-
-/// A tensor read from a checkpoint, widened to f32, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    /// Shape in the checkpoint's (PyTorch) order.
-    pub shape: Vec<usize>,
-    /// Elements, row-major.
-    pub data: Vec<f32>,
-}
 
 /// Named tensors of a checkpoint, with the file each came from (for error messages).
 #[derive(Debug, Default)]
@@ -146,20 +138,6 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Resul
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::serialize_to_file(views, Some(meta), path)
         .map_err(|e| ModelError::malformed(path, e.to_string()))
-}
-
-/// Copies a tensor to the host as f32.
-pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
-    let shape = t.dims().to_vec();
-    HostTensor { shape, data: to_vec_f32(t) }
-}
-
-/// A float tensor's elements as f32, row-major.
-pub fn to_vec_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    match t.into_data().convert::<f32>().into_vec::<f32>() {
-        Ok(v) => v,
-        Err(e) => unreachable!("data converted to f32 reads back as f32: {e:?}"),
-    }
 }
 
 impl<B: Backend> Llama<B> {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use sluice_model::batch::forward_ctx;
 use sluice_model::gguf::{dequantize, GgmlType, GgufFile};
-use sluice_model::weights::{read_hf_weights, read_safetensors, write_safetensors, Checkpoint, HostTensor};
+use sluice_model::weights::{read_hf_weights, read_safetensors, write_safetensors, Checkpoint};
+use sluice_model::HostTensor;
 use sluice_model::{
     generate, gguf_checkpoint, gguf_config, save_model, score, Cpu, CpuAutodiff, Generator, Llama,
     ModelConfig, ModelError, SamplingParams, ScoreRow,

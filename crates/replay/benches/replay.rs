@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
+use sluice_core::testing::sample;
 use sluice_core::trajectory::groups_to_batch;
-use sluice_core::{Finish, Group, Sample, ZenohOptions};
+use sluice_core::{Group, Sample, ZenohOptions};
 use sluice_replay::{
     ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, SampleRequest, Sampler, Shard,
 };
@@ -19,29 +20,20 @@ use sluice_replay::{
 const SAMPLES: usize = 8;
 
 fn group(id: u64, len: usize) -> Group {
-    Group {
-        group_id: id,
-        samples: (0..SAMPLES)
-            .map(|i| Sample {
-                run_id: "bench".into(),
-                group_id: id,
-                sample_idx: i as u16,
-                task_id: format!("arith-{id}"),
-                source: "arithmetic".into(),
-                prompt_tokens: (0..64).map(|t| (t * 7 + id as u32) % 49152).collect(),
-                completion_tokens: (0..len as u32).map(|t| (t * 31 + i as u32 + id as u32) % 49152).collect(),
-                loss_mask: vec![1; len],
-                behavior_logprobs: (0..len).map(|t| -0.01 * (t % 50) as f32).collect(),
-                token_versions: vec![id / 64; len],
-                behavior_version: id / 64,
-                reward: (i % 2) as f32,
-                reward_parts: [("correct".to_string(), (i % 2) as f32)].into(),
-                finish: Finish::Stop,
-                num_turns: 1,
-                created_at_us: 1_700_000_000_000_000,
-            })
-            .collect(),
-    }
+    let samples = (0..SAMPLES).map(|i| {
+        let tokens = (0..len as u32).map(|t| (t * 31 + i as u32 + id as u32) % 49152).collect();
+        Sample {
+            task_id: format!("arith-{id}"),
+            source: "arithmetic".into(),
+            prompt_tokens: (0..64).map(|t| (t * 7 + id as u32) % 49152).collect(),
+            behavior_logprobs: (0..len).map(|t| -0.01 * (t % 50) as f32).collect(),
+            reward: (i % 2) as f32,
+            reward_parts: [("correct".to_string(), (i % 2) as f32)].into(),
+            created_at_us: 1_700_000_000_000_000,
+            ..sample(id, i as u16, id / 64, tokens)
+        }
+    });
+    sluice_core::testing::group(id, samples)
 }
 
 struct Args {
@@ -89,7 +81,7 @@ fn parquet_baseline(dir: &std::path::Path, batches: &[RecordBatch]) -> f64 {
 fn direct(dir: &std::path::Path, durability: Durability, batches: &[RecordBatch], producers: usize) -> f64 {
     let cfg =
         ReplayConfig { durability, capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
-    let shard = Arc::new(Shard::open(dir, 0, cfg).unwrap());
+    let shard = Arc::new(Shard::open(dir, 0, cfg, sluice_core::RlConfig::default()).unwrap());
     let batches = Arc::new(batches.to_vec());
     let t = Instant::now();
     let handles: Vec<_> = (0..producers)
@@ -119,7 +111,7 @@ async fn over_zenoh(
     let server = ZenohOptions::listen_on(format!("tcp/127.0.0.1:{port}")).open().await.unwrap();
     let cfg =
         ReplayConfig { durability, capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
-    let shard = Arc::new(Shard::open(dir, 0, cfg).unwrap());
+    let shard = Arc::new(Shard::open(dir, 0, cfg, sluice_core::RlConfig::default()).unwrap());
     let _service = ReplayService::start(&server, run, shard.clone()).await.unwrap();
     let session = ZenohOptions::connect_to(format!("tcp/127.0.0.1:{port}")).open().await.unwrap();
     let client = ReplayClient::new(session, ClientConfig::new(run, 1)).unwrap();

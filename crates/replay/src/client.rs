@@ -168,7 +168,7 @@ impl ReplayClient {
 
     /// Draws `req.groups` groups across the shards.
     pub async fn sample(&self, req: &SampleRequest) -> Result<Sampled> {
-        req.sampler.check().map_err(ReplayError::Invalid)?;
+        req.sampler.check()?;
         let shards = self.inner.cfg.shards;
         let n = req.groups;
         let start = self.inner.rotation.fetch_add(1, Ordering::Relaxed) as u32;

@@ -35,7 +35,8 @@ impl Durability {
     }
 }
 
-/// Settings of one replay shard.
+/// Settings of one replay shard (the staleness bound and groups per step it admits by are the
+/// run's, [`sluice_core::RlConfig`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
@@ -43,16 +44,12 @@ pub struct ReplayConfig {
     pub capacity_rows: u64,
     /// Most bytes held in memory (estimated from the token lists).
     pub capacity_bytes: u64,
-    /// Staleness bound used for eviction and admission (sample requests carry their own bound for
-    /// the admissibility filter).
-    pub max_staleness: u64,
-    /// Groups the learner consumes per optimizer step (for admission control).
-    pub groups_per_step: u64,
     /// When an append is acknowledged.
     pub durability: Durability,
     /// Rows per append log before it is rolled into a parquet segment.
     pub segment_rows: u64,
-    /// How long a `fifo` delivery waits for its ack before the group is redelivered.
+    /// How long a `fifo` delivery waits for its ack before the group is redelivered. The learner
+    /// acknowledges at checkpoints, so the lease outlasts the time between two of them.
     pub fifo_lease_ms: u64,
     /// How long a producer's unreported tickets stay reserved after its last ticket request.
     pub ticket_lease_ms: u64,
@@ -68,11 +65,9 @@ impl Default for ReplayConfig {
         ReplayConfig {
             capacity_rows: 1 << 20,
             capacity_bytes: 4 << 30,
-            max_staleness: 2,
-            groups_per_step: 8,
             durability: Durability::GroupCommit { interval_ms: 5 },
             segment_rows: 1 << 16,
-            fifo_lease_ms: 60_000,
+            fifo_lease_ms: 600_000,
             ticket_lease_ms: 600_000,
             evict_unconsumed: false,
             seed: 0,

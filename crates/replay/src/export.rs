@@ -1,9 +1,10 @@
 //! `sluice replay export`: the whole store as one parquet file (one row per sample, the schema
-//! of DESIGN.md §2), readable by pandas, polars and duckdb.
+//! of `docs/design.md`, "Trajectories"), readable by pandas, polars and duckdb.
 
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
+use sluice_core::RlConfig;
 
 use crate::config::ReplayConfig;
 use crate::durable;
@@ -50,7 +51,7 @@ pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
     let mut groups = 0;
     for shard in shard_dirs(dir)? {
         let cfg = ReplayConfig { capacity_rows: u64::MAX, capacity_bytes: u64::MAX, ..Default::default() };
-        let store = recover_readonly(&shard, cfg)?.store;
+        let store = recover_readonly(&shard, cfg, RlConfig::default())?.store;
         groups += store.len() as u64;
         batches.extend(store.batches().cloned());
     }
@@ -59,11 +60,11 @@ pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
     Ok((groups, rows))
 }
 
-fn recover_readonly(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
+fn recover_readonly(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Recovered> {
     // Recovery only truncates torn tails and removes superseded logs, both of which a running
     // shard does itself on its next start; exporting from a copy keeps the original untouched.
     let tmp = tempdir_copy(dir)?;
-    let result = recover(&tmp, cfg);
+    let result = recover(&tmp, cfg, rl);
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }

@@ -16,8 +16,8 @@
 //! hostile or broken producer must not take the store down.
 //! *Solution.* Validate at the door ([`sluice_core::trajectory::validate_batch`]), keep groups as
 //! zero-copy Arrow slices indexed by append order, version and consumption, log before
-//! acknowledging, and serve each shard as a set of zenoh queryables. Decisions where DESIGN.md is
-//! silent:
+//! acknowledging, and serve each shard as a set of zenoh queryables. Decisions beyond
+//! `docs/design.md` ("Replay"):
 //! - Eviction uses the shard's configured `max_staleness`; each sample request filters with its
 //!   own bound. When full, stale groups go first, then consumed ones; unconsumed groups are only
 //!   evicted when `evict_unconsumed` (a ring buffer), otherwise producers get backpressure.
@@ -37,10 +37,11 @@
 //! ```
 //! use sluice_core::trajectory::groups_to_batch;
 //! use sluice_core::{Finish, Group, Sample};
+//! use sluice_core::RlConfig;
 //! use sluice_replay::{AckRequest, ReplayConfig, SampleRequest, Sampler, Shard};
 //!
 //! let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
-//! let shard = Shard::open(&dir, 0, ReplayConfig::default()).unwrap();
+//! let shard = Shard::open(&dir, 0, ReplayConfig::default(), RlConfig::default()).unwrap();
 //! let sample = |i: u16, reward: f32| Sample {
 //!     run_id: "doc".into(), group_id: 1, sample_idx: i, task_id: "1+1".into(), source: "arithmetic".into(),
 //!     prompt_tokens: vec![1, 2], completion_tokens: vec![3, 4], loss_mask: vec![1, 1],
@@ -79,7 +80,7 @@ pub use config::{Durability, ReplayConfig};
 pub use durable::RecoveryReport;
 pub use error::{ReplayError, Result};
 pub use export::{export, shard_dirs};
-pub use sampler::Sampler;
+pub use sampler::{spec as sampler_spec, Sampler};
 pub use service::{Op, ReplayService, MAX_IN_FLIGHT};
 pub use shard::Shard;
 pub use store::Store;

@@ -1,4 +1,4 @@
-//! Samplers: which admissible groups a sample request gets (DESIGN.md §6).
+//! Samplers: which admissible groups a sample request gets (`docs/design.md`, "Replay").
 //!
 //! Every sampler returns whole groups, at most once per request, drawn from the groups that pass
 //! the staleness filter `learner_version - behavior_version <= max_staleness`. With `n = 1` each
@@ -18,6 +18,8 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{ReplayError, Result};
 
 /// A sampler and its parameters, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,15 +51,15 @@ pub enum Sampler {
 impl Sampler {
     /// Parses `fifo`, `uniform`, `recency[:HALF_LIFE]`, `reward[:TEMPERATURE]`,
     /// `tba[:P_NEWEST[:TEMPERATURE]]`.
-    pub fn parse(s: &str) -> Result<Sampler, String> {
+    pub fn parse(s: &str) -> Result<Sampler> {
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
-        let mut num = |default: f64, what: &str| -> Result<f64, String> {
+        let mut num = |default: f64, what: &str| -> Result<f64> {
             match parts.next() {
                 None => Ok(default),
-                Some(v) => {
-                    v.parse::<f64>().map_err(|_| format!("sampler `{s}`: {what} `{v}` is not a number"))
-                }
+                Some(v) => v.parse::<f64>().map_err(|_| {
+                    ReplayError::Invalid(format!("sampler `{s}`: {what} `{v}` is not a number"))
+                }),
             }
         };
         let sampler = match name {
@@ -67,9 +69,9 @@ impl Sampler {
             "reward" => Sampler::Reward { temperature: num(1.0, "temperature")? },
             "tba" => Sampler::Tba { p_newest: num(0.5, "p_newest")?, temperature: num(1.0, "temperature")? },
             other => {
-                return Err(format!(
+                return Err(ReplayError::Invalid(format!(
                     "unknown sampler `{other}`; expected fifo, uniform, recency, reward or tba"
-                ))
+                )))
             }
         };
         sampler.check()?;
@@ -77,12 +79,12 @@ impl Sampler {
     }
 
     /// Refuses parameters outside their domain.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
         let positive = |v: f64, what: &str| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(format!("{what} must be a positive number, got {v}"))
+                Err(ReplayError::Invalid(format!("{what} must be a positive number, got {v}")))
             }
         };
         match *self {
@@ -91,11 +93,46 @@ impl Sampler {
             Sampler::Reward { temperature } => positive(temperature, "reward temperature"),
             Sampler::Tba { p_newest, temperature } => {
                 if !(0.0..=1.0).contains(&p_newest) {
-                    return Err(format!("tba p_newest must lie in [0, 1], got {p_newest}"));
+                    return Err(ReplayError::Invalid(format!(
+                        "tba p_newest must lie in [0, 1], got {p_newest}"
+                    )));
                 }
                 positive(temperature, "tba temperature")
             }
         }
+    }
+}
+
+impl std::fmt::Display for Sampler {
+    /// The name [`Sampler::parse`] reads back: `fifo`, `uniform`, `recency:H`, `reward:T`, `tba:P:T`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Sampler::Fifo => write!(f, "fifo"),
+            Sampler::Uniform => write!(f, "uniform"),
+            Sampler::Recency { half_life_groups } => write!(f, "recency:{half_life_groups}"),
+            Sampler::Reward { temperature } => write!(f, "reward:{temperature}"),
+            Sampler::Tba { p_newest, temperature } => write!(f, "tba:{p_newest}:{temperature}"),
+        }
+    }
+}
+
+/// A [`Sampler`] written in a config by its name (`sampler = "reward:0.5"`), parsed and checked as
+/// the config is read: `#[serde(with = "sluice_replay::sampler_spec")]`. (On the wire a sampler
+/// travels as its tagged struct.)
+pub mod spec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Sampler;
+
+    /// Writes the sampler's name.
+    pub fn serialize<S: Serializer>(sampler: &Sampler, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(sampler)
+    }
+
+    /// Reads a sampler's name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sampler, D::Error> {
+        let name = String::deserialize(d)?;
+        Sampler::parse(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -208,4 +245,24 @@ pub fn weighted_without_replacement(w: &[f64], n: usize, rng: &mut StdRng) -> Ve
     }
     keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
     keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sampler_name_reads_back_as_the_sampler_it_names() {
+        for name in ["fifo", "uniform", "recency:64", "reward:0.25", "tba:0.5:1.5"] {
+            let sampler = Sampler::parse(name).expect(name);
+            assert_eq!(sampler.to_string(), name);
+            assert_eq!(Sampler::parse(&sampler.to_string()).ok(), Some(sampler));
+        }
+        assert_eq!(Sampler::parse("reward").ok(), Some(Sampler::Reward { temperature: 1.0 }));
+        for (bad, says) in [("lifo", "unknown sampler"), ("reward:x", "not a number"), ("tba:2", "p_newest")]
+        {
+            let e = Sampler::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use sluice_core::trajectory::{self, GroupSpan};
+use sluice_core::RlConfig;
 
 use crate::config::ReplayConfig;
 use crate::durable::{self, kind, RecoveryReport, Wal};
@@ -49,7 +50,7 @@ fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Resul
                 batch: ordered.slice(at, n),
                 behavior_version: s.behavior_version,
                 mean_reward: s.mean_reward,
-                reward_std: s.reward_std,
+                zero_variance: s.zero_variance,
                 rows: n as u64,
                 bytes: s.bytes,
                 segment,
@@ -71,8 +72,9 @@ fn u64s(ids: &[u64]) -> Vec<u8> {
 }
 
 impl Shard {
-    /// Opens (creating or recovering) the shard stored in `dir`.
-    pub fn open(dir: impl AsRef<Path>, id: u32, cfg: ReplayConfig) -> Result<Shard> {
+    /// Opens (creating or recovering) the shard stored in `dir`, under the run's shared settings
+    /// `rl` (staleness bound and groups per step: eviction and admission).
+    pub fn open(dir: impl AsRef<Path>, id: u32, cfg: ReplayConfig, rl: RlConfig) -> Result<Shard> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(ReplayError::io(&dir))?;
         let lock_path = dir.join("LOCK");
@@ -89,7 +91,7 @@ impl Shard {
             )));
         }
         let started = Instant::now();
-        let Recovered { mut store, mut report, next_log: next_id, to_roll } = recover(&dir, cfg.clone())?;
+        let Recovered { mut store, mut report, next_log: next_id, to_roll } = recover(&dir, cfg.clone(), rl)?;
         let wal = Wal::start(&dir, cfg.durability, cfg.segment_rows, next_id, to_roll)?;
         report.millis = started.elapsed().as_millis() as u64;
         store.stats_mut().shard = id;
@@ -216,7 +218,7 @@ impl Shard {
     pub fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
         if let Err(e) = req.sampler.check() {
             self.count_rejected_payload();
-            return Err(ReplayError::Invalid(e));
+            return Err(e);
         }
         let (sampled, version_moved, version, wasted) = {
             let mut store = self.store();
@@ -327,8 +329,8 @@ pub(crate) struct Recovered {
 }
 
 /// Rebuilds the store from a shard directory.
-pub(crate) fn recover(dir: &Path, cfg: ReplayConfig) -> Result<Recovered> {
-    let mut store = Store::new(cfg);
+pub(crate) fn recover(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Recovered> {
+    let mut store = Store::new(cfg, rl);
     let mut report = RecoveryReport::default();
     let (segs, logs) = durable::list_files(dir)?;
     let mut ids: Vec<u64> = segs.iter().chain(&logs).copied().collect();
@@ -425,7 +427,7 @@ mod tests {
             dedup: false,
         };
         {
-            let shard = Shard::open(&dir, 0, cfg.clone()).unwrap();
+            let shard = Shard::open(&dir, 0, cfg.clone(), RlConfig::default()).unwrap();
             let gs: Vec<_> = (0..30).map(group).collect();
             shard.append(&trajectory::groups_to_batch(&gs).unwrap()).unwrap();
             shard.sample(&req(30)).unwrap();
@@ -442,7 +444,7 @@ mod tests {
             assert!(after < before, "meta.log shrank from {before} to {after} bytes");
             shard.close();
         }
-        let shard = Shard::open(&dir, 0, cfg).unwrap();
+        let shard = Shard::open(&dir, 0, cfg, RlConfig::default()).unwrap();
         assert_eq!(shard.recovery().acked, 25);
         assert_eq!(shard.recovery().learner_version, 4);
         let (batch, _) = shard.sample(&req(30)).unwrap();

@@ -10,7 +10,7 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use sluice_core::{admission_limit, is_admissible, PolicyVersion};
+use sluice_core::{admission_limit, is_admissible, PolicyVersion, RlConfig};
 
 use crate::config::ReplayConfig;
 use crate::error::{ReplayError, Result};
@@ -25,7 +25,8 @@ pub(crate) struct Entry {
     pub batch: RecordBatch,
     pub behavior_version: u64,
     pub mean_reward: f64,
-    pub reward_std: f64,
+    /// All rewards equal ([`sluice_core::zero_variance`]).
+    pub zero_variance: bool,
     pub rows: u64,
     pub bytes: u64,
     /// The append log / parquet segment that holds it on disk.
@@ -68,6 +69,9 @@ pub(crate) enum Eviction {
 /// The in-memory store of one shard.
 pub struct Store {
     cfg: ReplayConfig,
+    /// The run's shared settings: the staleness bound (eviction, admission) and the groups per
+    /// learner step (admission).
+    rl: RlConfig,
     /// Groups by append sequence number: append order is eviction and `fifo` order.
     entries: BTreeMap<u64, Entry>,
     /// group_id -> seq: duplicate appends (client retries) and acks by id.
@@ -107,10 +111,11 @@ pub struct Store {
 
 impl Store {
     /// An empty store.
-    pub fn new(cfg: ReplayConfig) -> Self {
+    pub fn new(cfg: ReplayConfig, rl: RlConfig) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
         Store {
             cfg,
+            rl,
             entries: BTreeMap::new(),
             by_group: HashMap::new(),
             by_version: BTreeSet::new(),
@@ -292,8 +297,7 @@ impl Store {
     /// when `evict_unconsumed`). None when nothing may go.
     pub(crate) fn evict_one(&mut self) -> Option<(u64, Eviction)> {
         if let Some(&(bv, seq)) = self.by_version.first() {
-            if !is_admissible(PolicyVersion(self.learner_version), PolicyVersion(bv), self.cfg.max_staleness)
-            {
+            if !is_admissible(PolicyVersion(self.learner_version), PolicyVersion(bv), self.rl.max_staleness) {
                 self.remove(seq);
                 self.stats.evicted_stale += 1;
                 return Some((seq, Eviction::Stale));
@@ -368,7 +372,7 @@ impl Store {
                 if !admissible(e.behavior_version) {
                     // Stale for this learner for good (versions only grow): leave the stream.
                     stale.push(seq);
-                } else if req.drop_zero_variance && e.reward_std == 0.0 && zero_variance.len() < n {
+                } else if req.drop_zero_variance && e.zero_variance && zero_variance.len() < n {
                     // Consumed without delivery: no consumer will ever want it. At most as many
                     // as asked for per request, so a learner can bound what it drops per step.
                     zero_variance.push(seq);
@@ -397,7 +401,7 @@ impl Store {
             for (&seq, e) in &self.entries {
                 if !admissible(e.behavior_version) {
                     info.stale_skipped += 1;
-                } else if req.drop_zero_variance && e.reward_std == 0.0 {
+                } else if req.drop_zero_variance && e.zero_variance {
                     info.zero_variance_dropped += 1;
                 } else {
                     cands.push(Candidate {
@@ -447,8 +451,8 @@ impl Store {
         self.tickets_completed += redeemed;
         let limit = admission_limit(
             PolicyVersion(self.learner_version),
-            self.cfg.max_staleness,
-            self.cfg.groups_per_step,
+            self.rl.max_staleness,
+            self.rl.groups_per_step as u64,
         );
         let outstanding: u64 = self.workers.values().map(|w| w.outstanding).sum();
         let started = (self.tickets_completed + outstanding).saturating_sub(self.wasted);
@@ -523,15 +527,15 @@ mod tests {
             batch,
             behavior_version: 0,
             mean_reward: span.mean_reward,
-            reward_std: span.reward_std,
+            zero_variance: span.zero_variance,
             rows: 2,
             bytes: span.bytes,
             segment: 0,
         });
     }
 
-    fn store_with(n: u64, cfg: ReplayConfig) -> Store {
-        let mut store = Store::new(cfg);
+    fn store_with(n: u64, cfg: ReplayConfig, rl: RlConfig) -> Store {
+        let mut store = Store::new(cfg, rl);
         for gid in 0..n {
             insert(&mut store, crate::testing::two_sample_group(gid, 0));
         }
@@ -552,7 +556,8 @@ mod tests {
 
     #[test]
     fn unacknowledged_fifo_groups_are_redelivered_after_their_lease() {
-        let mut store = store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() });
+        let mut store =
+            store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() }, RlConfig::default());
         let t0 = Instant::now();
         assert_eq!(store.sample(&fifo(3), t0).group_ids, vec![0, 1, 2]);
         store.ack(&[1]);
@@ -569,9 +574,8 @@ mod tests {
 
     #[test]
     fn a_silent_producer_loses_its_tickets_after_the_lease() {
-        let cfg =
-            ReplayConfig { groups_per_step: 2, max_staleness: 0, ticket_lease_ms: 500, ..Default::default() };
-        let mut store = store_with(0, cfg);
+        let rl = RlConfig { groups_per_step: 2, max_staleness: 0, ..Default::default() };
+        let mut store = store_with(0, ReplayConfig { ticket_lease_ms: 500, ..Default::default() }, rl);
         let t0 = Instant::now();
         assert_eq!(store.tickets("dead", 2, 0, t0).granted, 2);
         assert_eq!(store.tickets("alive", 2, 0, t0 + Duration::from_millis(499)).granted, 0);
@@ -584,8 +588,8 @@ mod tests {
         // Two groups per step, no staleness: two tickets before the first step. Both groups come
         // back with equal rewards and are dropped by dynamic sampling: without the credit the
         // workers would wait for tickets while the learner waits for data, for ever.
-        let cfg = ReplayConfig { groups_per_step: 2, max_staleness: 0, ..Default::default() };
-        let mut store = Store::new(cfg);
+        let rl = RlConfig { groups_per_step: 2, max_staleness: 0, ..Default::default() };
+        let mut store = Store::new(ReplayConfig::default(), rl);
         let t0 = Instant::now();
         assert_eq!(store.tickets("w", 2, 0, t0).granted, 2);
         for gid in 0..2 {
@@ -602,7 +606,7 @@ mod tests {
 
     #[test]
     fn tickets_tell_where_the_learner_is_now_and_the_highest_version_seen() {
-        let mut store = Store::new(ReplayConfig::default());
+        let mut store = Store::new(ReplayConfig::default(), RlConfig::default());
         let t0 = Instant::now();
         let r = store.tickets("w", 1, 0, t0);
         assert_eq!((r.learner_version, r.learner_now), (0, 0));

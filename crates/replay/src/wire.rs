@@ -79,7 +79,7 @@ pub struct AckReply {
     pub unknown: u32,
 }
 
-/// A producer asks to start groups (admission control, DESIGN.md §3).
+/// A producer asks to start groups (admission control, `docs/design.md`, "Versions and staleness").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TicketRequest {

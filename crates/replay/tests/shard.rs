@@ -11,12 +11,18 @@ use arrow_array::types::UInt64Type;
 use arrow_array::RecordBatch;
 use common::{group, groups};
 use sluice_core::trajectory::{self, groups_to_batch};
+use sluice_core::RlConfig;
 use sluice_replay::{
     AckRequest, Durability, ReplayConfig, ReplayError, SampleRequest, Sampler, Shard, TicketRequest,
 };
 
 fn cfg() -> ReplayConfig {
     ReplayConfig { durability: Durability::OsBuffer, seed: 7, ..Default::default() }
+}
+
+/// The shared settings the tests below assume: at most 2 versions stale, 8 groups per step.
+fn rl() -> RlConfig {
+    RlConfig { max_staleness: 2, groups_per_step: 8, ..RlConfig::default() }
 }
 
 fn req(sampler: Sampler, groups: u32, learner_version: u64, max_staleness: u64) -> SampleRequest {
@@ -48,7 +54,7 @@ fn append(shard: &Shard, gs: &[sluice_core::Group]) {
 #[test]
 fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     let good = group(1, 0, &[0.0, 1.0], 4);
     type Mutation = Box<dyn Fn(&mut sluice_core::Group)>;
     let cases: Vec<(&str, Mutation)> = vec![
@@ -107,17 +113,17 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
 #[test]
 fn a_shard_directory_is_used_by_one_shard_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Shard::open(dir.path(), 0, cfg()).unwrap();
-    let err = Shard::open(dir.path(), 0, cfg()).err().unwrap().to_string();
+    let first = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
+    let err = Shard::open(dir.path(), 0, cfg(), rl()).err().unwrap().to_string();
     assert!(err.contains("in use by another process"), "{err}");
     first.close();
-    Shard::open(dir.path(), 0, cfg()).unwrap();
+    Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
 }
 
 #[test]
 fn appending_a_group_twice_stores_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     let batch = groups_to_batch(&groups(0..3, 0)).unwrap();
     let first = shard.append(&batch).unwrap();
     let again = shard.append(&batch).unwrap();
@@ -130,7 +136,7 @@ fn appending_a_group_twice_stores_it_once() {
 #[test]
 fn rows_of_a_group_come_back_in_sample_order_whatever_order_they_were_sent_in() {
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     let mut g = group(5, 0, &[0.1, 0.2, 0.3], 4);
     g.samples.reverse();
     let mut other = group(6, 0, &[1.0, 0.0], 4);
@@ -167,7 +173,7 @@ fn rows_of_a_group_come_back_in_sample_order_whatever_order_they_were_sent_in() 
 #[test]
 fn staleness_filter_admits_only_recent_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), 0, ReplayConfig { max_staleness: 10, ..cfg() }).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), RlConfig { max_staleness: 10, ..rl() }).unwrap();
     for v in 0..6u64 {
         append(&shard, &groups(v * 10..v * 10 + 10, v));
     }
@@ -203,7 +209,7 @@ fn frequencies(shard: &Shard, sampler: Sampler, n: usize) -> HashMap<u64, f64> {
 
 /// Ten groups: ids 0..10, mean rewards 0.0, 0.1, ..., 0.9, versions 0,0,1,1,2,2,3,3,3,3.
 fn sampler_shard(dir: &std::path::Path) -> Shard {
-    let shard = Shard::open(dir, 0, cfg()).unwrap();
+    let shard = Shard::open(dir, 0, cfg(), rl()).unwrap();
     for id in 0..10u64 {
         let r = id as f32 / 10.0;
         let version = [0, 0, 1, 1, 2, 2, 3, 3, 3, 3][id as usize];
@@ -301,7 +307,7 @@ fn multi_group_draws_are_distinct_whole_groups() {
 #[test]
 fn fifo_delivers_each_group_once_until_acked_and_filters_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     append(&shard, &groups(0..4, 0));
     append(&shard, &[group(4, 0, &[1.0, 1.0, 1.0], 4)]); // zero variance
     let mut dup = group(5, 0, &[0.0, 1.0, 0.5], 4);
@@ -329,8 +335,13 @@ fn fifo_delivers_each_group_once_until_acked_and_filters_apply() {
 fn eviction_takes_stale_groups_first_then_consumed_then_pushes_back() {
     let dir = tempfile::tempdir().unwrap();
     // Room for 6 groups of 4 rows.
-    let shard =
-        Shard::open(dir.path(), 0, ReplayConfig { capacity_rows: 24, max_staleness: 1, ..cfg() }).unwrap();
+    let shard = Shard::open(
+        dir.path(),
+        0,
+        ReplayConfig { capacity_rows: 24, ..cfg() },
+        RlConfig { max_staleness: 1, ..rl() },
+    )
+    .unwrap();
     append(&shard, &groups(0..2, 0));
     append(&shard, &groups(2..6, 2));
     // The learner reaches version 2: version-0 groups are stale.
@@ -350,8 +361,9 @@ fn eviction_takes_stale_groups_first_then_consumed_then_pushes_back() {
     assert_eq!(shard.stats().groups, 6, "nothing unconsumed was evicted");
     // A ring buffer evicts the oldest instead.
     let dir = tempfile::tempdir().unwrap();
-    let ring = Shard::open(dir.path(), 0, ReplayConfig { capacity_rows: 8, evict_unconsumed: true, ..cfg() })
-        .unwrap();
+    let ring =
+        Shard::open(dir.path(), 0, ReplayConfig { capacity_rows: 8, evict_unconsumed: true, ..cfg() }, rl())
+            .unwrap();
     for id in 0..3 {
         append(&ring, &groups(id..id + 1, 0));
     }
@@ -365,7 +377,7 @@ fn eviction_takes_stale_groups_first_then_consumed_then_pushes_back() {
 fn tickets_follow_the_admission_rule() {
     let dir = tempfile::tempdir().unwrap();
     let shard =
-        Shard::open(dir.path(), 0, ReplayConfig { max_staleness: 1, groups_per_step: 4, ..cfg() }).unwrap();
+        Shard::open(dir.path(), 0, cfg(), RlConfig { max_staleness: 1, groups_per_step: 4, ..rl() }).unwrap();
     let t = |worker: &str, want, redeemed| {
         shard.tickets(&TicketRequest { worker: worker.into(), want, redeemed }).unwrap()
     };
@@ -389,7 +401,7 @@ fn every_acknowledged_group_and_ack_survives_a_restart() {
         // Small segments so that some groups are recovered from parquet and some from the log.
         let c = ReplayConfig { durability, segment_rows: 40, ..cfg() };
         {
-            let shard = Shard::open(dir.path(), 0, c.clone()).unwrap();
+            let shard = Shard::open(dir.path(), 0, c.clone(), rl()).unwrap();
             for i in 0..25 {
                 append(&shard, &groups(i * 2..i * 2 + 2, 1));
             }
@@ -403,7 +415,7 @@ fn every_acknowledged_group_and_ack_survives_a_restart() {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet"))
             .count();
         assert!(segs >= 1, "{durability:?}: logs roll into parquet segments");
-        let shard = Shard::open(dir.path(), 0, c).unwrap();
+        let shard = Shard::open(dir.path(), 0, c, rl()).unwrap();
         let rec = shard.recovery().clone();
         assert_eq!(rec.groups, 50, "{durability:?}: {rec:?}");
         assert_eq!(rec.acked, 6);
@@ -419,7 +431,7 @@ fn every_acknowledged_group_and_ack_survives_a_restart() {
 fn a_torn_log_tail_is_dropped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+        let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
         append(&shard, &groups(0..3, 0));
         append(&shard, &groups(3..5, 0));
     }
@@ -433,12 +445,12 @@ fn a_torn_log_tail_is_dropped_and_reported() {
     let mut torn = bytes.clone();
     torn.extend_from_slice(&bytes[..bytes.len() / 3]);
     std::fs::write(&log, &torn).unwrap();
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     assert_eq!(shard.recovery().groups, 5);
     assert_eq!(shard.recovery().torn_tail_bytes, (bytes.len() / 3) as u64);
     // Reopening again finds a clean log.
     drop(shard);
-    let shard = Shard::open(dir.path(), 0, cfg()).unwrap();
+    let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     assert_eq!((shard.recovery().groups, shard.recovery().torn_tail_bytes), (5, 0));
 }
 
@@ -451,6 +463,7 @@ fn export_writes_one_parquet_file_of_every_sample() {
             run.join("replay").join(format!("shard-{s}")),
             s,
             ReplayConfig { segment_rows: 8, ..cfg() },
+            rl(),
         )
         .unwrap();
         append(&shard, &groups(s as u64 * 100..s as u64 * 100 + 5, 0));

@@ -4,19 +4,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::curriculum::CurriculumConfig;
+use crate::error::{Result, RolloutError};
 
-/// How a rollout worker samples.
+/// How a rollout worker samples, besides the run's shared settings (`sluice_core::RlConfig`: the
+/// group size and the temperature). Its defaults are the quickstart's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutConfig {
-    /// Completions per task (G); must equal the learner's `group_size`.
-    pub group_size: usize,
-    /// Tasks generated together in one batch (each gives one group of G rows).
+    /// Tasks generated together in one batch (each gives one group of `rl.group_size` rows).
     pub tasks_per_batch: usize,
-    /// Softmax temperature of sampling (the learner's `temperature` must match it). 0 is greedy,
-    /// for evaluation only: a training run refuses it (greedy log-probs are not a sampling
-    /// distribution).
-    pub temperature: f32,
     /// Nucleus sampling threshold (1 = off).
     pub top_p: f32,
     /// Top-k sampling (0 = off).
@@ -48,13 +44,11 @@ pub struct RolloutConfig {
 impl Default for RolloutConfig {
     fn default() -> Self {
         RolloutConfig {
-            group_size: 8,
             tasks_per_batch: 4,
-            temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
-            max_new_tokens: 256,
-            max_completion_tokens: 512,
+            max_new_tokens: 48,
+            max_completion_tokens: 48,
             max_turns: 4,
             partial_rollout: true,
             chat_template: true,
@@ -68,28 +62,22 @@ impl Default for RolloutConfig {
 
 impl RolloutConfig {
     /// Checks the values; the error names the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(RolloutError::Config(m));
         let positive = [
-            ("rollout.group_size", self.group_size),
             ("rollout.tasks_per_batch", self.tasks_per_batch),
             ("rollout.max_new_tokens", self.max_new_tokens),
             ("rollout.max_completion_tokens", self.max_completion_tokens),
             ("rollout.max_turns", self.max_turns as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{key} must be at least 1"));
-        }
-        if self.group_size > u16::MAX as usize {
-            return Err(format!("rollout.group_size {} is above {}", self.group_size, u16::MAX));
-        }
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("rollout.temperature {} must be >= 0 (0 is greedy)", self.temperature));
+            return bad(format!("{key} must be at least 1"));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("rollout.top_p {} must be in (0, 1]", self.top_p));
+            return bad(format!("rollout.top_p {} must be in (0, 1]", self.top_p));
         }
         if !(self.env_timeout_s > 0.0 && self.env_timeout_s.is_finite()) {
-            return Err(format!("rollout.env_timeout_s {} must be > 0", self.env_timeout_s));
+            return bad(format!("rollout.env_timeout_s {} must be > 0", self.env_timeout_s));
         }
         Ok(())
     }
@@ -102,10 +90,10 @@ mod tests {
     #[test]
     fn bad_values_and_unknown_keys_name_the_key() {
         assert!(RolloutConfig::default().check().is_ok());
-        let e = RolloutConfig { group_size: 0, ..Default::default() }.check().unwrap_err();
-        assert!(e.contains("rollout.group_size"), "{e}");
-        let e = RolloutConfig { temperature: -1.0, ..Default::default() }.check().unwrap_err();
-        assert!(e.contains("rollout.temperature"), "{e}");
+        let e = RolloutConfig { tasks_per_batch: 0, ..Default::default() }.check().unwrap_err().to_string();
+        assert!(e.contains("rollout.tasks_per_batch"), "{e}");
+        let e = RolloutConfig { top_p: 1.5, ..Default::default() }.check().unwrap_err().to_string();
+        assert!(e.contains("rollout.top_p"), "{e}");
         let e = serde_json::from_str::<RolloutConfig>(r#"{"group_sise": 4}"#).unwrap_err().to_string();
         assert!(e.contains("group_sise"), "{e}");
     }

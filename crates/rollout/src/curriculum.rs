@@ -18,6 +18,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Result, RolloutError};
+
 /// How sources are chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -64,21 +66,22 @@ pub struct Curriculum {
 
 impl Curriculum {
     /// A fresh curriculum over `sources` sources; refuses bad settings.
-    pub fn new(cfg: CurriculumConfig, sources: usize, seed: u64) -> Result<Self, String> {
+    pub fn new(cfg: CurriculumConfig, sources: usize, seed: u64) -> Result<Self> {
+        let bad = |m: String| Err(RolloutError::Config(m));
         if sources == 0 {
-            return Err("curriculum: no task sources".into());
+            return bad("curriculum: no task sources".into());
         }
         match &cfg {
             CurriculumConfig::Fixed { weights } => {
                 if weights.len() != sources {
-                    return Err(format!(
+                    return bad(format!(
                         "curriculum.weights has {} entries for {sources} sources",
                         weights.len()
                     ));
                 }
                 if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || weights.iter().sum::<f64>() <= 0.0
                 {
-                    return Err(format!("curriculum.weights {weights:?} must be >= 0 with a positive sum"));
+                    return bad(format!("curriculum.weights {weights:?} must be >= 0 with a positive sum"));
                 }
             }
             CurriculumConfig::Ucb { c, window, temperature } => {
@@ -86,7 +89,7 @@ impl Curriculum {
                     || *window == 0
                     || !(temperature.is_finite() && *temperature >= 0.0)
                 {
-                    return Err(format!(
+                    return bad(format!(
                         "curriculum: need c >= 0 ({c}), window >= 1 ({window}), temperature >= 0 ({temperature})"
                     ));
                 }
@@ -98,10 +101,12 @@ impl Curriculum {
     }
 
     /// Continues from a checkpointed state.
-    pub fn restore(cfg: CurriculumConfig, state: CurriculumState) -> Result<Self, String> {
+    pub fn restore(cfg: CurriculumConfig, state: CurriculumState) -> Result<Self> {
         let mut c = Curriculum::new(cfg, state.counts.len(), 0)?;
         if state.windows.len() != state.counts.len() {
-            return Err("curriculum state: windows and counts disagree on the number of sources".into());
+            return Err(RolloutError::Config(
+                "curriculum state: windows and counts disagree on the number of sources".into(),
+            ));
         }
         c.state = state;
         Ok(c)

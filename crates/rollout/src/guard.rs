@@ -227,6 +227,8 @@ mod tests {
     async fn a_verifier_that_hangs_or_panics_or_returns_nan_does_not_stop_the_caller() {
         let t = Duration::from_millis(200);
         let slow: Arc<dyn Verifier> = Arc::new(|_: &Task, _: &str| {
+            // A verifier that blocks its thread is what this test guards against.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_secs(2));
             Reward::new(1.0)
         });

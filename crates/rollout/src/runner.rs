@@ -1,6 +1,6 @@
 //! Turns a batch of tasks into scored groups: batched generation with weight refresh between
 //! decoding steps, multi-turn environment episodes, verifiers, and the rows of the trajectory
-//! schema (DESIGN.md §2, §3, §7).
+//! schema (`docs/design.md`: "Trajectories", "Versions and staleness", "Environments").
 //!
 //! # Design
 //! *Constraints.* The learner must train on exactly what the sampler produced: the tokens, their
@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burn::prelude::Backend;
-use sluice_core::{fnv1a64, splitmix64, Env, Episode, Finish, Group, Prompt, Reward, Sample, Task, Verifier};
+use sluice_core::{
+    fnv1a64, splitmix64, Env, Episode, Finish, Group, Prompt, Reward, RlConfig, Sample, Task, Verifier,
+};
 use sluice_model::{ChatMessage, FinishReason, Generator, Llama, SamplingParams, Tokenizer};
 
 use crate::config::RolloutConfig;
@@ -161,6 +163,9 @@ impl GroupIds {
 /// Rolls out batches of tasks for one worker.
 pub struct Runner {
     cfg: RolloutConfig,
+    /// The group size and the sampling temperature (the run's shared settings; `sluice eval`
+    /// passes its own).
+    rl: RlConfig,
     run: String,
     tokenizer: Tokenizer,
     stop_token_ids: Vec<u32>,
@@ -173,18 +178,22 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner for `worker` of `run`; `stop_token_ids` end a turn (the model's EOS tokens).
+    /// A runner for `worker` of `run` that samples groups of `rl.group_size` at `rl.temperature`
+    /// (0: greedy, for evaluation); `stop_token_ids` end a turn (the model's EOS tokens). The
+    /// settings are taken as checked ([`RolloutConfig::check`]), as the run config does where it
+    /// reads them.
     pub fn new(
         run: &str,
         worker: &str,
         cfg: RolloutConfig,
+        rl: RlConfig,
         tokenizer: Tokenizer,
         stop_token_ids: Vec<u32>,
     ) -> Result<Self> {
-        cfg.check().map_err(RolloutError::Config)?;
         let seed = splitmix64(cfg.seed) ^ fnv1a64(worker.as_bytes());
         Ok(Runner {
             cfg,
+            rl,
             run: run.to_string(),
             tokenizer,
             stop_token_ids,
@@ -258,7 +267,7 @@ impl Runner {
         Duration::from_secs_f64(self.cfg.env_timeout_s)
     }
 
-    /// Rolls out every job `group_size` times and returns one group per job, in job order.
+    /// Rolls out every job `rl.group_size` times and returns one group per job, in job order.
     /// `policy` is swapped for newer weights from `feed` as they come.
     pub async fn run<B: Backend>(
         &mut self,
@@ -270,7 +279,7 @@ impl Runner {
             *policy = p;
         }
         self.batches += 1;
-        let g = self.cfg.group_size;
+        let g = self.rl.group_size;
         let mut eps = Vec::with_capacity(jobs.len() * g);
         for (j, job) in jobs.iter().enumerate() {
             let prompt = self.prompt_tokens(&job.task)?;
@@ -462,7 +471,7 @@ impl Runner {
             let prompts: Vec<Vec<u32>> =
                 rows.iter().map(|&i| [eps[i].prompt.as_slice(), eps[i].tokens.as_slice()].concat()).collect();
             let params = SamplingParams {
-                temperature: self.cfg.temperature,
+                temperature: self.rl.temperature,
                 top_p: self.cfg.top_p,
                 top_k: self.cfg.top_k,
                 max_new_tokens: self.cfg.max_new_tokens.min(budgets.iter().copied().max().unwrap_or(0)),

@@ -1,5 +1,6 @@
-//! The rollout worker loop (DESIGN.md §3, §7): staleness gate, admission tickets, curriculum draw,
-//! batched rollout, append with retry, liveliness.
+//! The rollout worker loop (`docs/design.md`, "Versions and staleness" and "Environments"):
+//! staleness gate, admission tickets, curriculum draw, batched rollout, append with retry,
+//! liveliness.
 //!
 //! # Design
 //! *Constraints.* A worker must not generate work bound to go stale (AReaL's admission control),
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::Backend;
 use sluice_core::{keys, Group};
-use sluice_model::weights::{Checkpoint, HostTensor};
+use sluice_model::weights::Checkpoint;
+use sluice_model::HostTensor;
 use sluice_model::{Llama, ModelConfig};
 use sluice_replay::{ReplayClient, ReplayError};
 use sluice_weights_sync::{Subscriber, Weights};
@@ -155,8 +157,7 @@ impl<B: Backend> Worker<B> {
         let cfg = runner.config();
         // Workers of one config draw sources differently.
         let seed = cfg.seed ^ sluice_core::fnv1a64(name.as_bytes());
-        let curriculum =
-            Curriculum::new(cfg.curriculum.clone(), sources.len(), seed).map_err(RolloutError::Config)?;
+        let curriculum = Curriculum::new(cfg.curriculum.clone(), sources.len(), seed)?;
         Ok(Worker {
             name: name.to_string(),
             session,
@@ -224,8 +225,7 @@ impl<B: Backend> Worker<B> {
                 self.sources.len()
             )));
         }
-        self.curriculum = Curriculum::restore(self.runner.config().curriculum.clone(), state)
-            .map_err(RolloutError::Config)?;
+        self.curriculum = Curriculum::restore(self.runner.config().curriculum.clone(), state)?;
         Ok(())
     }
 

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{
-    free_local_port, BoxFuture, Env, EnvError, Episode, Finish, Group, Prompt, Reward, Started, StepResult,
-    Task, TaskSource, ZenohOptions,
+    free_local_port, BoxFuture, Env, EnvError, Episode, Finish, Group, Prompt, Reward, RlConfig, Started,
+    StepResult, Task, TaskSource, ZenohOptions,
 };
-use sluice_model::weights::to_vec_f32;
+use sluice_model::to_vec_f32;
 use sluice_model::{score, Cpu, Llama, ModelConfig, ScoreRow, Tokenizer};
 use sluice_replay::{ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, Sampler, Shard};
 use sluice_rollout::{
@@ -76,9 +76,13 @@ fn sums_verifier() -> Judge {
     }))
 }
 
+/// Groups of 4 sampled at temperature 1.
+fn rl() -> RlConfig {
+    RlConfig { group_size: 4, temperature: 1.0, ..RlConfig::default() }
+}
+
 fn rollout_config(max_new: usize) -> RolloutConfig {
     RolloutConfig {
-        group_size: 4,
         tasks_per_batch: 2,
         max_new_tokens: max_new,
         max_completion_tokens: max_new,
@@ -125,8 +129,9 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
         let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
         let worker = ZenohOptions::connect_to(ep).open().await.unwrap();
-        let cfg = ReplayConfig { durability: Durability::OsBuffer, max_staleness: 4, ..Default::default() };
-        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
+        let cfg = ReplayConfig { durability: Durability::OsBuffer, ..Default::default() };
+        let shared = RlConfig { max_staleness: 4, ..rl() };
+        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg, shared).unwrap());
         let service = ReplayService::start(&learner, "mid", shard.clone()).await.unwrap();
         let publisher =
             Publisher::start(&learner, PublisherConfig { shm: false, ..PublisherConfig::new("mid") })
@@ -149,7 +154,7 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
 
         // No stop tokens: every row runs all 24 steps; the new weights arrive at step 10.
         let cfg = rollout_config(24);
-        let mut runner = Runner::new("mid", "w0", cfg.clone(), tokenizer(), Vec::new()).unwrap();
+        let mut runner = Runner::new("mid", "w0", cfg.clone(), rl(), tokenizer(), Vec::new()).unwrap();
         let feed = SubscriberFeed::<Cpu>::new(sub.clone(), model_config(), Default::default());
         let mut feed = FromStep { inner: feed, calls: 0, after: 10 };
         let mut policy = Versioned { model: m0.clone(), version: 0 };
@@ -186,7 +191,7 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
                 assert!(s.token_versions[switch..].iter().all(|&v| v == 1), "{:?}", s.token_versions);
                 assert_eq!(s.behavior_version, 0);
                 // What version 0 sampled is what the scorer gives under version 0.
-                let lp = rescored(&m0, &s.prompt_tokens, &s.completion_tokens[..switch], cfg.temperature);
+                let lp = rescored(&m0, &s.prompt_tokens, &s.completion_tokens[..switch], rl().temperature);
                 for (a, b) in lp.iter().zip(&s.behavior_logprobs[..switch]) {
                     assert!((a - b).abs() < 1e-4, "log-prob {b} sampled, {a} rescored");
                 }
@@ -276,7 +281,7 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
             response_prefix: "say ".into(),
             ..rollout_config(8)
         };
-        let mut runner = Runner::new("tito", "w0", cfg.clone(), tok.clone(), Vec::new()).unwrap();
+        let mut runner = Runner::new("tito", "w0", cfg.clone(), rl(), tok.clone(), Vec::new()).unwrap();
         let m = model(3);
         let mut policy = Versioned { model: m.clone(), version: 5 };
         let jobs: Vec<Job> = (0..2)
@@ -312,7 +317,7 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
             assert_eq!(s.behavior_version, 5);
             // Environment tokens carry no log-prob; the model's are what the scorer gives for
             // exactly the stored tokens, observations included in the context.
-            let lp = rescored(&m, &s.prompt_tokens, &s.completion_tokens, cfg.temperature);
+            let lp = rescored(&m, &s.prompt_tokens, &s.completion_tokens, rl().temperature);
             for (i, (&mk, (&b, &a))) in
                 s.loss_mask.iter().zip(s.behavior_logprobs.iter().zip(&lp)).enumerate()
             {
@@ -378,7 +383,7 @@ fn hanging_panicking_and_failing_envs_end_their_episodes_as_errors_and_the_batch
         // The limit must exceed the time a panic takes to unwind and print its backtrace on a
         // loaded CI machine, or a panicking step is counted as a timeout.
         let cfg = RolloutConfig { env_timeout_s: 5.0, tasks_per_batch: 4, ..rollout_config(4) };
-        let mut runner = Runner::new("bad", "w0", cfg, tokenizer(), Vec::new()).unwrap();
+        let mut runner = Runner::new("bad", "w0", cfg, rl(), tokenizer(), Vec::new()).unwrap();
         let mut policy = Versioned { model: model(4), version: 0 };
         let jobs: Vec<Job> = ["hang", "panic", "error", "fine"]
             .iter()
@@ -515,13 +520,9 @@ async fn synchronous_replay(
     let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
     let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
     let worker = ZenohOptions::connect_to(ep).open().await.unwrap();
-    let cfg = ReplayConfig {
-        durability: Durability::OsBuffer,
-        max_staleness: 0,
-        groups_per_step: 2,
-        ..Default::default()
-    };
-    let shard = Arc::new(Shard::open(dir.join("replay"), 0, cfg).unwrap());
+    let cfg = ReplayConfig { durability: Durability::OsBuffer, ..Default::default() };
+    let rl = RlConfig { max_staleness: 0, groups_per_step: 2, ..rl() };
+    let shard = Arc::new(Shard::open(dir.join("replay"), 0, cfg, rl).unwrap());
     let service = ReplayService::start(&learner, run, shard.clone()).await.unwrap();
     (learner, worker, shard, service)
 }
@@ -536,7 +537,7 @@ fn sums_worker(
     sub: Subscriber,
 ) -> Worker<Cpu> {
     let replay = ReplayClient::new(session.clone(), ClientConfig::new(run, 1)).unwrap();
-    let runner = Runner::new(run, name, rollout_config(max_new), tokenizer(), vec![1]).unwrap();
+    let runner = Runner::new(run, name, rollout_config(max_new), rl(), tokenizer(), vec![1]).unwrap();
     let source = EnvSource { tasks: Box::new(Sums(0)), judge: sums_verifier(), stop_strings: vec![] };
     Worker::new(session.clone(), replay, name, runner, model(5), version, vec![source])
         .unwrap()

@@ -1,11 +1,14 @@
-//! The staleness gate (DESIGN.md §3): a rollout worker starts new groups only while the version it
-//! has applied is within `max_staleness` of the learner's.
+//! The staleness gate (`docs/design.md`, "Versions and staleness"): a rollout worker starts new
+//! groups only while the version it has applied is within `max_staleness` of the learner's, i.e.
+//! while what it would sample now is still admissible ([`sluice_core::is_admissible`], the one
+//! statement of the rule).
 //!
 //! The gate holds two numbers, the learner's latest announced version and the worker's applied
 //! one, in tokio watch channels: [`StalenessGate::may_start`] answers now, and
 //! [`StalenessGate::until_may_start`] resolves as soon as either number moves the worker back
 //! within bounds (a weight version applied, or the learner found to be older than thought).
 
+use sluice_core::{is_admissible, PolicyVersion};
 use tokio::sync::watch;
 
 /// Shared between the subscriber (which sets both versions) and the worker loop (which asks).
@@ -55,7 +58,7 @@ impl StalenessGate {
     /// Whether the worker may start new work at the learner version it knows of.
     pub fn may_start(&self) -> bool {
         let (learner, applied) = self.versions();
-        learner.saturating_sub(applied) <= self.max_staleness
+        admits(learner, applied, self.max_staleness)
     }
 
     /// Whether the worker may start new work if the learner is at `learner`.
@@ -69,8 +72,13 @@ impl StalenessGate {
         let mut rx = self.state.subscribe();
         let bound = self.max_staleness;
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = rx.wait_for(|&(learner, applied)| learner.saturating_sub(applied) <= bound).await;
+        let _ = rx.wait_for(|&(learner, applied)| admits(learner, applied, bound)).await;
     }
+}
+
+/// Whether work sampled with the `applied` weights is admissible to the learner at `learner`.
+fn admits(learner: u64, applied: u64, max_staleness: u64) -> bool {
+    is_admissible(PolicyVersion(learner), PolicyVersion(applied), max_staleness)
 }
 
 #[cfg(test)]

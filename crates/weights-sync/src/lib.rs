@@ -1,5 +1,6 @@
-//! Weight sync (DESIGN.md §3, §5): versioned, checksummed, resharded parameter transfer over zenoh,
-//! and the staleness gate that keeps rollout workers within `max_staleness` of the learner.
+//! Weight sync (`docs/design.md`, "Weight sync" and "Versions and staleness"): versioned,
+//! checksummed, resharded parameter transfer over zenoh, and the staleness gate that keeps rollout
+//! workers within `max_staleness` of the learner.
 //!
 //! - [`Layout`]s say which part of a tensor a holder keeps; the pure [`planner`] turns source and
 //!   destination layouts into byte-range copies.

@@ -1,4 +1,4 @@
-//! The learner side of weight sync (DESIGN.md §5 steps 1–2).
+//! The learner side of weight sync (`docs/design.md`, "Weight sync").
 //!
 //! [`Publisher::publish`] takes a snapshot the learner has already copied out of its parameters
 //! (that copy is the only time the training loop waits), and on the blocking pool casts it to the

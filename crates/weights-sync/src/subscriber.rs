@@ -1,4 +1,4 @@
-//! The rollout side of weight sync (DESIGN.md §5 step 3).
+//! The rollout side of weight sync (`docs/design.md`, "Weight sync").
 //!
 //! A [`Subscriber`] learns of versions from announces and, on join and after a reconnect, from
 //! the publisher's `latest` queryable (asked every `poll`). For the newest version it knows of

@@ -1,4 +1,5 @@
-//! What travels between publisher and subscribers, and under which keys (DESIGN.md §5).
+//! What travels between publisher and subscribers, and under which keys (`docs/design.md`,
+//! "Weight sync").
 //!
 //! | key (under `sluice/{run}/weights/`) | kind       | payload                                  |
 //! |-------------------------------------|------------|------------------------------------------|

@@ -155,7 +155,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use sluice_core::Finish;
+    use sluice_core::{Finish, RlConfig};
     use sluice_model::{Architecture, Cpu, Llama, ModelConfig, Tokenizer};
     use sluice_rollout::{FixedWeights, Job, Judge, RolloutConfig, Runner, Versioned};
 
@@ -184,7 +184,6 @@ mod tests {
     async fn both_example_envs_roll_out_into_valid_groups() {
         let tok = Tokenizer::char_level("abcdefghijklmnopqrstuvwxyz0123456789 .:?GRAhlow").unwrap();
         let cfg = RolloutConfig {
-            group_size: 4,
             tasks_per_batch: 2,
             max_new_tokens: 6,
             max_completion_tokens: 64,
@@ -192,7 +191,8 @@ mod tests {
             chat_template: false,
             ..Default::default()
         };
-        let mut runner = Runner::new("example", "w0", cfg, tok.clone(), vec![1]).unwrap();
+        let rl = RlConfig { group_size: 4, temperature: 1.0, ..RlConfig::default() };
+        let mut runner = Runner::new("example", "w0", cfg, rl, tok.clone(), vec![1]).unwrap();
         let mut policy = Versioned { model: tiny(tok.vocab_size()), version: 0 };
         let (mut words, mut secrets) = (Words::new(0), Secrets::new(20));
         let hot_cold = Judge::Env(Arc::new(HotCold { max: 20, turns: 3 }));

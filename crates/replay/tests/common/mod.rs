@@ -3,36 +3,24 @@
 
 use std::collections::BTreeMap;
 
-use sluice_core::{Finish, Group, Sample};
+use sluice_core::testing::sample;
+use sluice_core::{Group, Sample};
 
 /// A group of `rewards.len()` samples at `version`, each with a `len`-token completion whose
 /// tokens are derived from the group id and sample index (distinct completions).
 pub fn group(group_id: u64, version: u64, rewards: &[f32], len: usize) -> Group {
-    let samples = rewards
-        .iter()
-        .enumerate()
-        .map(|(i, &reward)| Sample {
-            run_id: "test".into(),
-            group_id,
-            sample_idx: i as u16,
-            task_id: format!("task-{group_id}"),
-            source: "arithmetic".into(),
+    let samples = rewards.iter().enumerate().map(|(i, &reward)| {
+        let tokens = (0..len).map(|t| (group_id as u32).wrapping_mul(31) ^ (i * 7 + t) as u32).collect();
+        Sample {
             prompt_tokens: vec![1, 2, 3, (group_id % 1000) as u32],
-            completion_tokens: (0..len)
-                .map(|t| (group_id as u32).wrapping_mul(31) ^ (i * 7 + t) as u32)
-                .collect(),
-            loss_mask: vec![1; len],
             behavior_logprobs: (0..len).map(|t| -0.1 - t as f32 * 0.01).collect(),
-            token_versions: vec![version; len],
-            behavior_version: version,
             reward,
             reward_parts: BTreeMap::from([("correct".to_string(), reward)]),
-            finish: Finish::Stop,
-            num_turns: 1,
             created_at_us: 1_700_000_000_000_000 + group_id as i64,
-        })
-        .collect();
-    Group { group_id, samples }
+            ..sample(group_id, i as u16, version, tokens)
+        }
+    });
+    sluice_core::testing::group(group_id, samples)
 }
 
 /// Groups `ids` at `version`, rewards 0/1 alternating (non-zero variance), 4 samples, 8 tokens.

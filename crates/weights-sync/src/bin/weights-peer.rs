@@ -82,7 +82,10 @@ async fn open(args: &Args, opts: ZenohOptions) -> AnyResult<zenoh::Session> {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("--zenoh {kv}: expected key=value"))?;
         config.insert_json5(k, v).map_err(|e| format!("--zenoh {kv}: {e}"))?;
     }
-    zenoh::open(config).await.map_err(|e| format!("opening zenoh: {e}").into())
+    // The config is `ZenohOptions`' (peer, no multicast scouting) with this tool's tuning on top.
+    #[allow(clippy::disallowed_methods)]
+    let session = zenoh::open(config).await;
+    session.map_err(|e| format!("opening zenoh: {e}").into())
 }
 
 fn model(spec: &str) -> AnyResult<Vec<(String, Vec<usize>)>> {
@@ -205,7 +208,7 @@ async fn subscribe(args: &Args) -> AnyResult<()> {
 }
 
 #[tokio::main(flavor = "multi_thread")]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let result = match raw.first().map(String::as_str) {
         Some(cmd @ ("publish" | "subscribe")) => match Args::parse(&raw[1..]) {
@@ -215,8 +218,11 @@ async fn main() {
         },
         _ => Err("usage: weights-peer publish|subscribe --run R ... (see the crate docs)".into()),
     };
-    if let Err(e) = result {
-        eprintln!("weights-peer: {e}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weights-peer: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! the other as both ranks of 2-way tensor parallelism; the publisher's source is two FSDP ranks.
 //! Several versions are published back to back; every subscriber must apply versions in
 //! increasing order and end with the last version's bytes exactly.
+// Blocking sleeps are right here: the test polls child processes from a plain thread.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice_weights_sync::synthetic::{self, TINY};
 use sluice_weights_sync::DType;
 
-mod common;
+use crate::common;
 
 const PEER: &str = env!("CARGO_BIN_EXE_weights-peer");
 

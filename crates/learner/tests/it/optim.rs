@@ -7,7 +7,7 @@ use burn::prelude::*;
 use sluice_learner::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Schedule};
 use sluice_model::CpuAutodiff as B;
 
-mod common;
+use crate::common;
 
 #[derive(Module, Debug)]
 struct Two<B: Backend> {
@@ -44,7 +44,7 @@ fn close(got: &[f32], want: &[f32], what: &str) {
 
 #[test]
 fn adamw_with_global_clipping_matches_torch_and_accumulation_matches_one_batch() {
-    let fx: serde_json::Value = serde_json::from_str(include_str!("fixtures/optim.json")).unwrap();
+    let fx: serde_json::Value = serde_json::from_str(include_str!("../fixtures/optim.json")).unwrap();
     let c = &fx["config"];
     let config = AdamWConfig {
         beta1: c["beta1"].as_f64().unwrap(),

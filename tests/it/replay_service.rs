@@ -1,5 +1,7 @@
 //! The replay service as its own process, over zenoh on loopback: SIGKILL mid-stream and
 //! recovery, hostile payloads, two shards.
+// Blocking sleeps are right here: the test polls child processes from a plain thread.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use sluice_core::testing::sample;
 use sluice_core::trajectory::{self, groups_to_batch};
 use sluice_core::{Finish, Group, Sample, ZenohOptions};
 use sluice_replay::{ClientConfig, Op, ReplayClient, ReplayError, SampleRequest, Sampler};
 
-mod common;
+use crate::common;
 
 /// A replay shard process and the JSON line it printed when ready.
 struct Server {
@@ -29,18 +32,26 @@ impl Drop for Server {
     }
 }
 
+/// Serves shard `shard` of run `run` (two shards) from `dir`, listening on `port`.
 fn start_server(dir: &Path, run: &str, shard: u32, port: u16) -> Server {
+    let config = dir.join(format!("{run}-{shard}.toml"));
+    let text = format!(
+        "[run]\nname = \"{run}\"\ndir = {dir:?}\nreplay_shards = 2\n\
+         [rl]\nmax_staleness = 1000\n\
+         [replay]\nsegment_rows = 256\n[replay.durability]\npolicy = \"group-commit\"\ninterval_ms = 2\n",
+        dir = dir.display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["replay", "serve", "--dir"])
-        .arg(dir)
-        .args(["--run", run, "--shard", &shard.to_string(), "--listen", &format!("tcp/127.0.0.1:{port}")])
-        .args(["--durability", "group-commit=2", "--segment-rows", "256", "--max-staleness", "1000"])
+        .args(["replay", "serve"])
+        .arg(&config)
+        .args(["--shard", &shard.to_string(), "--listen", &format!("tcp/127.0.0.1:{port}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         if let Some(Ok(line)) = lines.next() {
@@ -72,29 +83,12 @@ async fn client(ports: &[u16], run: &str, retry_for: Duration) -> ReplayClient {
 }
 
 fn group(id: u64, version: u64, g: usize, len: usize) -> Group {
-    Group {
-        group_id: id,
-        samples: (0..g)
-            .map(|i| Sample {
-                run_id: "t".into(),
-                group_id: id,
-                sample_idx: i as u16,
-                task_id: format!("task-{id}"),
-                source: "arithmetic".into(),
-                prompt_tokens: vec![5, 6, 7],
-                completion_tokens: (0..len as u32).map(|t| t + i as u32).collect(),
-                loss_mask: vec![1; len],
-                behavior_logprobs: vec![-0.5; len],
-                token_versions: vec![version; len],
-                behavior_version: version,
-                reward: (i % 2) as f32,
-                reward_parts: Default::default(),
-                finish: Finish::Length,
-                num_turns: 1,
-                created_at_us: 0,
-            })
-            .collect(),
-    }
+    let samples = (0..g).map(|i| Sample {
+        reward: (i % 2) as f32,
+        finish: Finish::Length,
+        ..sample(id, i as u16, version, (0..len as u32).map(|t| t + i as u32).collect())
+    });
+    sluice_core::testing::group(id, samples)
 }
 
 fn exported_group_rows(run_dir: &Path) -> BTreeMap<u64, usize> {
@@ -334,7 +328,8 @@ fn exported_parquet_is_read_by_duckdb() {
     let mut reward = 0.0;
     for s in 0..2u32 {
         let shard_dir = run.join("replay").join(format!("shard-{s}"));
-        let shard = sluice_replay::Shard::open(&shard_dir, s, Default::default()).unwrap();
+        let shard =
+            sluice_replay::Shard::open(&shard_dir, s, Default::default(), Default::default()).unwrap();
         let gs: Vec<Group> = (0..20).map(|i| group(s as u64 * 1000 + i, 0, 4, 10 + i as usize)).collect();
         reward += gs.iter().flat_map(|g| &g.samples).map(|x| x.reward as f64).sum::<f64>();
         shard.append(&groups_to_batch(&gs).unwrap()).unwrap();

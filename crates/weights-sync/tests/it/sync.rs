@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_core::{free_local_port, ZenohOptions};
 
-mod common;
+use crate::common;
 use sluice_weights_sync::synthetic::{self, TINY};
 use sluice_weights_sync::{
     wire::Announce, DType, Destination, Publisher, PublisherConfig, StalenessGate, Subscriber,

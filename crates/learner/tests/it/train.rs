@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use burn::module::AutodiffModule;
-use sluice_core::{metrics, Finish, Group, Sample};
+use sluice_core::{metrics, testing, Group, RlConfig, Sample};
 use sluice_learner::*;
 use sluice_model::{score, CpuAutodiff, Llama, ModelConfig, ScoreRow};
-use sluice_replay::{Durability, ReplayConfig, Shard};
+use sluice_replay::{Durability, ReplayConfig, Sampler, Shard};
 
-mod common;
+use crate::common;
 
 type B = CpuAutodiff;
 type Inner = sluice_model::Cpu;
@@ -47,60 +47,43 @@ fn group_of(id: u64, behavior_version: u64, env_token: bool, completions: [Vec<u
     let model = reference();
     let rows: Vec<ScoreRow<'_>> =
         completions.iter().map(|c| ScoreRow { prompt: &prompt, completion: c }).collect();
-    let lp = sluice_model::weights::to_vec_f32(score(&model, &rows, 1.0, false).unwrap().logprobs);
+    let lp = sluice_model::to_vec_f32(score(&model, &rows, 1.0, false).unwrap().logprobs);
     let width = completions.iter().map(Vec::len).max().unwrap();
-    let samples = (0..G)
-        .map(|i| {
-            let n = completions[i].len();
-            let mut mask = vec![1u8; n];
-            if env_token && i == 1 {
-                mask[1] = 0;
-            }
-            let logprobs = (0..n).map(|j| if mask[j] == 1 { lp[i * width + j] } else { 0.0 }).collect();
-            Sample {
-                run_id: "test".into(),
-                group_id: id,
-                sample_idx: i as u16,
-                task_id: format!("t{id}"),
-                source: "fixed".into(),
-                prompt_tokens: prompt.clone(),
-                completion_tokens: completions[i].clone(),
-                loss_mask: mask,
-                behavior_logprobs: logprobs,
-                token_versions: vec![behavior_version; n],
-                behavior_version,
-                reward: rewards[i],
-                reward_parts: BTreeMap::from([(
-                    metrics::ACCURACY_PART.to_string(),
-                    (rewards[i] == 1.0) as u8 as f32,
-                )]),
-                finish: Finish::Stop,
-                num_turns: 1,
-                created_at_us: 0,
-            }
-        })
-        .collect();
-    Group { group_id: id, samples }
+    let samples = (0..G).map(|i| {
+        let n = completions[i].len();
+        let mut mask = vec![1u8; n];
+        if env_token && i == 1 {
+            mask[1] = 0;
+        }
+        let logprobs = (0..n).map(|j| if mask[j] == 1 { lp[i * width + j] } else { 0.0 }).collect();
+        let correct = (rewards[i] == 1.0) as u8 as f32;
+        Sample {
+            prompt_tokens: prompt.clone(),
+            loss_mask: mask,
+            behavior_logprobs: logprobs,
+            reward: rewards[i],
+            reward_parts: BTreeMap::from([(metrics::ACCURACY_PART.to_string(), correct)]),
+            ..testing::sample(id, i as u16, behavior_version, completions[i].clone())
+        }
+    });
+    testing::group(id, samples)
 }
 
 fn shard(dir: &std::path::Path, groups: &[Group], fifo_lease_ms: u64) -> Shard {
-    let cfg = ReplayConfig {
-        durability: Durability::OsBuffer,
-        fifo_lease_ms,
-        max_staleness: 1000,
-        ..Default::default()
-    };
-    let shard = Shard::open(dir, 0, cfg).unwrap();
+    let cfg = ReplayConfig { durability: Durability::OsBuffer, fifo_lease_ms, ..Default::default() };
+    let shard = Shard::open(dir, 0, cfg, rl(2)).unwrap();
     shard.append(&sluice_core::trajectory::groups_to_batch(groups).unwrap()).unwrap();
     shard
 }
 
+/// Groups of `G` at temperature 1, `groups_per_step` a step, any staleness admitted.
+fn rl(groups_per_step: usize) -> RlConfig {
+    RlConfig { group_size: G, groups_per_step, max_staleness: 1000, temperature: 1.0 }
+}
+
 fn grpo_config(total_steps: u64) -> LearnerConfig {
     LearnerConfig {
-        group_size: G,
-        groups_per_step: 2,
         micro_batch_groups: 1,
-        max_staleness: 1000,
         kl: KlConfig { beta: 0.05, ..Default::default() },
         schedule: Schedule::constant(3e-3),
         optimizer: AdamWConfig { weight_decay: 0.01, ..Default::default() },
@@ -111,9 +94,9 @@ fn grpo_config(total_steps: u64) -> LearnerConfig {
     }
 }
 
-fn learner(cfg: LearnerConfig) -> Learner<B> {
+fn learner(cfg: LearnerConfig, rl: RlConfig) -> Learner<B> {
     let reference = cfg.needs_reference().then(reference);
-    Learner::new(Trainer::new(cfg, policy(), reference, AdamW::new(Default::default())).unwrap())
+    Learner::new(Trainer::new(cfg, rl, policy(), reference, AdamW::new(Default::default())).unwrap())
 }
 
 fn weights(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {
@@ -152,7 +135,8 @@ fn micro_batches_give_the_same_update_as_one_pass_for_every_reduction() {
                 let cfg = LearnerConfig { algorithm, reduction, micro_batch_groups: micro, ..grpo_config(1) };
                 let reference = cfg.needs_reference().then(reference);
                 let mut t =
-                    Trainer::<B>::new(cfg, policy(), reference, AdamW::new(Default::default())).unwrap();
+                    Trainer::<B>::new(cfg, rl(2), policy(), reference, AdamW::new(Default::default()))
+                        .unwrap();
                 let stats = t.train(&groups).unwrap();
                 (weights(t.model()), stats)
             };
@@ -178,10 +162,10 @@ fn a_batch_of_short_and_long_completions_is_packed_without_changing_the_update()
         (0..4).map(|i| group_of(i, 0, false, [vec![5, 6], long(1), vec![12, 13], long(2)])).collect();
     for algorithm in [Algorithm::Grpo, Algorithm::Tb] {
         let run = |micro| {
-            let cfg =
-                LearnerConfig { algorithm, micro_batch_groups: micro, groups_per_step: 4, ..grpo_config(1) };
+            let cfg = LearnerConfig { algorithm, micro_batch_groups: micro, ..grpo_config(1) };
             let reference = cfg.needs_reference().then(reference);
-            let mut t = Trainer::<B>::new(cfg, policy(), reference, AdamW::new(Default::default())).unwrap();
+            let mut t =
+                Trainer::<B>::new(cfg, rl(4), policy(), reference, AdamW::new(Default::default())).unwrap();
             let stats = t.train(&groups).unwrap();
             (weights(t.model()), stats)
         };
@@ -215,14 +199,14 @@ fn resume_continues_exactly_as_an_uninterrupted_run() {
     // N + M steps straight.
     let dir_a = tempfile::tempdir().unwrap();
     let shard_a = shard(&dir_a.path().join("replay"), &data, 60_000);
-    let mut a = learner(grpo_config(n + m));
+    let mut a = learner(grpo_config(n + m), rl(2));
     within(&rt, a.run(&shard_a)).unwrap();
 
     // N steps, checkpoint, a new process would start here: resume, M more.
     let dir_b = tempfile::tempdir().unwrap();
     let shard_b = shard(&dir_b.path().join("replay"), &data, 60_000);
     let ckpts = Checkpoints::new(dir_b.path().join("checkpoints"), 2);
-    let mut b = learner(grpo_config(n)).with_checkpoints(ckpts.clone());
+    let mut b = learner(grpo_config(n), rl(2)).with_checkpoints(ckpts.clone());
     within(&rt, b.run(&shard_b)).unwrap();
     drop(b);
     let (step, path) = ckpts.latest().unwrap();
@@ -230,8 +214,9 @@ fn resume_continues_exactly_as_an_uninterrupted_run() {
     let restored = load_checkpoint::<B>(&path, &Default::default()).unwrap();
     assert_eq!((restored.state.version, restored.state.step, restored.state.groups_consumed), (n, n, 2 * n));
     assert_eq!(restored.state.seed, 0);
-    let mut c =
-        Learner::resume(grpo_config(n + m), restored, Some(reference())).unwrap().with_checkpoints(ckpts);
+    let mut c = Learner::resume(grpo_config(n + m), rl(2), restored, Some(reference()))
+        .unwrap()
+        .with_checkpoints(ckpts);
     let taken = within(&rt, c.run(&shard_b)).unwrap();
     assert_eq!(taken, m);
     assert_eq!(c.trainer().version(), n + m);
@@ -252,7 +237,7 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     let shard = shard(&dir.path().join("replay"), &data, 300);
     let ckpts = Checkpoints::new(dir.path().join("checkpoints"), 3);
     let cfg = LearnerConfig { checkpoint_every: 2, ..grpo_config(5) };
-    let mut a = learner(cfg.clone()).with_checkpoints(ckpts.clone());
+    let mut a = learner(cfg.clone(), rl(2)).with_checkpoints(ckpts.clone());
     // Three steps: a checkpoint after the second; the third's groups are trained but not acked.
     for _ in 0..3 {
         within(&rt, a.step(&shard)).unwrap().unwrap();
@@ -265,7 +250,7 @@ fn a_crash_before_a_checkpoint_loses_and_repeats_nothing() {
     std::fs::write(ckpts.path(3).join("trainer.json"), "{").unwrap();
     let restored = resume_latest::<B>(&ckpts, &Default::default()).unwrap();
     assert_eq!(restored.state.groups_consumed, 4);
-    let mut b = Learner::resume(cfg, restored, Some(reference())).unwrap().with_checkpoints(ckpts);
+    let mut b = Learner::resume(cfg, rl(2), restored, Some(reference())).unwrap().with_checkpoints(ckpts);
     within(&rt, b.run(&shard)).unwrap();
     // 4 groups before the checkpoint + 6 after it = all 10, each once: the 2 the crash lost came
     // back after their lease; none was trained twice by the resumed learner.
@@ -289,7 +274,7 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let replay = shard(&dir.path().join("replay"), &data, 60_000);
-    let mut l = learner(LearnerConfig { groups_per_step: 3, ..grpo_config(1) });
+    let mut l = learner(grpo_config(1), rl(3));
     let stats = within(&rt, l.step(&replay)).unwrap().unwrap();
     assert_eq!(stats.get(metrics::GROUPS), Some(3.0));
     assert_eq!(stats.get(metrics::ZERO_VARIANCE_DROPPED), Some(3.0));
@@ -297,8 +282,8 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
     // TB learns from them: nothing is dropped by default.
     let dir = tempfile::tempdir().unwrap();
     let replay = shard(&dir.path().join("replay"), &data, 60_000);
-    let cfg = LearnerConfig { algorithm: Algorithm::Tb, groups_per_step: 6, ..grpo_config(1) };
-    let stats = within(&rt, learner(cfg).step(&replay)).unwrap().unwrap();
+    let cfg = LearnerConfig { algorithm: Algorithm::Tb, ..grpo_config(1) };
+    let stats = within(&rt, learner(cfg, rl(6)).step(&replay)).unwrap().unwrap();
     assert_eq!(
         (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
         (Some(6.0), Some(0.0))
@@ -314,8 +299,8 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let replay = shard(&dir.path().join("replay"), &solved, 60_000);
-    let cfg = LearnerConfig { groups_per_step: 3, max_zero_variance_dropped: 2, ..grpo_config(1) };
-    let stats = within(&rt, learner(cfg).step(&replay)).unwrap().unwrap();
+    let cfg = LearnerConfig { max_zero_variance_dropped: 2, ..grpo_config(1) };
+    let stats = within(&rt, learner(cfg, rl(3)).step(&replay)).unwrap().unwrap();
     assert_eq!(
         (stats.get(metrics::GROUPS), stats.get(metrics::ZERO_VARIANCE_DROPPED)),
         (Some(3.0), Some(3.0)),
@@ -325,11 +310,12 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
 
 #[test]
 fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
-    let e = serde_json::from_str::<LearnerConfig>(r#"{"group_size": 4, "grop_size": 4}"#).unwrap_err();
-    assert!(e.to_string().contains("grop_size"), "{e}");
+    let e = serde_json::from_str::<LearnerConfig>(r#"{"epochs": 4, "epoch": 4}"#).unwrap_err();
+    assert!(e.to_string().contains("epoch"), "{e}");
+    let e = serde_json::from_str::<LearnerConfig>(r#"{"sampler": "newest"}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown sampler `newest`"), "{e}");
     for (cfg, key) in [
-        (LearnerConfig { group_size: 1, ..grpo_config(1) }, "learner.group_size"),
-        (LearnerConfig { sampler: "newest".into(), ..grpo_config(1) }, "learner.sampler"),
+        (LearnerConfig { epochs: 0, ..grpo_config(1) }, "learner.epochs"),
         (
             LearnerConfig {
                 clip: ClipConfig { dual_clip: Some(0.5), ..Default::default() },
@@ -337,19 +323,23 @@ fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
             },
             "learner.clip.dual_clip",
         ),
-        // Weights published every 3 steps go 2 versions stale before the next publish.
-        (LearnerConfig { sync_every: 3, max_staleness: 1, ..grpo_config(1) }, "learner.sync_every"),
     ] {
-        let e = cfg.check().unwrap_err().to_string();
+        let e = cfg.check(&rl(2)).unwrap_err().to_string();
         assert!(e.contains(key), "{e}");
     }
+    // Weights published every 3 steps go 2 versions stale before the next publish.
+    let e = LearnerConfig { sync_every: 3, ..grpo_config(1) }
+        .check(&RlConfig { max_staleness: 1, ..rl(2) })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("learner.sync_every"), "{e}");
     // TB without its reference.
     let cfg = LearnerConfig { algorithm: Algorithm::Tb, ..grpo_config(1) };
-    let e = Trainer::<B>::new(cfg, policy(), None, AdamW::new(Default::default())).err().unwrap();
+    let e = Trainer::<B>::new(cfg, rl(2), policy(), None, AdamW::new(Default::default())).err().unwrap();
     assert!(e.to_string().contains("reference"), "{e}");
     // A group of the wrong size, and a token outside the vocabulary: named, nothing trained.
     let mut t =
-        Trainer::<B>::new(grpo_config(1), policy(), Some(reference()), AdamW::new(Default::default()))
+        Trainer::<B>::new(grpo_config(1), rl(2), policy(), Some(reference()), AdamW::new(Default::default()))
             .unwrap();
     let mut short = group(9, 0, false);
     short.samples.pop();
@@ -365,15 +355,15 @@ fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
 /// Sum of completion 0's token log-probs (the high-reward one) for prompt `[1, 2]`.
 fn best_logprob<M: burn::prelude::Backend>(model: &Llama<M>) -> f32 {
     let rows = [ScoreRow { prompt: &[1, 2], completion: &[5, 6, 7] }];
-    sluice_model::weights::to_vec_f32(score(model, &rows, 1.0, false).unwrap().logprobs).iter().sum()
+    sluice_model::to_vec_f32(score(model, &rows, 1.0, false).unwrap().logprobs).iter().sum()
 }
 
-fn learns(cfg: LearnerConfig, loss: &'static str) {
+fn learns(cfg: LearnerConfig, rl: RlConfig, loss: &'static str) {
     let data: Vec<Group> = (0..3).map(|i| group(i, 0, false)).collect();
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let shard = shard(&dir.path().join("replay"), &data, 60_000);
-    let mut l = learner(cfg);
+    let mut l = learner(cfg, rl);
     let before = best_logprob(l.trainer().model());
     let mut losses = Vec::new();
     for _ in 0..40 {
@@ -392,26 +382,24 @@ fn grpo_on_fixed_groups_lowers_its_loss_and_raises_the_rewarded_completion() {
     // Uniform replay over the same three groups: every sample grows staler, and the decoupled
     // correction's weights track how far the policy moved toward the rewarded completions.
     let cfg = LearnerConfig {
-        groups_per_step: 3,
-        sampler: "uniform".into(),
+        sampler: Sampler::Uniform,
         kl: KlConfig::default(),
         schedule: Schedule::constant(1e-2),
         ..grpo_config(40)
     };
-    learns(cfg, metrics::LOSS_POLICY);
+    learns(cfg, rl(3), metrics::LOSS_POLICY);
 }
 
 #[test]
 fn tb_on_fixed_groups_lowers_its_loss_and_raises_the_rewarded_completion() {
     let cfg = LearnerConfig {
         algorithm: Algorithm::Tb,
-        groups_per_step: 3,
-        sampler: "uniform".into(),
+        sampler: Sampler::Uniform,
         tb: TbConfig { beta_start: 0.2, beta_end: 0.2, beta_steps: 0 },
         schedule: Schedule::constant(1e-2),
         ..grpo_config(40)
     };
-    learns(cfg, metrics::LOSS_TB);
+    learns(cfg, rl(3), metrics::LOSS_TB);
 }
 
 /// The whole loop over zenoh: a replay service on one session, the learner drawing from it with a
@@ -433,9 +421,8 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
         let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
         let learner_session = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
         let worker_session = ZenohOptions::connect_to(ep).open().await.unwrap();
-        let cfg =
-            ReplayConfig { durability: Durability::OsBuffer, max_staleness: 1000, ..Default::default() };
-        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg).unwrap());
+        let cfg = ReplayConfig { durability: Durability::OsBuffer, ..Default::default() };
+        let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, cfg, rl(2)).unwrap());
         let service = ReplayService::start(&learner_session, "loop", shard.clone()).await.unwrap();
         // The rollout side appends over zenoh, as a worker would.
         let producer = ReplayClient::new(worker_session.clone(), ClientConfig::new("loop", 1)).unwrap();
@@ -451,7 +438,7 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
         let publisher = Publisher::start(&learner_session, pub_cfg).await.unwrap();
         let source = ReplayClient::new(learner_session.clone(), ClientConfig::new("loop", 1)).unwrap();
         let metrics_path = dir.path().join("metrics.jsonl");
-        let mut l = learner(LearnerConfig { max_staleness: 2, ..grpo_config(3) })
+        let mut l = learner(grpo_config(3), RlConfig { max_staleness: 2, ..rl(2) })
             .with_publisher(publisher)
             .with_metrics(MetricsLog::open(&metrics_path).unwrap());
         assert_eq!(l.run(&source).await.unwrap(), 3);

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use sluice_core::{free_local_port, metrics, Finish, ZenohOptions};
+use sluice_core::{free_local_port, metrics, Finish, RlConfig, ZenohOptions};
 use sluice_envs::RemoteEnv;
 use sluice_learner::{AdamW, AdamWConfig, KlConfig, LearnerConfig, Schedule, Trainer};
 use sluice_model::{CpuAutodiff, Llama, ModelConfig, Tokenizer};
 use sluice_rollout::{CurriculumConfig, FixedWeights, Job, Judge, RolloutConfig, Runner, Versioned};
 
-mod common;
+use crate::common;
 
 struct KillOnDrop(Child);
 
@@ -58,8 +58,8 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
 
             let tok = Tokenizer::char_level(ALPHABET).unwrap();
             let g = 8;
+            let rl = RlConfig { group_size: g, groups_per_step: 4, max_staleness: 0, temperature: 1.0 };
             let rollout = RolloutConfig {
-                group_size: g,
                 tasks_per_batch: 4,
                 max_new_tokens: 2,
                 max_completion_tokens: 16,
@@ -69,11 +69,8 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
                 seed: 3,
                 ..Default::default()
             };
-            let mut runner = Runner::new("py", "w0", rollout, tok.clone(), Vec::new()).unwrap();
+            let mut runner = Runner::new("py", "w0", rollout, rl, tok.clone(), Vec::new()).unwrap();
             let learner = LearnerConfig {
-                group_size: g,
-                groups_per_step: 4,
-                max_staleness: 0,
                 kl: KlConfig { beta: 0.0, ..Default::default() },
                 schedule: Schedule::constant(2e-2),
                 optimizer: AdamWConfig { weight_decay: 0.0, ..Default::default() },
@@ -82,7 +79,7 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
             };
             let model =
                 Llama::<CpuAutodiff>::random(&model_config(tok.vocab_size()), 11, &Default::default());
-            let mut trainer = Trainer::new(learner, model, None, AdamW::new(Default::default())).unwrap();
+            let mut trainer = Trainer::new(learner, rl, model, None, AdamW::new(Default::default())).unwrap();
             let env: Arc<RemoteEnv> = Arc::new(remote.clone());
             let mut tasks = remote.tasks();
 

@@ -1,6 +1,8 @@
 //! The whole product through its command line: `sluice replay`, `sluice learner` and
 //! `sluice rollout` as separate processes talking zenoh on loopback, training a tiny random Llama
 //! (char-level tokenizer) on `letters`, then `sluice eval` on its checkpoint.
+// Blocking sleeps are right here: the test polls child processes from a plain thread.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -38,10 +40,13 @@ path = "{model}"
 name = "letters"
 alphabet = "abcdefgh"
 
-[learner]
+[rl]
 group_size = 8
 groups_per_step = 4
 max_staleness = 1
+temperature = 1.0
+
+[learner]
 total_steps = {steps}
 checkpoint_every = 10
 log_entropy = true
@@ -58,7 +63,6 @@ lr = 0.003
 weight_decay = 0.0
 
 [rollout]
-group_size = 8
 tasks_per_batch = 4
 max_new_tokens = 2
 max_completion_tokens = 2

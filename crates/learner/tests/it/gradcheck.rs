@@ -7,10 +7,11 @@ use std::path::Path;
 
 use burn::prelude::*;
 use sluice_learner::*;
-use sluice_model::weights::{to_vec_f32, Checkpoint};
+use sluice_model::to_vec_f32;
+use sluice_model::weights::Checkpoint;
 use sluice_model::{score, CpuAutodiff, Llama, ModelConfig, ScoreRow};
 
-mod common;
+use crate::common;
 
 type B = CpuAutodiff;
 
