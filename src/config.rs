@@ -266,9 +266,14 @@ impl RunConfig {
 /// are `[rl]` now.
 fn moved_key(path: &str, message: &str) -> String {
     let shared = ["group_size", "groups_per_step", "max_staleness", "temperature"];
-    let section = path.split('.').next().unwrap_or_default();
+    let mut parts = path.split('.');
+    let section = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
     match shared.iter().find(|k| message.contains(&format!("unknown field `{k}`"))) {
-        Some(k) if matches!(section, "learner" | "rollout" | "replay") => {
+        // A key of the section itself, not of a table inside it (`rollout.curriculum`).
+        Some(k)
+            if matches!(section, "learner" | "rollout" | "replay") && (rest.is_empty() || rest == [*k]) =>
+        {
             format!(" (set `rl.{k}`: every role reads the settings they share from [rl])")
         }
         _ => String::new(),
@@ -363,6 +368,9 @@ mod tests {
         assert!(e.contains("learner") && e.contains("rl.group_size"), "{e}");
         let e = refused("[rl]\ntemperature = 0.0\n", &[]);
         assert!(e.contains("rl.temperature"), "{e}");
+        // A table inside a section keeps its own keys: no hint toward [rl] there.
+        let e = refused("[rollout.curriculum]\nkind = \"fixed\"\nweights = [1.0]\ntemperature = 0.5\n", &[]);
+        assert!(e.contains("temperature") && !e.contains("rl.temperature"), "{e}");
     }
 
     #[test]
