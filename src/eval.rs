@@ -89,7 +89,11 @@ pub async fn eval<B: Backend>(
 ) -> Result<EvalResult> {
     let EvalRequest { n, samples, temperature, split } = req;
     anyhow::ensure!(n > 0, "--n must be at least 1");
-    anyhow::ensure!(samples > 0, "--samples must be at least 1");
+    anyhow::ensure!(
+        (1..=u16::MAX as usize).contains(&samples),
+        "--samples {samples}: must be in 1..={} (a sample's index in its group is 16 bits)",
+        u16::MAX
+    );
     anyhow::ensure!(
         temperature > 0.0 || samples == 1,
         "--temperature 0 (greedy) gives one answer per task: use --samples 1 or a temperature > 0"

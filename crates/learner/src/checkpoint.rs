@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-
 use sluice_model::{save_model, Llama, ModelConfig};
 
 use crate::error::{LearnerError, Result};
