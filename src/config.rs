@@ -265,14 +265,19 @@ impl RunConfig {
 /// A hint for a key that an older config kept in a role's section: the settings every role shares
 /// are `[rl]` now.
 fn moved_key(path: &str, message: &str) -> String {
-    let shared = ["group_size", "groups_per_step", "max_staleness", "temperature"];
+    // The keys of `[rl]`, as the type itself names them.
+    let shared = match toml::Value::try_from(RlConfig::default()) {
+        Ok(toml::Value::Table(t)) => t.into_iter().map(|(k, _)| k).collect(),
+        _ => Vec::new(),
+    };
     let mut parts = path.split('.');
     let section = parts.next().unwrap_or_default();
     let rest: Vec<&str> = parts.collect();
     match shared.iter().find(|k| message.contains(&format!("unknown field `{k}`"))) {
         // A key of the section itself, not of a table inside it (`rollout.curriculum`).
         Some(k)
-            if matches!(section, "learner" | "rollout" | "replay") && (rest.is_empty() || rest == [*k]) =>
+            if matches!(section, "learner" | "rollout" | "replay")
+                && (rest.is_empty() || rest == [k.as_str()]) =>
         {
             format!(" (set `rl.{k}`: every role reads the settings they share from [rl])")
         }

@@ -97,9 +97,9 @@ impl<B: AutodiffBackend> Learner<B> {
     }
 
     /// Resumes from a restored checkpoint: the model and optimizer go into a trainer built with
-    /// `cfg`, `rl` and `reference`; the groups the checkpoint had not acknowledged yet are acknowledged
-    /// on the first step. A config whose digest differs from the checkpoint's is accepted with a
-    /// warning (changing, say, `total_steps` is legitimate; the digests are logged).
+    /// `cfg`, `rl` and `reference`; the groups the checkpoint had not acknowledged yet are
+    /// acknowledged on the first step. A config whose digest differs from the checkpoint's is
+    /// accepted with a warning (changing, say, `total_steps` is legitimate; the digests are logged).
     pub fn resume(
         cfg: LearnerConfig,
         rl: RlConfig,

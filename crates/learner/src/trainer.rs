@@ -5,7 +5,8 @@
 //! # Design
 //! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
 //! samples need their behaviour log-probs corrected (`docs/design.md`, "Versions and staleness");
-//! the frozen reference must cost nothing when unused; every number the metrics report must come from the step itself.
+//! the frozen reference must cost nothing when unused; every number the metrics report must come
+//! from the step itself.
 //! *Solution.* GRPO advantages are computed on the host for the whole batch first, so a
 //! micro-batch's loss needs only its own rows; micro-batches hold whole groups, which the scorer
 //! packs sharing each group's prompt (and TB needs: its `log Z` is per group), cut where the

@@ -1,6 +1,7 @@
 //! The manifest of one published version (`docs/design.md`, "Weight sync"): every tensor with its
-//! checkpoint name, dtype, shape and the source holders' layouts; the chunk table (holder byte ranges with xxh3
-//! checksums) in the transfer dtype; and a digest over all of it, announced with the version.
+//! checkpoint name, dtype, shape and the source holders' layouts; the chunk table (holder byte
+//! ranges with xxh3 checksums) in the transfer dtype; and a digest over all of it, announced with
+//! the version.
 
 use serde::{Deserialize, Serialize};
 
