@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use sluice::fetch::{cache_dir, known, model_path};
+
+use crate::common;
 use sluice_model::{generate, score, ChatMessage, Cpu, Policy, SamplingParams, ScoreRow};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -16,10 +18,10 @@ fn fetched_model() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        println!(
-            "skipped: {MODEL} is not fetched ({} missing); run `sluice model fetch {MODEL}`",
+        common::skip(&format!(
+            "{MODEL} is not fetched ({} missing); run `sluice model fetch {MODEL}`",
             path.display()
-        );
+        ));
         None
     }
 }

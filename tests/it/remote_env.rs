@@ -35,7 +35,7 @@ fn model_config(vocab: usize) -> ModelConfig {
 #[test]
 fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
     let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
-        eprintln!("SKIPPED: python3 with pip is not available to install eclipse-zenoh");
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -320,7 +320,7 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
 #[test]
 fn exported_parquet_is_read_by_duckdb() {
     let Some(pydeps) = common::python_package("duckdb==1.4.2", "duckdb", "duckdb") else {
-        eprintln!("SKIPPED: python3 with pip is not available to install duckdb");
+        common::skip("python3 with pip is not available to install duckdb");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
