@@ -39,7 +39,6 @@ log_entropy = true
 [rollout]
 tasks_per_batch = 2
 max_new_tokens = 48
-max_completion_tokens = 48
 TOML
 for round in $(seq "$rounds"); do
     for mode in glibc sluice; do

@@ -56,16 +56,22 @@ impl Row {
     }
 }
 
-/// Groups of `G` at temperature 1; the replay admits everything.
-fn rl() -> RlConfig {
-    RlConfig { group_size: G, groups_per_step: 1_000_000, max_staleness: 1_000_000, temperature: 1.0 }
+/// Groups of `G` at temperature 1, episodes of at most `budget` tokens; the replay admits
+/// everything.
+fn rl(budget: usize) -> RlConfig {
+    RlConfig {
+        group_size: G,
+        groups_per_step: 1_000_000,
+        max_staleness: 1_000_000,
+        temperature: 1.0,
+        max_completion_tokens: budget,
+    }
 }
 
 fn arithmetic_cfg() -> RolloutConfig {
     RolloutConfig {
         tasks_per_batch: TASKS_PER_BATCH,
         max_new_tokens: 64,
-        max_completion_tokens: 64,
         curriculum: CurriculumConfig::Fixed { weights: vec![1.0] },
         ..Default::default()
     }
@@ -74,13 +80,7 @@ fn arithmetic_cfg() -> RolloutConfig {
 /// Every response opens a tool call (`<calc>` ends the prompt), so each episode makes at least one
 /// call: SmolLM2-135M does not open one by itself.
 fn calculator_cfg() -> RolloutConfig {
-    RolloutConfig {
-        max_new_tokens: 48,
-        max_completion_tokens: 160,
-        max_turns: 3,
-        response_prefix: "<calc>".into(),
-        ..arithmetic_cfg()
-    }
+    RolloutConfig { max_new_tokens: 48, max_turns: 3, response_prefix: "<calc>".into(), ..arithmetic_cfg() }
 }
 
 fn arithmetic_source(seed: u64) -> EnvSource {
@@ -108,6 +108,7 @@ async fn workers(
     what: &str,
     policy: &Policy<Cpu>,
     cfg: RolloutConfig,
+    rl: RlConfig,
     n: usize,
     source: impl Fn(u64) -> EnvSource,
 ) -> Row {
@@ -116,7 +117,7 @@ async fn workers(
     let server = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
     let client = ZenohOptions::connect_to(ep).open().await.unwrap();
     let rcfg = ReplayConfig { durability: Durability::GroupCommit { interval_ms: 5 }, ..Default::default() };
-    let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, rcfg, rl()).unwrap());
+    let shard = Arc::new(Shard::open(dir.path().join("replay"), 0, rcfg, rl).unwrap());
     let service = ReplayService::start(&server, "bench", shard.clone()).await.unwrap();
     let mut handles = Vec::new();
     let t0 = Instant::now();
@@ -124,8 +125,7 @@ async fn workers(
         let name = format!("w{i}");
         let cfg = RolloutConfig { seed: i as u64, ..cfg.clone() };
         let runner =
-            Runner::new("bench", &name, cfg, rl(), policy.tokenizer.clone(), policy.stop_token_ids())
-                .unwrap();
+            Runner::new("bench", &name, cfg, rl, policy.tokenizer.clone(), policy.stop_token_ids()).unwrap();
         let replay = ReplayClient::new(client.clone(), ClientConfig::new("bench", 1)).unwrap();
         let mut w = Worker::new(
             client.clone(),
@@ -162,7 +162,7 @@ async fn workers(
 /// The sampler alone on one batch of arithmetic prompts, `BATCHES` times.
 fn generate_baseline(policy: &Policy<Cpu>) -> Row {
     let cfg = arithmetic_cfg();
-    let runner = Runner::new("bench", "base", cfg.clone(), rl(), policy.tokenizer.clone(), vec![]).unwrap();
+    let runner = Runner::new("bench", "base", cfg.clone(), rl(64), policy.tokenizer.clone(), vec![]).unwrap();
     let mut src = arithmetic_source(0);
     let mut prompts = Vec::new();
     for _ in 0..TASKS_PER_BATCH {
@@ -171,7 +171,7 @@ fn generate_baseline(policy: &Policy<Cpu>) -> Row {
         prompts.extend(std::iter::repeat_n(p, G));
     }
     let params = SamplingParams {
-        temperature: rl().temperature,
+        temperature: rl(64).temperature,
         max_new_tokens: cfg.max_new_tokens,
         stop_token_ids: policy.stop_token_ids(),
         ..Default::default()
@@ -205,7 +205,7 @@ fn main() -> std::process::ExitCode {
         let arithmetic =
             if which == "calculator" { vec![] } else { vec![("arithmetic x1", 1), ("arithmetic x2", 2)] };
         for (what, n) in arithmetic {
-            let r = workers(what, &policy, arithmetic_cfg(), n, arithmetic_source).await;
+            let r = workers(what, &policy, arithmetic_cfg(), rl(64), n, arithmetic_source).await;
             r.print();
             rows.push(r);
         }
@@ -215,7 +215,7 @@ fn main() -> std::process::ExitCode {
             vec![("calculator 0ms x1", 0), ("calculator 100ms x1", 100)]
         };
         for (what, ms) in calculator {
-            let r = workers(what, &policy, calculator_cfg(), 1, |i| calculator_source(i, ms)).await;
+            let r = workers(what, &policy, calculator_cfg(), rl(160), 1, |i| calculator_source(i, ms)).await;
             r.print();
             rows.push(r);
         }

@@ -88,6 +88,7 @@ group_size = 8
 groups_per_step = 8
 max_staleness = {staleness}
 temperature = 1.0
+max_completion_tokens = 32
 [learner]
 total_steps = {steps}
 checkpoint_every = 0
@@ -100,7 +101,6 @@ lr = 1e-5
 [rollout]
 tasks_per_batch = 8
 max_new_tokens = 32
-max_completion_tokens = 32
 chat_template = false
 "#,
                 run = dir.join("run").display(),
@@ -126,11 +126,12 @@ fn async_vs_sync(steps: usize) {
         (
             "calculator",
             "name = \"calculator\"\n[envs.tool]\ntool_latency_ms = 100\n",
-            "max_new_tokens = 48\nmax_completion_tokens = 160\nmax_turns = 3\nresponse_prefix = \"<calc>\"\n",
+            "max_new_tokens = 48\nmax_turns = 3\nresponse_prefix = \"<calc>\"\n",
+            160,
         ),
-        ("arithmetic", "name = \"arithmetic\"\n", "max_new_tokens = 48\nmax_completion_tokens = 48\n"),
+        ("arithmetic", "name = \"arithmetic\"\n", "max_new_tokens = 48\n", 48),
     ];
-    for (env, env_toml, rollout_toml) in envs {
+    for (env, env_toml, rollout_toml, budget) in envs {
         for staleness in [4, 0] {
             let dir = bench_dir().join(format!("async-run-{env}-{staleness}"));
             let config = format!(
@@ -147,6 +148,7 @@ group_size = 8
 groups_per_step = 2
 max_staleness = {staleness}
 temperature = 1.0
+max_completion_tokens = {budget}
 [learner]
 total_steps = {steps}
 checkpoint_every = 0

@@ -371,6 +371,8 @@ mod tests {
         assert!(e.contains("replay") && e.contains("rl.max_staleness"), "{e}");
         let e = refused("", &["learner.group_size=3"]);
         assert!(e.contains("learner") && e.contains("rl.group_size"), "{e}");
+        let e = refused("[rollout]\nmax_completion_tokens = 64\n", &[]);
+        assert!(e.contains("rl.max_completion_tokens"), "{e}");
         let e = refused("[rl]\ntemperature = 0.0\n", &[]);
         assert!(e.contains("rl.temperature"), "{e}");
         // A table inside a section keeps its own keys: no hint toward [rl] there.

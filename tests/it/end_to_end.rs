@@ -45,6 +45,7 @@ group_size = 8
 groups_per_step = 4
 max_staleness = 1
 temperature = 1.0
+max_completion_tokens = 2
 
 [learner]
 total_steps = {steps}
@@ -65,7 +66,6 @@ weight_decay = 0.0
 [rollout]
 tasks_per_batch = 4
 max_new_tokens = 2
-max_completion_tokens = 2
 chat_template = false
 
 [rollout.curriculum]

@@ -58,11 +58,16 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
 
             let tok = Tokenizer::char_level(ALPHABET).unwrap();
             let g = 8;
-            let rl = RlConfig { group_size: g, groups_per_step: 4, max_staleness: 0, temperature: 1.0 };
+            let rl = RlConfig {
+                group_size: g,
+                groups_per_step: 4,
+                max_staleness: 0,
+                temperature: 1.0,
+                max_completion_tokens: 16,
+            };
             let rollout = RolloutConfig {
                 tasks_per_batch: 4,
                 max_new_tokens: 2,
-                max_completion_tokens: 16,
                 max_turns: 2,
                 chat_template: false,
                 curriculum: CurriculumConfig::Fixed { weights: vec![1.0] },

@@ -1,8 +1,9 @@
 //! The settings every role of a run must agree on, stated once (`[rl]` in the run config).
 //!
 //! # Design
-//! *Constraints.* The rollout workers sample groups of `group_size` at `temperature`; the learner
-//! scores them at the same temperature and takes `groups_per_step` of them per step; the replay
+//! *Constraints.* The rollout workers sample groups of `group_size` at `temperature` within a
+//! budget of `max_completion_tokens`; the learner scores them at the same temperature, normalises
+//! Dr. GRPO's loss by the same budget, and takes `groups_per_step` of them per step; the replay
 //! admits producers and evicts data by `max_staleness` and `groups_per_step`; the workers' weight
 //! gate holds them back by `max_staleness`. A setting that two roles hold in two places can
 //! disagree, and did: two defaults for one temperature made a config refuse to load depending on
@@ -29,12 +30,23 @@ pub struct RlConfig {
     pub max_staleness: u64,
     /// The sampling temperature: workers sample at it and the learner scores at it.
     pub temperature: f32,
+    /// The generation budget: most completion tokens (model and environment) of one episode.
+    /// Workers stop an episode there; Dr. GRPO's loss (`seq-mean-token-sum-norm`) divides each
+    /// sequence's token sum by it, a constant, so the step size does not vary with the batch.
+    pub max_completion_tokens: usize,
 }
 
 impl Default for RlConfig {
-    /// The quickstart's: 4 groups of 8 per step, at most 2 versions stale, temperature 0.7.
+    /// The quickstart's: 4 groups of 8 per step, at most 2 versions stale, temperature 0.7,
+    /// 48 completion tokens.
     fn default() -> Self {
-        RlConfig { group_size: 8, groups_per_step: 4, max_staleness: 2, temperature: 0.7 }
+        RlConfig {
+            group_size: 8,
+            groups_per_step: 4,
+            max_staleness: 2,
+            temperature: 0.7,
+            max_completion_tokens: 48,
+        }
     }
 }
 
@@ -53,6 +65,9 @@ impl RlConfig {
         }
         if self.groups_per_step == 0 {
             return bad("rl.groups_per_step", "must be >= 1".into());
+        }
+        if self.max_completion_tokens == 0 {
+            return bad("rl.max_completion_tokens", "must be >= 1".into());
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return bad(
@@ -79,6 +94,7 @@ mod tests {
             (RlConfig { group_size: 1, ..Default::default() }, "rl.group_size"),
             (RlConfig { group_size: 70_000, ..Default::default() }, "rl.group_size"),
             (RlConfig { groups_per_step: 0, ..Default::default() }, "rl.groups_per_step"),
+            (RlConfig { max_completion_tokens: 0, ..Default::default() }, "rl.max_completion_tokens"),
             (RlConfig { temperature: 0.0, ..Default::default() }, "rl.temperature"),
             (RlConfig { temperature: f32::NAN, ..Default::default() }, "rl.temperature"),
         ];

@@ -75,7 +75,13 @@ fn main() {
     save_model(&model, &dir).unwrap();
     let data = groups(cfg.vocab_size as u32);
     for beta in [0.0f64, 0.04] {
-        let rl = RlConfig { group_size: G, groups_per_step: GROUPS, max_staleness: 0, temperature: 1.0 };
+        let rl = RlConfig {
+            group_size: G,
+            groups_per_step: GROUPS,
+            max_staleness: 0,
+            temperature: 1.0,
+            ..RlConfig::default()
+        };
         let learner = LearnerConfig {
             log_entropy: false,
             kl: KlConfig { beta: beta as f32, ..Default::default() },

@@ -20,7 +20,9 @@
 //! Reductions, by name (`loss_mask` honoured everywhere, so environment tokens never train):
 //! `seq-mean-token-mean` (GRPO: mean over sequences of each sequence's token mean), `token-mean`
 //! (DAPO: one mean over all tokens of the batch), `seq-mean-token-sum-norm` (Dr. GRPO: each
-//! sequence's token sum divided by a constant, the padded length, then the mean over sequences).
+//! sequence's token sum divided by a constant, the generation budget `rl.max_completion_tokens`,
+//! then the mean over sequences; Liu et al., 2025, section 3.1, so that neither the batch's longest
+//! completion nor its padding changes a sequence's weight).
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -53,7 +55,7 @@ pub enum Reduction {
     /// DAPO: mean over every token of the batch.
     #[serde(rename = "token-mean")]
     TokenMean,
-    /// Dr. GRPO: per-sequence token sum over the padded length, mean over sequences.
+    /// Dr. GRPO: per-sequence token sum over the generation budget, mean over sequences.
     #[serde(rename = "seq-mean-token-sum-norm")]
     SeqMeanTokenSumNorm,
 }
@@ -124,9 +126,14 @@ pub fn clip_fraction<B: Backend>(
     (outside * mask).sum().into_scalar().elem::<f32>() / n
 }
 
-/// Reduces per-token losses `[batch, T]` to a scalar.
-pub fn reduce<B: Backend>(per_token: Tensor<B, 2>, mask: Tensor<B, 2>, how: Reduction) -> Tensor<B, 1> {
-    let [_, t] = per_token.dims();
+/// Reduces per-token losses `[batch, T]` to a scalar; `budget` is Dr. GRPO's constant (the
+/// generation budget, `rl.max_completion_tokens`), unused by the other reductions.
+pub fn reduce<B: Backend>(
+    per_token: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+    how: Reduction,
+    budget: usize,
+) -> Tensor<B, 1> {
     let masked = per_token * mask.clone();
     match how {
         Reduction::SeqMeanTokenMean => {
@@ -135,7 +142,7 @@ pub fn reduce<B: Backend>(per_token: Tensor<B, 2>, mask: Tensor<B, 2>, how: Redu
             (masked.sum_dim(1) / lens).mean().reshape([1])
         }
         Reduction::TokenMean => masked.sum() / mask.sum().clamp_min(1.0),
-        Reduction::SeqMeanTokenSumNorm => (masked.sum_dim(1) / t as f32).mean().reshape([1]),
+        Reduction::SeqMeanTokenSumNorm => (masked.sum_dim(1) / budget.max(1) as f32).mean().reshape([1]),
     }
 }
 
@@ -146,13 +153,12 @@ pub struct BatchTotals {
     pub rows: usize,
     /// Trained tokens (mask 1) in the batch.
     pub tokens: usize,
-    /// The longest completion in the batch (Dr. GRPO's constant normaliser).
-    pub width: usize,
+    /// The generation budget, `rl.max_completion_tokens` (Dr. GRPO's constant normaliser).
+    pub budget: usize,
 }
 
 /// A micro-batch's share of the batch loss [`reduce`] would compute over the whole batch: summed
-/// over the micro-batches of a batch it equals `reduce` of the batch (for
-/// `seq-mean-token-sum-norm`, `reduce` of the batch padded to `totals.width`).
+/// over the micro-batches of a batch it equals `reduce` of the batch.
 pub fn reduce_partial<B: Backend>(
     per_token: Tensor<B, 2>,
     mask: Tensor<B, 2>,
@@ -167,7 +173,7 @@ pub fn reduce_partial<B: Backend>(
             (masked.sum_dim(1) / lens).sum().reshape([1]) / rows
         }
         Reduction::TokenMean => masked.sum() / totals.tokens.max(1) as f32,
-        Reduction::SeqMeanTokenSumNorm => masked.sum() / (totals.width.max(1) as f32 * rows),
+        Reduction::SeqMeanTokenSumNorm => masked.sum() / (totals.budget.max(1) as f32 * rows),
     }
 }
 
@@ -187,4 +193,38 @@ pub fn importance_weights<B: Backend>(
         }
     };
     w * mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_model::Cpu;
+
+    fn t2(rows: &[&[f32]]) -> Tensor<Cpu, 2> {
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let flat: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, width - r.len())))
+            .collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), width]), &Default::default())
+    }
+
+    #[test]
+    fn dr_grpo_weighs_a_sequence_by_the_budget_whatever_else_is_in_the_batch() {
+        // The same sequence (loss 1 on each of its 3 tokens) next to a 3-token and then a 40-token
+        // sequence whose loss is 0: with a constant normaliser its share is the same.
+        let budget = 48;
+        let share = |other: usize| {
+            let loss = t2(&[&[1.0; 3], &vec![0.0; other]]);
+            let mask = t2(&[&[1.0; 3], &vec![1.0; other]]);
+            let totals = BatchTotals { rows: 2, tokens: 3 + other, budget };
+            let got = reduce_partial(loss.clone(), mask.clone(), Reduction::SeqMeanTokenSumNorm, &totals);
+            let whole = reduce(loss, mask, Reduction::SeqMeanTokenSumNorm, budget);
+            let (got, whole) = (got.into_scalar(), whole.into_scalar());
+            assert!((got - whole).abs() < 1e-7, "{got} vs {whole}");
+            got
+        };
+        assert_eq!(share(3), share(40));
+        assert!((share(3) - 3.0 / (48.0 * 2.0)).abs() < 1e-7);
+    }
 }

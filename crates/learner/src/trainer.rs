@@ -11,7 +11,8 @@
 //! micro-batch's loss needs only its own rows; micro-batches hold whole groups, which the scorer
 //! packs sharing each group's prompt (and TB needs: its `log Z` is per group), cut where the
 //! scorer's packing says a cut pays ([`crate::batching`]). Each micro-batch's loss is
-//! normalised by the *batch's* row count, token count and longest completion ([`reduce_partial`]),
+//! normalised by the *batch's* row count and token count, or the run's generation budget
+//! ([`reduce_partial`]),
 //! so the summed gradients are the gradient of the batch loss, however the batch is cut.
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
 //! the detached log-probs of the same forward (the current weights before the update, exactly);
@@ -154,7 +155,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let totals = BatchTotals {
             rows: rows.len(),
             tokens: rows.iter().map(|r| model_tokens(r.sample)).sum(),
-            width: rows.iter().map(|r| r.sample.completion_tokens.len()).max().unwrap_or(0).max(1),
+            budget: rl.max_completion_tokens,
         };
         let version = self.version();
         let mut stats = StepStats::default();

@@ -7,7 +7,7 @@ use crate::curriculum::CurriculumConfig;
 use crate::error::{Result, RolloutError};
 
 /// How a rollout worker samples, besides the run's shared settings (`sluice_core::RlConfig`: the
-/// group size and the temperature). Its defaults are the quickstart's.
+/// group size, the temperature and the episode's token budget). Its defaults are the quickstart's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutConfig {
@@ -19,8 +19,6 @@ pub struct RolloutConfig {
     pub top_k: usize,
     /// Most tokens the model produces in one turn.
     pub max_new_tokens: usize,
-    /// Most completion tokens (model and environment) of a whole episode.
-    pub max_completion_tokens: usize,
     /// Most environment turns of a multi-turn episode.
     pub max_turns: u16,
     /// Swap in new weights between decoding steps, so running sequences continue under the new
@@ -48,7 +46,6 @@ impl Default for RolloutConfig {
             top_p: 1.0,
             top_k: 0,
             max_new_tokens: 48,
-            max_completion_tokens: 48,
             max_turns: 4,
             partial_rollout: true,
             chat_template: true,
@@ -67,7 +64,6 @@ impl RolloutConfig {
         let positive = [
             ("rollout.tasks_per_batch", self.tasks_per_batch),
             ("rollout.max_new_tokens", self.max_new_tokens),
-            ("rollout.max_completion_tokens", self.max_completion_tokens),
             ("rollout.max_turns", self.max_turns as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {

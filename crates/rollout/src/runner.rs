@@ -370,7 +370,7 @@ impl Runner {
             };
             handles.push((i, tokio::spawn(guard::step(episode, action, self.timeout()))));
         }
-        let max_tokens = self.cfg.max_completion_tokens;
+        let max_tokens = self.rl.max_completion_tokens;
         self.stats.env_steps += handles.len() as u64;
         let t0 = std::time::Instant::now();
         let mut results = Vec::with_capacity(handles.len());
@@ -466,7 +466,7 @@ impl Runner {
         for (part, (stops, rows)) in by_stops.into_iter().enumerate() {
             let budgets: Vec<usize> = rows
                 .iter()
-                .map(|&i| self.cfg.max_completion_tokens.saturating_sub(eps[i].tokens.len()))
+                .map(|&i| self.rl.max_completion_tokens.saturating_sub(eps[i].tokens.len()))
                 .collect();
             let prompts: Vec<Vec<u32>> =
                 rows.iter().map(|&i| [eps[i].prompt.as_slice(), eps[i].tokens.as_slice()].concat()).collect();

@@ -78,14 +78,13 @@ fn sums_verifier() -> Judge {
 
 /// Groups of 4 sampled at temperature 1.
 fn rl() -> RlConfig {
-    RlConfig { group_size: 4, temperature: 1.0, ..RlConfig::default() }
+    RlConfig { group_size: 4, temperature: 1.0, max_completion_tokens: 100, ..RlConfig::default() }
 }
 
 fn rollout_config(max_new: usize) -> RolloutConfig {
     RolloutConfig {
         tasks_per_batch: 2,
         max_new_tokens: max_new,
-        max_completion_tokens: max_new,
         chat_template: false,
         curriculum: CurriculumConfig::Fixed { weights: vec![1.0] },
         seed: 7,
@@ -275,12 +274,7 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
         let tok = tokenizer();
         let actions = Arc::new(Mutex::new(Vec::new()));
         let env: Arc<dyn Env> = Arc::new(Script { actions: actions.clone() });
-        let cfg = RolloutConfig {
-            max_completion_tokens: 100,
-            max_turns: 5,
-            response_prefix: "say ".into(),
-            ..rollout_config(8)
-        };
+        let cfg = RolloutConfig { max_turns: 5, response_prefix: "say ".into(), ..rollout_config(8) };
         let mut runner = Runner::new("tito", "w0", cfg.clone(), rl(), tok.clone(), Vec::new()).unwrap();
         let m = model(3);
         let mut policy = Versioned { model: m.clone(), version: 5 };

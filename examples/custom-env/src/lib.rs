@@ -186,12 +186,12 @@ mod tests {
         let cfg = RolloutConfig {
             tasks_per_batch: 2,
             max_new_tokens: 6,
-            max_completion_tokens: 64,
             max_turns: 3,
             chat_template: false,
             ..Default::default()
         };
-        let rl = RlConfig { group_size: 4, temperature: 1.0, ..RlConfig::default() };
+        let rl =
+            RlConfig { group_size: 4, temperature: 1.0, max_completion_tokens: 64, ..RlConfig::default() };
         let mut runner = Runner::new("example", "w0", cfg, rl, tok.clone(), vec![1]).unwrap();
         let mut policy = Versioned { model: tiny(tok.vocab_size()), version: 0 };
         let (mut words, mut secrets) = (Words::new(0), Secrets::new(20));

@@ -52,8 +52,8 @@ fn grpo_loss(model: &Llama<B>, old: &[f32], reference: &[f32]) -> Tensor<B, 1> {
     );
     let kl =
         kl_per_token(s.logprobs, tensor2(reference.to_vec(), b, t), s.mask.clone(), KlEstimator::K3, 10.0);
-    reduce(per_token, s.mask.clone(), Reduction::SeqMeanTokenMean)
-        + reduce(kl, s.mask, Reduction::TokenMean) * 0.1
+    reduce(per_token, s.mask.clone(), Reduction::SeqMeanTokenMean, 0)
+        + reduce(kl, s.mask, Reduction::TokenMean, 0) * 0.1
 }
 
 fn tb_loss(model: &Llama<B>, reference: &[f32]) -> Tensor<B, 1> {

@@ -1,5 +1,7 @@
 //! Every advantage, loss and KL variant against numpy reference values
-//! (`tests/fixtures/make_objectives.py`, committed with its output), to 1e-5 in f32.
+//! (`tests/fixtures/make_objectives.py`, committed with its output), to 1e-5 in f32. The fixture's
+//! inputs make every branch bind (the dual clip, the KL clamp both ways, Dr. GRPO's budget above
+//! the padded width), and the tests check that they do, so a branch cannot pass untested.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -44,6 +46,15 @@ fn flat(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().flat_map(vec1).collect()
 }
 
+fn num(v: &Value) -> f32 {
+    v.as_f64().unwrap() as f32
+}
+
+/// Positions where `a` and `b` differ beyond the tolerance.
+fn differing(a: &[f32], b: &[f32]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| (*x - *y).abs() > TOL * x.abs().max(1.0)).count()
+}
+
 #[test]
 fn advantages_match_reference() {
     let f = fixture();
@@ -65,9 +76,11 @@ fn surrogate_variants_and_reductions_match_reference() {
     let clip = ClipConfig { eps_low: 0.2, eps_high: 0.28, dual_clip: None };
     let plain = clipped_surrogate(logp.clone(), old.clone(), adv.clone(), mask.clone(), &clip, None);
     assert_close(&host(plain.clone()), &flat(&f["surrogate"]), "surrogate");
-    let dual = ClipConfig { dual_clip: Some(3.0), ..clip };
-    let d = clipped_surrogate(logp.clone(), old.clone(), adv.clone(), mask.clone(), &dual, None);
-    assert_close(&host(d), &flat(&f["surrogate_dual"]), "surrogate_dual");
+    let dual = ClipConfig { dual_clip: Some(num(&f["dual_clip"])), ..clip };
+    let d = host(clipped_surrogate(logp.clone(), old.clone(), adv.clone(), mask.clone(), &dual, None));
+    assert_close(&d, &flat(&f["surrogate_dual"]), "surrogate_dual");
+    let binding = f["binding"]["dual_clip_tokens"].as_u64().unwrap() as usize;
+    assert!(binding > 0 && differing(&d, &host(plain.clone())) == binding, "the dual clip binds");
     let w = importance_weights(
         old.clone(),
         mat(&f["logp_behavior"]),
@@ -81,7 +94,8 @@ fn surrogate_variants_and_reductions_match_reference() {
         (Reduction::TokenMean, "token-mean"),
         (Reduction::SeqMeanTokenSumNorm, "seq-mean-token-sum-norm"),
     ] {
-        let got = host(reduce(plain.clone(), mask.clone(), how));
+        let budget = f["budget"].as_u64().unwrap() as usize;
+        let got = host(reduce(plain.clone(), mask.clone(), how, budget));
         assert_close(&got, &[f["reductions"][key].as_f64().unwrap() as f32], key);
     }
 }
@@ -90,9 +104,19 @@ fn surrogate_variants_and_reductions_match_reference() {
 fn kl_estimators_and_is_weights_match_reference() {
     let f = fixture();
     let (logp, rf, mask) = (mat::<Cpu>(&f["logp"]), mat::<Cpu>(&f["logp_ref"]), mat::<Cpu>(&f["mask"]));
+    let clamp = num(&f["kl_clamp"]);
+    let binding = ["kl_clamp_low_tokens", "kl_clamp_high_tokens"]
+        .map(|k| f["binding"][k].as_u64().unwrap() as usize)
+        .iter()
+        .sum::<usize>();
     for (est, key) in [(KlEstimator::K1, "k1"), (KlEstimator::K2, "k2"), (KlEstimator::K3, "k3")] {
-        let got = host(kl_per_token(logp.clone(), rf.clone(), mask.clone(), est, 10.0));
+        let got = host(kl_per_token(logp.clone(), rf.clone(), mask.clone(), est, clamp));
         assert_close(&got, &flat(&f["kl"][key]), key);
+        let free = host(kl_per_token(logp.clone(), rf.clone(), mask.clone(), est, f32::INFINITY));
+        assert!(
+            binding > 0 && differing(&got, &free) == binding,
+            "{key}: the clamp binds on {binding} tokens"
+        );
     }
     let (old, beh) = (mat::<Cpu>(&f["logp_old"]), mat::<Cpu>(&f["logp_behavior"]));
     let tr = importance_weights(old.clone(), beh.clone(), mask.clone(), &IsCorrection::Truncate { cap: 2.0 });
@@ -130,6 +154,7 @@ fn weights_and_log_z_carry_no_gradient() {
         clipped_surrogate(logp.clone(), old.clone(), adv, mask.clone(), &ClipConfig::default(), Some(w)),
         mask,
         Reduction::TokenMean,
+        0,
     );
     let grads = loss.backward();
     assert!(logp.grad(&grads).is_some(), "the policy gets a gradient");

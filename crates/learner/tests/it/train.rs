@@ -78,7 +78,7 @@ fn shard(dir: &std::path::Path, groups: &[Group], fifo_lease_ms: u64) -> Shard {
 
 /// Groups of `G` at temperature 1, `groups_per_step` a step, any staleness admitted.
 fn rl(groups_per_step: usize) -> RlConfig {
-    RlConfig { group_size: G, groups_per_step, max_staleness: 1000, temperature: 1.0 }
+    RlConfig { group_size: G, groups_per_step, max_staleness: 1000, temperature: 1.0, ..RlConfig::default() }
 }
 
 fn grpo_config(total_steps: u64) -> LearnerConfig {
