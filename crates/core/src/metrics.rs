@@ -60,6 +60,9 @@ pub const GRAD_NORM: &str = "optim/grad_norm";
 pub const GRAD_CLIP_SCALE: &str = "optim/clip_scale";
 /// Learning rate of the step.
 pub const LR: &str = "optim/lr";
+/// Optimizer updates of the step left out because the loss or the gradient norm was not finite
+/// (the weights, the moments and the version stay as they were).
+pub const SKIPPED_NONFINITE: &str = "optim/skipped_nonfinite";
 
 /// Mean staleness (learner version minus behavior version) of the batch's samples.
 pub const STALENESS_MEAN: &str = "staleness/mean";

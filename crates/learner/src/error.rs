@@ -21,6 +21,14 @@ pub enum LearnerError {
         /// The value.
         value: f32,
     },
+    /// Weights about to be published or checkpointed hold a NaN or an infinity.
+    #[error("the weights of version {version} are not finite (parameter {param}): not publishing or checkpointing them")]
+    NonFiniteWeights {
+        /// The first parameter path found.
+        param: String,
+        /// The version.
+        version: u64,
+    },
     /// A hyperparameter is out of its range.
     #[error("invalid {name}: {reason}")]
     InvalidConfig {

@@ -258,8 +258,10 @@ impl<B: AutodiffBackend> Learner<B> {
             return Err(LearnerError::Checkpoint("no checkpoint directory configured".into()));
         };
         let (state, trainer, tokenizer) = (&self.state, &self.trainer, self.tokenizer_dir.as_deref());
-        let path =
-            in_place(|| write_checkpoint(ckpts, state, trainer.model(), trainer.optimizer(), tokenizer))?;
+        let path = in_place(|| {
+            trainer.check_finite()?;
+            write_checkpoint(ckpts, state, trainer.model(), trainer.optimizer(), tokenizer)
+        })?;
         tracing::info!("checkpoint {} (version {})", path.display(), self.state.version);
         self.ack_held(source).await?;
         Ok(path)
@@ -297,6 +299,7 @@ impl<B: AutodiffBackend> Learner<B> {
                 prev.await.map_err(|e| LearnerError::Task(format!("weight publishing: {e}")))??;
             }
         }
+        in_place(|| self.trainer.check_finite())?;
         let snapshot = self
             .trainer
             .model()

@@ -46,7 +46,9 @@ pub use grpo::{
 pub use kl::{kl_per_token, KlEstimator};
 pub use learner::Learner;
 pub use metrics_log::{record, MetricsLog, MetricsSink};
-pub use optim::{param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport};
+pub use optim::{
+    first_non_finite, param_paths, AdamW, AdamWConfig, Decay, GradAccumulator, Moments, Schedule, StepReport,
+};
 pub use source::GroupSource;
 pub use tb::tb_vargrad_loss;
 pub use trainer::{StepStats, Trainer};

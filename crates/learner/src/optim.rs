@@ -26,6 +26,11 @@
 //! `n = sqrt(sum over every gradient element of g^2)`, every gradient is multiplied by
 //! `min(1, max_norm / (n + 1e-6))`.
 //!
+//! A gradient whose global norm is not finite (a NaN or an infinity anywhere) is not applied:
+//! clipping cannot stop it (`NaN.min(1.0)` is 1.0), and one such update would put NaN into every
+//! weight and into Adam's moments for good. [`AdamW::step`] leaves the module, the moments and the
+//! step count as they were and says so in its report.
+//!
 //! Checked against `torch.optim.AdamW` and `clip_grad_norm_` in `tests/optim.rs`
 //! (fixture from `tests/fixtures/make_optim.py`).
 
@@ -189,6 +194,35 @@ pub fn param_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
     v.out
 }
 
+/// The path of the first parameter of `module` holding a NaN or an infinity (`layers.3.q_proj`),
+/// if any: what the learner checks before it publishes or checkpoints weights.
+pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<String> {
+    let mut check = FindNonFinite { path: Vec::new(), found: None };
+    module.visit(&mut check);
+    check.found
+}
+
+struct FindNonFinite {
+    path: Vec<String>,
+    found: Option<String>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for FindNonFinite {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.found.is_none() && !param.val().is_finite().all().into_scalar().to_bool() {
+            self.found = Some(self.path.join("."));
+        }
+    }
+}
+
 /// Gradients summed over micro-batches, flat, keyed by parameter path, on the inner backend.
 #[derive(Debug)]
 pub struct GradAccumulator<B: AutodiffBackend> {
@@ -292,6 +326,8 @@ pub struct StepReport {
     pub clip_scale: f64,
     /// The learning rate used.
     pub lr: f64,
+    /// The gradient norm was not finite: nothing was changed.
+    pub skipped: bool,
 }
 
 struct Update<'a, B: AutodiffBackend> {
@@ -352,9 +388,13 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// Applies the accumulated gradients to `module` at learning rate `lr` and returns the
-    /// updated module. Gradients are clipped to `max_grad_norm` by their global norm first.
+    /// updated module. Gradients are clipped to `max_grad_norm` by their global norm first; a
+    /// gradient whose norm is not finite is not applied (`skipped` in the report).
     pub fn step<M: Module<B>>(&mut self, module: M, grads: &GradAccumulator<B>, lr: f64) -> (M, StepReport) {
         let grad_norm = grads.global_norm();
+        if !grad_norm.is_finite() {
+            return (module, StepReport { grad_norm, clip_scale: 0.0, lr, skipped: true });
+        }
         let max = self.config.max_grad_norm;
         let scale = if max > 0.0 { (max / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
         self.step += 1;
@@ -369,6 +409,6 @@ impl<B: AutodiffBackend> AdamW<B> {
             t,
         };
         let module = module.map(&mut u);
-        (module, StepReport { grad_norm, clip_scale: scale, lr })
+        (module, StepReport { grad_norm, clip_scale: scale, lr, skipped: false })
     }
 }

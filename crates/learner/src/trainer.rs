@@ -37,7 +37,7 @@ use crate::grpo::{
     clip_fraction, clipped_surrogate, importance_weights, reduce_partial, BatchTotals, IsCorrection,
 };
 use crate::kl::kl_per_token;
-use crate::optim::{AdamW, GradAccumulator};
+use crate::optim::{first_non_finite, AdamW, GradAccumulator, StepReport};
 use crate::tb::tb_vargrad;
 
 /// What one step measured. Keys are the names of [`sluice_core::metrics`].
@@ -148,7 +148,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.optimizer.step
     }
 
-    /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`).
+    /// Refuses weights holding a NaN or an infinity, naming the first such parameter: what the
+    /// learner checks before weights leave it (published or checkpointed).
+    pub fn check_finite(&self) -> Result<()> {
+        match first_non_finite(self.model()) {
+            Some(param) => Err(LearnerError::NonFiniteWeights { param, version: self.version() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`). An update
+    /// whose loss or gradient norm is not finite is left out (`optim/skipped_nonfinite`): the
+    /// weights, Adam's moments and the version stay as they were, and the batch is spent.
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
         let rows = self.prepare(groups)?;
         let (cfg, rl) = (&self.cfg, &self.rl);
@@ -176,6 +187,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 m.proximal = Some(host_logprobs(&self.model().valid(), m, rl.temperature)?);
             }
         }
+        let mut skipped = 0;
         for epoch in 0..cfg.epochs {
             let mut acc = GradAccumulator::<B>::default();
             let mut epoch_stats = StepStats::default();
@@ -183,9 +195,25 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.micro_step(m, &totals, &mut acc, &mut epoch_stats)?;
             }
             let lr = self.cfg.schedule.lr_at(self.optimizer.step);
-            let model = self.model.take().unwrap_or_else(|| unreachable!("model present between updates"));
-            let (model, report) = self.optimizer.step(model, &acc, lr);
-            self.model = Some(model);
+            let loss = epoch_stats.get(metrics::LOSS_TOTAL).unwrap_or(0.0);
+            let report = if loss.is_finite() {
+                let model =
+                    self.model.take().unwrap_or_else(|| unreachable!("model present between updates"));
+                let (model, report) = self.optimizer.step(model, &acc, lr);
+                self.model = Some(model);
+                report
+            } else {
+                StepReport { grad_norm: acc.global_norm(), clip_scale: 0.0, lr, skipped: true }
+            };
+            if report.skipped {
+                skipped += 1;
+                tracing::warn!(
+                    loss,
+                    grad_norm = report.grad_norm,
+                    "a non-finite loss or gradient: update {} of version {version} left out",
+                    epoch + 1
+                );
+            }
             if epoch == 0 {
                 // The first epoch's forward is the one on the weights the samples are judged by.
                 stats.values.extend(epoch_stats.values);
@@ -194,6 +222,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 stats.set(metrics::LR, report.lr);
             }
         }
+        stats.set(metrics::SKIPPED_NONFINITE, skipped as f64);
         if self.cfg.algorithm == Algorithm::Tb {
             stats.set(metrics::TB_BETA, self.cfg.tb.beta_at(version) as f64);
         }

@@ -309,6 +309,83 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
 }
 
 #[test]
+fn a_non_finite_update_is_skipped_counted_and_never_reaches_the_weights() {
+    // Dr. GRPO does not divide by the group's std, so one huge but finite reward (the replay
+    // admits it) overflows the gradient: its norm is infinite, and clipping (`inf.min(1.0)`,
+    // `NaN.min(1.0)` are 1.0) would not stop it reaching every weight and Adam's moments.
+    let mut poisoned = group(0, 0, false);
+    poisoned.samples[0].reward = 3.0e38;
+    let data = vec![poisoned, group(1, 0, false), group(2, 0, false)];
+    let cfg = LearnerConfig {
+        advantage: AdvantageConfig { estimator: Estimator::DrGrpo, ..Default::default() },
+        checkpoint_every: 1,
+        ..grpo_config(3)
+    };
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &data, 60_000);
+    let ckpts = Checkpoints::new(dir.path().join("checkpoints"), 5);
+    let mut l = learner(cfg, rl(1)).with_checkpoints(ckpts.clone());
+    let before = weights(l.trainer().model());
+
+    let stats = within(&rt, l.step(&replay)).unwrap().unwrap();
+    assert_eq!(stats.get(metrics::SKIPPED_NONFINITE), Some(1.0), "{stats:?}");
+    let norm = stats.get(metrics::GRAD_NORM).unwrap();
+    assert!(!norm.is_finite(), "the injected step's gradient norm is {norm}");
+    assert_eq!(l.trainer().version(), 0, "a skipped update is not a version");
+    assert!(l.trainer().optimizer().state.is_empty(), "Adam's moments untouched");
+    assert_eq!(max_diff(&before, &weights(l.trainer().model())), 0.0);
+    assert_eq!(l.state().groups_consumed, 1, "the batch is spent, not retried for ever");
+
+    // The next batches train as if the poisoned one had never come.
+    for _ in 0..2 {
+        let stats = within(&rt, l.step(&replay)).unwrap().unwrap();
+        assert_eq!(stats.get(metrics::SKIPPED_NONFINITE), Some(0.0));
+    }
+    within(&rt, l.finish(&replay)).unwrap();
+    assert_eq!(l.trainer().version(), 2);
+    assert!(first_non_finite(l.trainer().model()).is_none());
+    assert!(max_diff(&before, &weights(l.trainer().model())) > 0.0);
+    // Every checkpoint holds finite weights at the version the optimizer counted.
+    for step in 1..=3u64 {
+        let restored = load_checkpoint::<B>(&ckpts.path(step), &Default::default()).unwrap();
+        assert_eq!(restored.state.version, step - 1);
+        assert!(first_non_finite(&restored.model).is_none(), "checkpoint {step}");
+    }
+}
+
+#[test]
+fn weights_holding_a_nan_are_neither_published_nor_checkpointed() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = Checkpoints::new(dir.path().join("checkpoints"), 2);
+    // The first parameter the mapper meets becomes NaN.
+    struct Poison(bool);
+    impl<M: burn::prelude::Backend> burn::module::ModuleMapper<M> for Poison {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::prelude::Tensor<M, D>>,
+        ) -> burn::module::Param<burn::prelude::Tensor<M, D>> {
+            if !std::mem::replace(&mut self.0, true) {
+                return param.map(|t| t.mul_scalar(f32::NAN));
+            }
+            param
+        }
+    }
+    let model = burn::module::Module::map(policy(), &mut Poison(false));
+    let trainer =
+        Trainer::new(grpo_config(1), rl(1), model, Some(reference()), AdamW::new(Default::default()))
+            .unwrap();
+    let e = trainer.check_finite().unwrap_err().to_string();
+    assert!(e.contains("not finite") && e.contains("version 0"), "{e}");
+    let replay = shard(&dir.path().join("replay"), &[group(0, 0, false)], 60_000);
+    let mut l = Learner::new(trainer).with_checkpoints(ckpts.clone());
+    let e = within(&rt, l.checkpoint(&replay)).unwrap_err().to_string();
+    assert!(e.contains("not finite"), "{e}");
+    assert!(ckpts.latest().is_none(), "nothing was written");
+}
+
+#[test]
 fn bad_settings_and_bad_batches_are_refused_with_what_is_wrong() {
     let e = serde_json::from_str::<LearnerConfig>(r#"{"epochs": 4, "epoch": 4}"#).unwrap_err();
     assert!(e.to_string().contains("epoch"), "{e}");
