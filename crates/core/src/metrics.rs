@@ -86,6 +86,11 @@ pub const MICRO_BATCHES: &str = "data/micro_batches";
 pub const POSITIONS: &str = "data/positions";
 /// Zero-variance groups dropped before the step (dynamic sampling), by the replay and here.
 pub const ZERO_VARIANCE_DROPPED: &str = "data/zero_variance_dropped";
+/// Failed episodes (`finish = error`) in the step's groups: left out of the loss and of their
+/// group's statistics.
+pub const FAILED_SAMPLES: &str = "data/failed_samples";
+/// Groups dropped before the step because fewer than two of their samples were valid.
+pub const FAILED_GROUPS_DROPPED: &str = "data/failed_groups_dropped";
 /// Sample requests it took to fill the batch.
 pub const SAMPLE_REQUESTS: &str = "data/sample_requests";
 /// Groups redelivered by the replay that this learner had already trained on (skipped).

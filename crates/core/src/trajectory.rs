@@ -115,27 +115,49 @@ pub struct Group {
     pub samples: Vec<Sample>,
 }
 
-impl Group {
-    /// Mean reward over the group.
-    pub fn mean_reward(&self) -> f64 {
-        mean(self.samples.iter().map(|s| s.reward as f64))
-    }
-
-    /// Whether the group's rewards are all equal ([`zero_variance`]).
-    pub fn zero_variance(&self) -> bool {
-        zero_variance(self.samples.iter().map(|s| s.reward))
+impl Sample {
+    /// Whether the episode failed (`finish = error`: the environment panicked, timed out or broke
+    /// its protocol). Its reward says nothing about the completion, so it is neither trained on
+    /// nor counted in its group's statistics (`docs/design.md`, "Objectives").
+    pub fn failed(&self) -> bool {
+        self.finish == Finish::Error
     }
 }
 
-/// Whether a group's rewards are all equal: its group-relative advantages are all zero, so it
-/// carries no GRPO signal (DAPO's dynamic sampling drops such groups). The one statement of the
-/// rule: the replay's sampler and the learner's batch filling both use it. Exact equality, not a
-/// standard deviation under a threshold, so that rounding in a mean never decides.
+impl Group {
+    /// The samples that did not fail ([`Sample::failed`]).
+    pub fn valid_samples(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(|s| !s.failed())
+    }
+
+    /// Whether fewer than two samples are valid: no group baseline, so nothing to train.
+    pub fn too_few_valid(&self) -> bool {
+        self.valid_samples().nth(1).is_none()
+    }
+
+    /// Mean reward over the valid samples.
+    pub fn mean_reward(&self) -> f64 {
+        let rewards: Vec<f64> = self.valid_samples().map(|s| s.reward as f64).collect();
+        mean(rewards.into_iter())
+    }
+
+    /// Whether the valid samples' rewards are all equal ([`zero_variance`]).
+    pub fn zero_variance(&self) -> bool {
+        zero_variance(self.valid_samples().map(|s| s.reward))
+    }
+}
+
+/// Whether a group's rewards (of its valid samples) are all equal: its group-relative advantages
+/// are all zero, so it carries no GRPO signal (DAPO's dynamic sampling drops such groups). The one
+/// statement of the rule: the replay's sampler and the learner's batch filling both use it. Exact
+/// equality, not a standard deviation under a threshold, so that rounding in a mean never decides.
+/// Fewer than two rewards is not zero variance but no group at all ([`Group::too_few_valid`]):
+/// `false`, so such a group is counted as failed rather than as solved.
 pub fn zero_variance(rewards: impl IntoIterator<Item = f32>) -> bool {
     let mut it = rewards.into_iter();
-    match it.next() {
-        Some(first) => it.all(|r| r == first),
-        None => true,
+    match (it.next(), it.next()) {
+        (Some(first), Some(second)) => first == second && it.all(|r| r == first),
+        _ => false,
     }
 }
 
@@ -540,8 +562,14 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
                 return Err(Error::Row { row: r as usize, group_id: gid, reason });
             }
         }
-        let rewards: Vec<f64> = rows.iter().map(|&r| c.reward.value(r as usize) as f64).collect();
-        let mean_reward = mean(rewards.iter().copied());
+        // Failed episodes (`finish = error`) count in neither statistic ([`Sample::failed`]).
+        let valid: Vec<f32> = rows
+            .iter()
+            .map(|&r| r as usize)
+            .filter(|&r| c.finish.value(r) != Finish::Error.as_str())
+            .map(|r| c.reward.value(r))
+            .collect();
+        let mean_reward = mean(valid.iter().map(|&r| r as f64));
         let versions: Vec<u64> = rows.iter().map(|&r| c.behavior_version.value(r as usize)).collect();
         let bytes = rows
             .iter()
@@ -559,7 +587,7 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
             behavior_version: versions.iter().copied().min().unwrap_or(0),
             newest_version: versions.iter().copied().max().unwrap_or(0),
             mean_reward,
-            zero_variance: zero_variance(rows.iter().map(|&r| c.reward.value(r as usize))),
+            zero_variance: zero_variance(valid),
             bytes,
             rows,
         });
@@ -711,6 +739,6 @@ mod tests {
             let span = validate_batch(&groups_to_batch(&[g]).expect("a valid group")).expect("valid");
             assert_eq!(span[0].zero_variance, want, "{rewards:?}");
         }
-        assert!(zero_variance(std::iter::empty()));
+        assert!(!zero_variance(std::iter::empty()) && !zero_variance([0.5]), "no group, not zero variance");
     }
 }

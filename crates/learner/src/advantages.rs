@@ -45,25 +45,32 @@ pub fn advantages(rewards: &[f32], group_size: usize, cfg: &AdvantageConfig) -> 
     if group_size < 2 || !rewards.len().is_multiple_of(group_size) {
         return Err(LearnerError::RaggedGroups { rows: rewards.len(), group_size });
     }
-    check_rewards(rewards)?;
-    let g = group_size as f64;
     let mut out = Vec::with_capacity(rewards.len());
     for group in rewards.chunks_exact(group_size) {
-        let sum: f64 = group.iter().map(|&r| r as f64).sum();
-        let mean = sum / g;
-        match cfg.estimator {
-            Estimator::Grpo => {
-                let var = group.iter().map(|&r| (r as f64 - mean).powi(2)).sum::<f64>() / (g - 1.0);
-                let denom = var.sqrt() + cfg.eps as f64;
-                out.extend(group.iter().map(|&r| ((r as f64 - mean) / denom) as f32));
-            }
-            Estimator::DrGrpo => out.extend(group.iter().map(|&r| (r as f64 - mean) as f32)),
-            Estimator::Rloo => {
-                out.extend(group.iter().map(|&r| (r as f64 - (sum - r as f64) / (g - 1.0)) as f32))
-            }
-        }
+        out.extend(group_advantages(group, cfg)?);
     }
     Ok(out)
+}
+
+/// The advantages of one group of at least two rewards: the samples that count in its statistics
+/// (a group's failed episodes are left out before, so groups differ in size).
+pub fn group_advantages(group: &[f32], cfg: &AdvantageConfig) -> Result<Vec<f32>> {
+    if group.len() < 2 {
+        return Err(LearnerError::Batch(format!("a group baseline needs two rewards, got {}", group.len())));
+    }
+    check_rewards(group)?;
+    let g = group.len() as f64;
+    let sum: f64 = group.iter().map(|&r| r as f64).sum();
+    let mean = sum / g;
+    Ok(match cfg.estimator {
+        Estimator::Grpo => {
+            let var = group.iter().map(|&r| (r as f64 - mean).powi(2)).sum::<f64>() / (g - 1.0);
+            let denom = var.sqrt() + cfg.eps as f64;
+            group.iter().map(|&r| ((r as f64 - mean) / denom) as f32).collect()
+        }
+        Estimator::DrGrpo => group.iter().map(|&r| (r as f64 - mean) as f32).collect(),
+        Estimator::Rloo => group.iter().map(|&r| (r as f64 - (sum - r as f64) / (g - 1.0)) as f32).collect(),
+    })
 }
 
 /// Refuses a non-finite reward, naming its row.

@@ -149,7 +149,7 @@ pub fn reduce<B: Backend>(
 /// The batch a micro-batch belongs to: what [`reduce_partial`] normalises by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchTotals {
-    /// Sequences in the batch.
+    /// Sequences trained on in the batch (failed episodes are not).
     pub rows: usize,
     /// Trained tokens (mask 1) in the batch.
     pub tokens: usize,

@@ -324,7 +324,7 @@ impl<B: AutodiffBackend> Learner<B> {
         };
         let mut groups: Vec<Group> = Vec::with_capacity(want);
         let mut taken: HashSet<u64> = HashSet::new();
-        let (mut requests, mut dropped, mut duplicates) = (0u64, 0u64, 0u64);
+        let (mut requests, mut dropped, mut duplicates, mut failed) = (0u64, 0u64, 0u64, 0u64);
         while groups.len() < want {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -355,9 +355,14 @@ impl<B: AutodiffBackend> Learner<B> {
                     duplicates += 1;
                     continue;
                 }
-                if drop_zero && dropped < max_dropped && g.zero_variance() {
-                    // Carries no GRPO signal; consumed all the same.
-                    dropped += 1;
+                let too_few_valid = g.too_few_valid();
+                if too_few_valid || drop_zero && dropped < max_dropped && g.zero_variance() {
+                    // No baseline (failed episodes), or no GRPO signal; consumed all the same.
+                    if too_few_valid {
+                        failed += 1;
+                    } else {
+                        dropped += 1;
+                    }
                     if self.held.insert(g.group_id) {
                         self.state.unacked.push(g.group_id);
                     }
@@ -374,6 +379,7 @@ impl<B: AutodiffBackend> Learner<B> {
         data.values.insert(metrics::SAMPLE_REQUESTS, requests as f64);
         data.values.insert(metrics::ZERO_VARIANCE_DROPPED, dropped as f64);
         data.values.insert(metrics::DUPLICATES_SKIPPED, duplicates as f64);
+        data.values.insert(metrics::FAILED_GROUPS_DROPPED, failed as f64);
         Ok(Some((groups, data)))
     }
 }

@@ -30,7 +30,7 @@ mod source;
 mod tb;
 mod trainer;
 
-pub use advantages::{advantages, overlong_penalty, AdvantageConfig, Estimator};
+pub use advantages::{advantages, group_advantages, overlong_penalty, AdvantageConfig, Estimator};
 pub use checkpoint::{
     load_checkpoint, load_optimizer, resume_latest, save_optimizer, write_checkpoint, Checkpoints, Restored,
     TrainerState,

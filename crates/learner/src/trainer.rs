@@ -29,7 +29,7 @@ use burn::tensor::backend::AutodiffBackend;
 use sluice_core::{metrics, Group, RlConfig, Sample};
 use sluice_model::{score, Llama, ModelConfig, ScoreRow};
 
-use crate::advantages::{advantages, check_rewards, overlong_penalty};
+use crate::advantages::{check_rewards, group_advantages, overlong_penalty};
 use crate::batching::{self, Unit};
 use crate::config::{Algorithm, LearnerConfig, OffPolicyMode};
 use crate::error::{LearnerError, Result};
@@ -80,6 +80,8 @@ struct Row<'a> {
     sample: &'a Sample,
     reward: f32,
     advantage: f32,
+    /// Not a failed episode: trained on and counted in its group's statistics.
+    valid: bool,
 }
 
 /// Host-side inputs of one micro-batch, padded to `[rows, width]`.
@@ -88,6 +90,8 @@ struct Micro<'a> {
     width: usize,
     loss_mask: Vec<f32>,
     behavior: Vec<f32>,
+    /// 1 for a valid row, 0 for a failed episode, `[rows]`.
+    valid: Vec<f32>,
     /// Reference log-probs, when needed.
     reference: Option<Vec<f32>>,
     /// Proximal log-probs computed before the first update (`epochs > 1`).
@@ -163,16 +167,19 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
         let rows = self.prepare(groups)?;
         let (cfg, rl) = (&self.cfg, &self.rl);
+        let trained = || rows.iter().filter(|r| r.valid);
         let totals = BatchTotals {
-            rows: rows.len(),
-            tokens: rows.iter().map(|r| model_tokens(r.sample)).sum(),
+            rows: trained().count(),
+            tokens: trained().map(|r| model_tokens(r.sample)).sum(),
             budget: rl.max_completion_tokens,
         };
+        let batch_groups = groups.len();
         let version = self.version();
         let mut stats = StepStats::default();
         batch_stats(&rows, version, &mut stats);
         stats.set(metrics::GROUPS, groups.len() as f64);
-        stats.set(metrics::SAMPLES, rows.len() as f64);
+        stats.set(metrics::SAMPLES, totals.rows as f64);
+        stats.set(metrics::FAILED_SAMPLES, (rows.len() - totals.rows) as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
 
         let (ordered, runs) = micro_batches(&rows, cfg, rl, self.model().config());
@@ -192,7 +199,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut acc = GradAccumulator::<B>::default();
             let mut epoch_stats = StepStats::default();
             for m in &micros {
-                self.micro_step(m, &totals, &mut acc, &mut epoch_stats)?;
+                self.micro_step(m, &totals, batch_groups, &mut acc, &mut epoch_stats)?;
             }
             let lr = self.cfg.schedule.lr_at(self.optimizer.step);
             let loss = epoch_stats.get(metrics::LOSS_TOTAL).unwrap_or(0.0);
@@ -234,7 +241,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.cfg.off_policy.resolved(self.rl.max_staleness)
     }
 
-    /// Validates the groups and computes shaped rewards and advantages.
+    /// Validates the groups and computes shaped rewards and advantages. A failed episode
+    /// ([`Sample::failed`]) gets no advantage and counts in neither its group's statistics nor
+    /// the loss; a group needs two valid samples (the learner drops the others before).
     fn prepare<'a>(&self, groups: &'a [Group]) -> Result<Vec<Row<'a>>> {
         let (cfg, g_size) = (&self.cfg, self.rl.group_size);
         let bad = |m: String| Err(LearnerError::Batch(m));
@@ -242,8 +251,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             return bad("no groups to train on".into());
         }
         let vocab = self.model().config().vocab_size;
-        let mut rewards = Vec::new();
-        let mut samples = Vec::new();
+        let mut rows = Vec::new();
         for g in groups {
             if g.samples.len() != g_size {
                 return bad(format!(
@@ -274,27 +282,35 @@ impl<B: AutodiffBackend> Trainer<B> {
                         g.group_id, s.sample_idx
                     ));
                 }
-                let shaped = match cfg.overlong {
+            }
+            if g.too_few_valid() {
+                return bad(format!(
+                    "group {} has fewer than two valid samples (the others failed): no baseline to train on",
+                    g.group_id
+                ));
+            }
+            let first = rows.len();
+            for s in &g.samples {
+                let n = s.completion_tokens.len();
+                let reward = match cfg.overlong {
                     Some(o) => s.reward + o.factor * overlong_penalty(n, o.max_len, o.cache),
                     None => s.reward,
                 };
-                rewards.push(shaped);
-                samples.push(s);
+                rows.push(Row { sample: s, reward, advantage: 0.0, valid: !s.failed() });
+            }
+            let group = &mut rows[first..];
+            let rewards: Vec<f32> = group.iter().filter(|r| r.valid).map(|r| r.reward).collect();
+            match cfg.algorithm {
+                Algorithm::Grpo => {
+                    let mut adv = group_advantages(&rewards, &cfg.advantage)?.into_iter();
+                    for r in group.iter_mut().filter(|r| r.valid) {
+                        r.advantage = adv.next().unwrap_or(0.0);
+                    }
+                }
+                Algorithm::Tb => check_rewards(&rewards)?,
             }
         }
-        let adv = match cfg.algorithm {
-            Algorithm::Grpo => advantages(&rewards, g_size, &cfg.advantage)?,
-            Algorithm::Tb => {
-                check_rewards(&rewards)?;
-                vec![0.0; rewards.len()]
-            }
-        };
-        Ok(samples
-            .into_iter()
-            .zip(rewards)
-            .zip(adv)
-            .map(|((sample, reward), advantage)| Row { sample, reward, advantage })
-            .collect())
+        Ok(rows)
     }
 
     /// Forward, loss and backward of one micro-batch; gradients go into `acc`.
@@ -302,6 +318,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self,
         m: &Micro<'_>,
         totals: &BatchTotals,
+        batch_groups: usize,
         acc: &mut GradAccumulator<B>,
         stats: &mut StepStats,
     ) -> Result<()> {
@@ -406,10 +423,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let seq_ref = (r * lm).sum_dim(1).reshape([b]);
                 let rewards: Vec<f32> = m.rows.iter().map(|r| r.reward).collect();
                 let r = Tensor::<B, 1>::from_data(TensorData::new(rewards, [b]), &device);
-                let terms = tb_vargrad(seq, seq_ref, r, g, beta)?;
-                // The mean over the batch's groups: this micro-batch's groups weigh b / rows.
-                stats.add(metrics::TB_LOG_Z, scalar(&terms.log_z.mean()) * b as f64 / totals.rows as f64);
-                let tb = terms.loss * (b as f32 / totals.rows as f32);
+                let valid = Tensor::<B, 1>::from_data(TensorData::new(m.valid.clone(), [b]), &device);
+                let terms = tb_vargrad(seq, seq_ref, r, valid, g, beta)?;
+                // The mean over the batch's groups.
+                stats.add(metrics::TB_LOG_Z, scalar(&terms.log_z.sum()) / batch_groups.max(1) as f64);
+                // The loss is the mean over this micro-batch's valid rows, which weigh
+                // valid / rows of the batch.
+                let valid_rows = m.valid.iter().sum::<f32>();
+                let tb = terms.loss * (valid_rows / totals.rows.max(1) as f32);
                 stats.add(metrics::LOSS_TB, scalar(&tb));
                 tb
             }
@@ -483,14 +504,18 @@ fn micro<'a>(rows: &'a [Row<'a>]) -> Micro<'a> {
     for r in rows {
         let s = r.sample;
         let pad = width - s.completion_tokens.len();
-        loss_mask.extend(s.loss_mask.iter().map(|&m| if m != 0 { 1.0f32 } else { 0.0 }));
+        // A failed episode's row is scored with the others (whole groups pack together) and
+        // masked out entirely.
+        let trained = |m: u8| r.valid && m != 0;
+        loss_mask.extend(s.loss_mask.iter().map(|&m| if trained(m) { 1.0f32 } else { 0.0 }));
         loss_mask.extend(std::iter::repeat_n(0.0, pad));
         behavior.extend(
-            s.loss_mask.iter().zip(&s.behavior_logprobs).map(|(&m, &l)| if m != 0 { l } else { 0.0 }),
+            s.loss_mask.iter().zip(&s.behavior_logprobs).map(|(&m, &l)| if trained(m) { l } else { 0.0 }),
         );
         behavior.extend(std::iter::repeat_n(0.0, pad));
     }
-    Micro { rows, width, loss_mask, behavior, reference: None, proximal: None }
+    let valid = rows.iter().map(|r| if r.valid { 1.0 } else { 0.0 }).collect();
+    Micro { rows, width, loss_mask, behavior, valid, reference: None, proximal: None }
 }
 
 /// Log-probs of a micro-batch under a model without autodiff, padded like [`micro`].
@@ -531,8 +556,10 @@ fn is_stats<B: Backend>(
     }
 }
 
-/// Reward, accuracy and staleness summaries (and the staleness histogram) of the batch.
+/// Reward, accuracy and staleness summaries (and the staleness histogram) of the batch's valid
+/// rows.
 fn batch_stats(rows: &[Row<'_>], version: u64, stats: &mut StepStats) {
+    let rows: Vec<&Row<'_>> = rows.iter().filter(|r| r.valid).collect();
     let n = rows.len().max(1) as f64;
     let mean = rows.iter().map(|r| r.reward as f64).sum::<f64>() / n;
     let var = rows.iter().map(|r| (r.reward as f64 - mean).powi(2)).sum::<f64>() / n;

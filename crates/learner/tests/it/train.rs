@@ -309,6 +309,67 @@ fn zero_variance_groups_are_dropped_and_the_batch_is_still_filled() {
 }
 
 #[test]
+fn failed_episodes_count_in_neither_the_loss_nor_their_groups_statistics() {
+    use sluice_core::Finish;
+    // Sample 1 of group 0 failed (its environment timed out): whatever reward and tokens it
+    // carries, the update is the one its group's three valid samples give.
+    let failed = |reward: f32, completion: Vec<u32>| {
+        let mut g = group(0, 0, false);
+        let s = &mut g.samples[1];
+        s.finish = Finish::Error;
+        s.reward = reward;
+        s.loss_mask = vec![1; completion.len()];
+        s.behavior_logprobs = vec![-1.0; completion.len()];
+        s.completion_tokens = completion;
+        vec![g, group(1, 0, false)]
+    };
+    let algorithms = [grpo_config(1), LearnerConfig { algorithm: Algorithm::Tb, ..grpo_config(1) }];
+    for cfg in algorithms {
+        let train = |groups: &[Group]| {
+            let reference = cfg.needs_reference().then(reference);
+            let mut t = Trainer::new(cfg.clone(), rl(2), policy(), reference, AdamW::new(Default::default()))
+                .unwrap();
+            let stats = t.train(groups).unwrap();
+            (weights(t.model()), stats)
+        };
+        let (a, stats) = train(&failed(0.0, vec![8, 9]));
+        let (b, _) = train(&failed(1.0, vec![3, 4, 12, 13, 15]));
+        let d = max_diff(&a, &b);
+        assert!(
+            d <= 1e-6,
+            "{:?}: a failed episode's reward or tokens moved the update by {d}",
+            cfg.algorithm
+        );
+        assert_eq!((stats.get(metrics::SAMPLES), stats.get(metrics::FAILED_SAMPLES)), (Some(7.0), Some(1.0)));
+        // Rewards [1, 0.25, 0] of group 0's valid samples and [1, 0, 0.25, 0] of group 1.
+        let mean = stats.get(metrics::REWARD_MEAN).unwrap();
+        assert!((mean - 2.5 / 7.0).abs() < 1e-6, "reward mean over valid samples: {mean}");
+    }
+
+    // A group left with one valid sample has no baseline: dropped, counted, and the batch is
+    // still filled.
+    let mut data: Vec<Group> = (0..3).map(|i| group(i, 0, false)).collect();
+    for s in &mut data[0].samples[1..] {
+        s.finish = Finish::Error;
+    }
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &data, 60_000);
+    let mut l = learner(grpo_config(1), rl(2));
+    let stats = within(&rt, l.step(&replay)).unwrap().unwrap();
+    assert_eq!(stats.get(metrics::FAILED_GROUPS_DROPPED), Some(1.0));
+    assert_eq!(stats.get(metrics::ZERO_VARIANCE_DROPPED), Some(0.0));
+    assert_eq!((stats.get(metrics::GROUPS), stats.get(metrics::FAILED_SAMPLES)), (Some(2.0), Some(0.0)));
+    assert_eq!(l.state().groups_consumed, 2);
+    // Handed to the trainer directly, such a group is refused by name.
+    let mut t =
+        Trainer::new(grpo_config(1), rl(1), policy(), Some(reference()), AdamW::new(Default::default()))
+            .unwrap();
+    let e = t.train(&data[..1]).unwrap_err().to_string();
+    assert!(e.contains("group 0") && e.contains("fewer than two valid"), "{e}");
+}
+
+#[test]
 fn a_non_finite_update_is_skipped_counted_and_never_reaches_the_weights() {
     // Dr. GRPO does not divide by the group's std, so one huge but finite reward (the replay
     // admits it) overflows the gradient: its norm is infinite, and clipping (`inf.min(1.0)`,
