@@ -289,6 +289,7 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
             consumer: "learner".into(),
             drop_zero_variance: false,
             dedup: false,
+            exclude: Vec::new(),
         };
         // Uniform, merged across shards: 12 distinct admissible groups (versions 3..5).
         let s = c.sample(&req(Sampler::Uniform, 12)).await.unwrap();
@@ -302,6 +303,17 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
             m
         });
         assert_eq!(on.len(), 2, "both shards contributed: {on:?}");
+        // All 10 on-policy groups (version 5), uniformly: the shards hold them unevenly, so the
+        // one that fills its share of 5 is asked again for the rest, and must not repeat what it
+        // drew.
+        let held = (50..60u64).filter(|&id| sluice_replay::shard_of(id, 2) == 0).count();
+        assert_ne!(held, 5, "an even split would not exercise the top-up");
+        for _ in 0..5 {
+            let all = SampleRequest { max_staleness: 0, ..req(Sampler::Uniform, 10) };
+            let mut ids = c.sample(&all).await.unwrap().group_ids();
+            ids.sort_unstable();
+            assert_eq!(ids, (50..60).collect::<Vec<_>>(), "each on-policy group once");
+        }
         // fifo drains exactly the 30 admissible groups once, across both shards.
         let mut seen = Vec::new();
         for _ in 0..5 {

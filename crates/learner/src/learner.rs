@@ -338,6 +338,8 @@ impl<B: AutodiffBackend> Learner<B> {
                 consumer: cfg.consumer.clone(),
                 drop_zero_variance: drop_zero,
                 dedup: false,
+                // A sampler other than fifo draws with replacement across requests.
+                exclude: if fifo { Vec::new() } else { taken.iter().copied().collect() },
             };
             let (batch, info) = source.sample(&req).await?;
             requests += 1;
@@ -351,7 +353,7 @@ impl<B: AutodiffBackend> Learner<B> {
             };
             let got = drawn.len();
             for g in drawn {
-                if fifo && (self.held.contains(&g.group_id) || taken.contains(&g.group_id)) {
+                if taken.contains(&g.group_id) || fifo && self.held.contains(&g.group_id) {
                     duplicates += 1;
                     continue;
                 }

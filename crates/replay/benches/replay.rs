@@ -181,6 +181,7 @@ fn request(sampler: Sampler) -> SampleRequest {
         consumer: "bench".into(),
         drop_zero_variance: false,
         dedup: false,
+        exclude: Vec::new(),
     }
 }
 

@@ -72,16 +72,7 @@ impl Sampled {
 
     /// The distinct group ids, in order.
     pub fn group_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = Vec::new();
-        if self.batch.num_rows() == 0 {
-            return ids;
-        }
-        for &g in self.batch.column(1).as_primitive::<UInt64Type>().values() {
-            if ids.last() != Some(&g) {
-                ids.push(g);
-            }
-        }
-        ids
+        group_ids(&self.batch)
     }
 }
 
@@ -166,7 +157,8 @@ impl ReplayClient {
         }
     }
 
-    /// Draws `req.groups` groups across the shards.
+    /// Draws `req.groups` groups across the shards: each shard its share, then a top-up from the
+    /// shards that filled theirs, excluding every group drawn so far (no group twice in a batch).
     pub async fn sample(&self, req: &SampleRequest) -> Result<Sampled> {
         req.sampler.check()?;
         let shards = self.inner.cfg.shards;
@@ -197,6 +189,7 @@ impl ReplayClient {
             }
             let mut r = req.clone();
             r.groups = n - got;
+            r.exclude.extend(parts.iter().flat_map(|p| group_ids(&p.1)));
             let (batch, info) = self.sample_shard(s, &r).await?;
             got += info.groups;
             parts.push((s, batch, info, false));
@@ -330,4 +323,16 @@ impl ReplayClient {
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
+}
+
+/// The group ids of a decoded sample reply (a group's rows are contiguous), in order.
+fn group_ids(batch: &RecordBatch) -> Vec<u64> {
+    let Some(ids) =
+        batch.column_by_name(trajectory::col::GROUP_ID).and_then(|c| c.as_primitive_opt::<UInt64Type>())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<u64> = ids.values().to_vec();
+    out.dedup();
+    out
 }

@@ -53,7 +53,7 @@
 //! assert_eq!(ack.new_groups, 1);
 //! let req = SampleRequest {
 //!     sampler: Sampler::Fifo, groups: 8, learner_version: 1, max_staleness: 1,
-//!     consumer: "learner-0".into(), drop_zero_variance: true, dedup: false,
+//!     consumer: "learner-0".into(), drop_zero_variance: true, dedup: false, exclude: Vec::new(),
 //! };
 //! let (batch, info) = shard.sample(&req).unwrap();
 //! assert_eq!((batch.num_rows(), info.groups), (2, 1));

@@ -425,6 +425,7 @@ mod tests {
             consumer: "c".into(),
             drop_zero_variance: false,
             dedup: false,
+            exclude: Vec::new(),
         };
         {
             let shard = Shard::open(&dir, 0, cfg.clone(), RlConfig::default()).unwrap();

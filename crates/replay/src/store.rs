@@ -397,8 +397,12 @@ impl Store {
             }
             chosen
         } else {
+            let exclude: HashSet<u64> = req.exclude.iter().copied().collect();
             let mut cands = Vec::new();
             for (&seq, e) in &self.entries {
+                if exclude.contains(&e.group_id) {
+                    continue;
+                }
                 if !admissible(e.behavior_version) {
                     info.stale_skipped += 1;
                 } else if req.drop_zero_variance && e.zero_variance {
@@ -551,6 +555,7 @@ mod tests {
             consumer: "c".into(),
             drop_zero_variance: false,
             dedup: false,
+            exclude: Vec::new(),
         }
     }
 

@@ -25,6 +25,12 @@ pub struct SampleRequest {
     /// Drop rows whose completion repeats an earlier row of the same group.
     #[serde(default)]
     pub dedup: bool,
+    /// Groups not to draw: those the consumer already holds for this batch (a client's top-up
+    /// from a second shard, or a learner's next request while filling one batch), so that a
+    /// batch of a sampler other than `fifo` never holds a group twice. `fifo` never delivers a
+    /// group twice while it is leased, and ignores this.
+    #[serde(default)]
+    pub exclude: Vec<u64>,
 }
 
 /// What a sample reply holds besides the rows.

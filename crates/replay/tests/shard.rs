@@ -34,6 +34,7 @@ fn req(sampler: Sampler, groups: u32, learner_version: u64, max_staleness: u64) 
         consumer: "learner-0".into(),
         drop_zero_variance: false,
         dedup: false,
+        exclude: Vec::new(),
     }
 }
 

@@ -210,6 +210,7 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
             consumer: "learner".into(),
             drop_zero_variance: false,
             dedup: false,
+            exclude: Vec::new(),
         };
         let back = client.sample(&req).await.unwrap().groups().unwrap();
         let mut sent: Vec<Group> = groups.clone();
@@ -548,6 +549,7 @@ fn fifo_at(v: u64) -> sluice_replay::SampleRequest {
         consumer: "learner".into(),
         drop_zero_variance: false,
         dedup: false,
+        exclude: Vec::new(),
     }
 }
 
