@@ -82,8 +82,9 @@ fn sampler_and_scorer_agree_on_the_real_model() {
         .map(|p| policy.tokenizer.encode_chat(&[ChatMessage::new("user", *p)], true).unwrap())
         .collect();
     let params = SamplingParams {
+        // Untruncated, so the sampler's log-probs are the scorer's distribution (with top-p they
+        // are those of the truncated distribution the tokens were drawn from).
         temperature: 0.8,
-        top_p: 0.9,
         max_new_tokens: 16,
         stop_token_ids: policy.stop_token_ids(),
         seed: 3,

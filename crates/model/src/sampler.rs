@@ -73,7 +73,10 @@ pub enum FinishReason {
 pub struct Completion {
     /// Generated token ids (the stop token included).
     pub tokens: Vec<u32>,
-    /// Log-prob of each generated token under the untruncated temperature-scaled distribution.
+    /// Log-prob of each generated token under the distribution it was drawn from: the
+    /// temperature-scaled softmax, restricted to what top-k and top-p kept and renormalised over
+    /// it (the behaviour policy importance weights need). Greedy (temperature 0): under the
+    /// softmax at temperature 1.
     pub logprobs: Vec<f32>,
     /// Why it stopped.
     pub finish: FinishReason,
@@ -285,7 +288,11 @@ fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
     crate::host::to_vec_f32(logits)
 }
 
-/// Draws one token; returns it with its log-prob under `log softmax(logits / T)`.
+/// Draws one token; returns it with its log-prob under the distribution it was drawn from:
+/// `log softmax(logits / T)` restricted to the tokens top-k and top-p kept, renormalised over them
+/// (with neither, the full softmax). A learner correcting for the behaviour policy needs the
+/// probability the token was actually drawn with; the untruncated one would bias every importance
+/// weight by the mass the truncation removed.
 ///
 /// One `exp` per vocabulary entry; the normaliser is summed in f64 (a sequential f32 sum over a
 /// 50k vocabulary drifts by ~1e-5, which the sampler/scorer agreement would notice). Top-k/top-p
@@ -297,16 +304,16 @@ fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32,
     let weights: Vec<f32> = logits.iter().map(|&v| ((v - max) / t).exp()).collect();
     let total: f64 = weights.iter().map(|&w| w as f64).sum();
     let log_total = total.ln();
-    let logprob = |i: usize| (((logits[i] - max) / t) as f64 - log_total) as f32;
+    let logprob = |i: usize, log_norm: f64| (((logits[i] - max) / t) as f64 - log_norm) as f32;
     if p.temperature <= 0.0 {
         let best = logits
             .iter()
             .enumerate()
             .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
             .0;
-        return (best as u32, logprob(best));
+        return (best as u32, logprob(best, log_total));
     }
-    let tok = if p.top_k == 0 && p.top_p >= 1.0 {
+    let (tok, log_norm) = if p.top_k == 0 && p.top_p >= 1.0 {
         // Inverse CDF over the full distribution.
         let u = rng.random::<f64>() * total;
         let mut acc = 0.0f64;
@@ -318,7 +325,7 @@ fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32,
                 break;
             }
         }
-        chosen
+        (chosen, log_total)
     } else {
         let by_weight = |a: &usize, b: &usize| weights[*b].total_cmp(&weights[*a]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..n).collect();
@@ -364,9 +371,9 @@ fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> (u32,
                 break;
             }
         }
-        chosen
+        (chosen, kept.ln())
     };
-    (tok as u32, logprob(tok))
+    (tok as u32, logprob(tok, log_norm))
 }
 
 /// Generates completions for a batch of prompts (a [`Generator`] run to the end).
@@ -384,15 +391,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_k_one_is_greedy_and_logprob_is_untruncated() {
+    fn top_k_one_is_greedy_and_certain() {
         let logits = [0.0f32, 2.0, 1.0];
         let p = SamplingParams { temperature: 0.5, top_k: 1, ..Default::default() };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let (tok, lp) = sample_token(&logits, &p, &mut rng);
         assert_eq!(tok, 1);
-        // log softmax([0, 4, 2])[1] computed by hand: 4 - ln(1 + e^4 + e^2)
-        let expect = 4.0 - (1.0f32 + 4f32.exp() + 2f32.exp()).ln();
-        assert!((lp - expect).abs() < 1e-6, "{lp} vs {expect}");
+        // The one token top-k keeps is drawn with probability 1.
+        assert_eq!(lp, 0.0);
+        // Greedy reports the softmax at temperature 1: 2 - ln(1 + e^2 + e^1).
+        let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+        let (tok, lp) = sample_token(&logits, &greedy, &mut rng);
+        let expect = 2.0 - (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
+        assert!(tok == 1 && (lp - expect).abs() < 1e-6, "{lp} vs {expect}");
+    }
+
+    #[test]
+    fn truncated_sampling_reports_the_probability_each_token_was_drawn_with() {
+        // probabilities at T = 0.8 of [1.5, 1.0, 0.2, -1.0]: top-k 3 then top-p 0.9 of what is left.
+        let logits = [1.5f32, 1.0, 0.2, -1.0];
+        for p in [
+            SamplingParams { temperature: 0.8, top_k: 3, ..Default::default() },
+            SamplingParams { temperature: 0.8, top_p: 0.8, ..Default::default() },
+            SamplingParams { temperature: 0.8, top_k: 3, top_p: 0.9, ..Default::default() },
+        ] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let n = 20_000;
+            let mut counts = [0usize; 4];
+            let mut reported = [f32::NAN; 4];
+            for _ in 0..n {
+                let (tok, lp) = sample_token(&logits, &p, &mut rng);
+                counts[tok as usize] += 1;
+                reported[tok as usize] = lp;
+            }
+            let support: Vec<usize> = (0..4).filter(|&i| counts[i] > 0).collect();
+            let mass: f32 = support.iter().map(|&i| reported[i].exp()).sum();
+            assert!((mass - 1.0).abs() < 1e-5, "{p:?}: the reported probabilities sum to {mass}");
+            for &i in &support {
+                let got = counts[i] as f32 / n as f32;
+                let want = reported[i].exp();
+                assert!((got - want).abs() < 0.015, "{p:?}: token {i} drawn {got}, reported {want}");
+            }
+        }
     }
 
     #[test]

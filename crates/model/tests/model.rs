@@ -158,8 +158,9 @@ fn sampler_and_scorer_logprobs_agree() {
         let model = load::<Cpu>(name);
         let prompts = vec![vec![1u32, 7, 9, 30, 2, 8, 60], vec![3u32], vec![11u32, 12, 13]];
         let params = SamplingParams {
+            // The scorer computes the full distribution's log-probs; so does the sampler when
+            // nothing truncates it (with top-p it reports the truncated distribution's).
             temperature: 0.7,
-            top_p: 0.95,
             max_new_tokens: 16,
             stop_token_ids: vec![2],
             seed: 42,

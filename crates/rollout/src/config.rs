@@ -13,9 +13,11 @@ use crate::error::{Result, RolloutError};
 pub struct RolloutConfig {
     /// Tasks generated together in one batch (each gives one group of `rl.group_size` rows).
     pub tasks_per_batch: usize,
-    /// Nucleus sampling threshold (1 = off).
+    /// Nucleus sampling threshold (1 = off). With truncation the stored behaviour log-probs are
+    /// those of the truncated, renormalised distribution the tokens were drawn from, so the
+    /// learner's importance weights against the full policy stay unbiased.
     pub top_p: f32,
-    /// Top-k sampling (0 = off).
+    /// Top-k sampling (0 = off); stored log-probs as for `top_p`.
     pub top_k: usize,
     /// Most tokens the model produces in one turn.
     pub max_new_tokens: usize,
