@@ -5,10 +5,10 @@
 //! keys are the names below. Histograms (such as [`STALENESS_HIST`]) are arrays whose index is the
 //! bucket (staleness 0, 1, 2, ...).
 
-/// Optimizer steps taken when the record was written.
+/// Learner steps (batches) taken when the record was written.
 pub const STEP: &str = "step";
-/// The policy version after the step: the number of optimizer steps applied (`docs/design.md`,
-/// "Versions and staleness").
+/// The policy version after the step: the number of batches whose update was applied
+/// (`docs/design.md`, "Versions and staleness").
 pub const VERSION: &str = "version";
 /// Which role wrote the record (`learner`, `rollout`).
 pub const ROLE: &str = "role";

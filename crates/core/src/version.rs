@@ -3,7 +3,8 @@
 //! # Design
 //! *Constraints.* An asynchronous learner trains on samples drawn by older policies; too old and
 //! the off-policy correction cannot save the update, and generating such samples wastes compute.
-//! *Solution.* One integer, the version (number of optimizer steps applied; initial weights are 0),
+//! *Solution.* One integer, the version (learner batches whose update was applied, however many
+//! optimizer epochs each took; initial weights are 0),
 //! and one bound, `max_staleness`. A sample is admissible while `learner - behavior <= max_staleness`;
 //! producers may start a group only while `started <= (v + max_staleness + 1) * groups_per_step`
 //! (AReaL's rule), so nothing is generated that is bound to go stale. `max_staleness = 0` is
@@ -12,7 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The number of optimizer steps applied to the policy; the initial weights are version 0.
+/// The number of learner batches whose update was applied to the policy (one version per batch,
+/// whatever `learner.epochs` is); the initial weights are version 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PolicyVersion(pub u64);

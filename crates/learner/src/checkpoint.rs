@@ -261,9 +261,10 @@ pub fn load_optimizer<B: AutodiffBackend>(
 pub struct TrainerState {
     /// Format of this file.
     pub format: u32,
-    /// Policy version: optimizer steps applied.
+    /// Policy version: batches whose update was applied (the optimizer takes `epochs` steps per
+    /// version).
     pub version: u64,
-    /// Learner steps (batches) taken; `version = step * epochs`.
+    /// Learner steps (batches) taken; `version` unless a step's update was left out (not finite).
     pub step: u64,
     /// The run's seed.
     pub seed: u64,
@@ -309,11 +310,12 @@ pub fn load_checkpoint<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Re
         std::fs::read_to_string(&path).map_err(|source| LearnerError::Io { path: path.clone(), source })?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| LearnerError::Checkpoint(format!("{}: {e}", path.display())))?;
-    if state.version != optimizer.step {
+    if state.version > optimizer.step || state.version > state.step {
         return Err(LearnerError::Checkpoint(format!(
-            "{}: trainer state says version {} but the optimizer took {} steps",
+            "{}: trainer state says version {} after {} learner steps but the optimizer took {} steps",
             dir.display(),
             state.version,
+            state.step,
             optimizer.step
         )));
     }

@@ -33,8 +33,11 @@ pub enum OffPolicyMode {
     /// (the current weights before the update) and each token is weighted by the detached
     /// `exp(logp_prox - logp_behavior)`, truncated or masked by [`OffPolicyConfig::correction`].
     Decoupled,
-    /// Plain truncated importance sampling, no proximal policy and no clipping: the per-token
-    /// loss is `-sg(min(exp(logp - logp_behavior), cap)) * A * logp` (IMPALA's truncated rho).
+    /// Plain truncated importance sampling: the per-token loss is
+    /// `-sg(min(exp(logp - logp_behavior), cap)) * A * logp` (IMPALA's truncated rho), with no
+    /// clipping at `epochs = 1`. With `epochs > 1` later epochs take the ratio against the
+    /// weights before the batch's first update (and the weight from them), clipped as in PPO: a
+    /// trust region rather than a ratio recomputed to 1 every epoch.
     Tis,
     /// No correction: the ratio is taken against the behaviour log-probs, clipped as in PPO.
     Off,
@@ -105,7 +108,7 @@ impl Default for TbConfig {
 }
 
 impl TbConfig {
-    /// `beta` at optimizer step `step`.
+    /// `beta` at policy version `step`.
     pub fn beta_at(&self, step: u64) -> f32 {
         if step >= self.beta_steps {
             return self.beta_end;
@@ -145,7 +148,8 @@ pub struct LearnerConfig {
     /// more than a pass costs (`batching.rs`). Gradients of a step's micro-batches are summed
     /// before the update, which equals one pass over the whole batch.
     pub micro_batch_groups: usize,
-    /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1).
+    /// Optimizer steps taken on each batch (PPO's mu; GRPO's usual 1). A batch is one policy
+    /// version however many epochs it takes.
     pub epochs: u32,
     /// Replay sampler, written by name (`fifo`, `uniform`, `recency[:HALF_LIFE]`, `reward[:T]`,
     /// `tba[:P[:T]]`) and parsed once, where the config is read.

@@ -125,7 +125,7 @@ impl<B: AutodiffBackend> Learner<B> {
             });
         }
         let owed = std::mem::take(&mut state.unacked);
-        let trainer = Trainer::new(cfg, rl, model, reference, optimizer)?;
+        let trainer = Trainer::new(cfg, rl, model, reference, optimizer)?.at_version(state.version);
         Ok(Self::with_state(trainer, state, owed))
     }
 

@@ -104,7 +104,8 @@ impl Schedule {
         Schedule { lr, warmup_steps: 0, decay: Decay::Constant, total_steps: 0, min_lr: 0.0 }
     }
 
-    /// The rate of optimizer step `step` (counted from 0).
+    /// The rate of learner step (policy version) `step`, counted from 0; every epoch of a batch
+    /// uses its batch's rate.
     pub fn lr_at(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;

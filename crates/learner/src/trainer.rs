@@ -1,6 +1,8 @@
-//! One optimizer step on a batch of whole groups: rewards and advantages on the host, then for each
-//! micro-batch a forward through the scorer at the sampling temperature, the objective, a backward
-//! pass whose gradients are summed, and one AdamW update.
+//! One learner step on a batch of whole groups: rewards and advantages on the host, then, for each
+//! of `epochs` updates, for each micro-batch a forward through the scorer at the sampling
+//! temperature, the objective, a backward pass whose gradients are summed, and one AdamW update.
+//! A batch makes one policy version, however many epochs it takes: versions, the replay's
+//! admission rule, `sync_every`, the learning-rate schedule and staleness all count batches.
 //!
 //! # Design
 //! *Constraints.* A batch larger than memory must train exactly as if it were one pass; stale
@@ -17,7 +19,9 @@
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
 //! the detached log-probs of the same forward (the current weights before the update, exactly);
 //! with `epochs > 1` they are computed once, before the first update, by a forward without
-//! autodiff. The reference forward runs only when `kl.beta > 0` or the objective is TB.
+//! autodiff, and every epoch's ratio is taken against them (decoupled PPO and TIS alike), so the
+//! clip is a trust region around the weights the batch started from rather than a ratio of 1.
+//! The reference forward runs only when `kl.beta > 0` or the objective is TB.
 //! *Cons:* the proximal forward with `epochs > 1` costs one extra forward per batch.
 
 use std::collections::BTreeMap;
@@ -72,6 +76,8 @@ pub struct Trainer<B: AutodiffBackend> {
     model: Option<Llama<B>>,
     reference: Option<Llama<B::InnerBackend>>,
     optimizer: AdamW<B>,
+    /// The policy version: batches whose update was applied.
+    version: u64,
 }
 
 /// One sequence of the batch, with what the objective needs from the host.
@@ -99,7 +105,7 @@ struct Micro<'a> {
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// A trainer for `model` at the version the optimizer has counted (`optimizer.step`).
+    /// A trainer for `model` at version 0 ([`Trainer::at_version`] for a resumed one).
     ///
     /// `reference` is the frozen initial policy; it must be given when the objective needs it
     /// ([`LearnerConfig::needs_reference`]). The settings are taken as checked
@@ -121,7 +127,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         let reference = if cfg.needs_reference() { reference } else { None };
-        Ok(Trainer { cfg, rl, model: Some(model), reference, optimizer })
+        Ok(Trainer { cfg, rl, model: Some(model), reference, optimizer, version: 0 })
+    }
+
+    /// The same trainer at version `version` (a checkpoint's).
+    pub fn at_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
     }
 
     /// The settings.
@@ -147,9 +159,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.optimizer
     }
 
-    /// The policy version: optimizer steps applied.
+    /// The policy version: batches whose update was applied (with `epochs > 1` the optimizer
+    /// takes several steps per version).
     pub fn version(&self) -> u64 {
-        self.optimizer.step
+        self.version
     }
 
     /// Refuses weights holding a NaN or an infinity, naming the first such parameter: what the
@@ -161,7 +174,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
-    /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`). An update
+    /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`), one policy
+    /// version. An update
     /// whose loss or gradient norm is not finite is left out (`optim/skipped_nonfinite`): the
     /// weights, Adam's moments and the version stay as they were, and the batch is spent.
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
@@ -185,7 +199,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (ordered, runs) = micro_batches(&rows, cfg, rl, self.model().config());
         let mut micros: Vec<Micro<'_>> = runs.into_iter().map(|r| micro(&ordered[r])).collect();
         stats.set(metrics::MICRO_BATCHES, micros.len() as f64);
-        let needs_proximal = cfg.epochs > 1 && self.mode() == OffPolicyMode::Decoupled;
+        let needs_proximal =
+            cfg.epochs > 1 && matches!(self.mode(), OffPolicyMode::Decoupled | OffPolicyMode::Tis);
         for m in &mut micros {
             if let Some(reference) = &self.reference {
                 m.reference = Some(host_logprobs(reference, m, rl.temperature)?);
@@ -201,7 +216,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             for m in &micros {
                 self.micro_step(m, &totals, batch_groups, &mut acc, &mut epoch_stats)?;
             }
-            let lr = self.cfg.schedule.lr_at(self.optimizer.step);
+            let lr = self.cfg.schedule.lr_at(version);
             let loss = epoch_stats.get(metrics::LOSS_TOTAL).unwrap_or(0.0);
             let report = if loss.is_finite() {
                 let model =
@@ -230,6 +245,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         stats.set(metrics::SKIPPED_NONFINITE, skipped as f64);
+        if skipped < cfg.epochs {
+            self.version += 1;
+        }
         if self.cfg.algorithm == Algorithm::Tb {
             stats.set(metrics::TB_BETA, self.cfg.tb.beta_at(version) as f64);
         }
@@ -372,14 +390,19 @@ impl<B: AutodiffBackend> Trainer<B> {
                             IsCorrection::Truncate { cap } => cap,
                             IsCorrection::Mask { .. } => 2.0,
                         };
-                        let current = logp.clone().detach();
+                        // The weights before the batch's first update: the current ones at
+                        // `epochs = 1` (a ratio of 1, no clipping), the proximal forward's after.
+                        let before = match &m.proximal {
+                            Some(p) => t2(p),
+                            None => logp.clone().detach(),
+                        };
                         let w = importance_weights(
-                            current.clone(),
+                            before.clone(),
                             behavior.clone(),
                             lm.clone(),
                             &IsCorrection::Truncate { cap },
                         );
-                        (current, Some(w))
+                        (before, Some(w))
                     }
                     OffPolicyMode::Off | OffPolicyMode::Auto => (behavior.clone(), None),
                 };

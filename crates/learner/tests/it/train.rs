@@ -370,6 +370,51 @@ fn failed_episodes_count_in_neither_the_loss_nor_their_groups_statistics() {
 }
 
 #[test]
+fn two_epochs_make_one_version_per_batch_and_clip_against_the_weights_the_batch_started_from() {
+    // Versions count batches, as the replay's admission and staleness do: with a bound of 1,
+    // groups of version 0 are still admissible at the second step and those of version 1 at the
+    // third. Counting optimizer steps, the learner was at version 2 after one batch, passed the
+    // version-0 groups over as stale, and starved.
+    let data: Vec<Group> = (0..6).map(|i| group(i, i / 4, false)).collect();
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let replay = shard(&dir.path().join("replay"), &data, 60_000);
+    let cfg = LearnerConfig { epochs: 2, ..grpo_config(3) };
+    let strict = RlConfig { max_staleness: 1, ..rl(2) };
+    let mut l = learner(cfg.clone(), strict);
+    let staleness: Vec<f64> = (0..3)
+        .map(|_| within(&rt, l.step(&replay)).unwrap().unwrap().get(metrics::STALENESS_MAX).unwrap())
+        .collect();
+    assert_eq!(staleness, [0.0, 1.0, 1.0]);
+    assert_eq!((l.trainer().version(), l.state().version, l.trainer().optimizer().step), (3, 3, 6));
+    assert_eq!(l.state().groups_consumed, 6);
+
+    // The second epoch's ratio is against the weights before the batch's first update, so its
+    // clip binds: a narrow clip range changes the update, for TIS as for decoupled PPO (at one
+    // epoch both take the ratio against the current weights, which is 1).
+    let batch: Vec<Group> = (0..2).map(|i| group(i, 0, false)).collect();
+    let update = |off_policy: OffPolicyConfig, eps: f32| {
+        let cfg = LearnerConfig {
+            off_policy,
+            clip: ClipConfig { eps_low: eps, eps_high: eps, dual_clip: None },
+            ..cfg.clone()
+        };
+        let mut t =
+            Trainer::new(cfg, rl(2), policy(), Some(reference()), AdamW::new(Default::default())).unwrap();
+        t.train(&batch).unwrap();
+        weights(t.model())
+    };
+    let truncate = IsCorrection::Truncate { cap: 2.0 };
+    let tis = OffPolicyConfig { mode: OffPolicyMode::Tis, correction: truncate };
+    let decoupled = OffPolicyConfig { mode: OffPolicyMode::Decoupled, correction: truncate };
+    let (narrow, wide) = (update(tis, 1e-3), update(tis, 1e9));
+    let d = max_diff(&narrow, &wide);
+    assert!(d > 1e-5, "TIS: the clip range did not change a two-epoch update ({d}): its ratio is always 1");
+    let d = max_diff(&narrow, &update(decoupled, 1e-3));
+    assert!(d <= 1e-6, "TIS and decoupled PPO with the same truncation differ by {d}");
+}
+
+#[test]
 fn a_non_finite_update_is_skipped_counted_and_never_reaches_the_weights() {
     // Dr. GRPO does not divide by the group's std, so one huge but finite reward (the replay
     // admits it) overflows the gradient: its norm is infinite, and clipping (`inf.min(1.0)`,
