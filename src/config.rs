@@ -37,6 +37,8 @@ pub struct RunConfig {
     pub learner: LearnerConfig,
     /// The rollout workers.
     pub rollout: RolloutConfig,
+    /// How the learner publishes weights.
+    pub weights: WeightsSection,
     /// The task sources and environments the workers draw from (the curriculum mixes them).
     pub envs: Vec<EnvSpec>,
     /// What `sluice eval` measures by default.
@@ -111,6 +113,16 @@ impl ZenohSection {
     }
 }
 
+/// `[weights]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WeightsSection {
+    /// Publish weight chunks in zenoh shared memory, so rollout workers on the learner's host map
+    /// them instead of reading a socket (workers elsewhere still fetch them over the network).
+    /// Needs sluice built with `--features shm`.
+    pub shm: bool,
+}
+
 /// `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -145,6 +157,7 @@ impl Default for RunConfig {
             replay: ReplayConfig::default(),
             learner: LearnerConfig::default(),
             rollout: RolloutConfig::default(),
+            weights: WeightsSection::default(),
             envs: vec![EnvSpec::Arithmetic(ArithmeticConfig { max_digits: 1, ..Default::default() })],
             eval: EvalSection::default(),
         }
@@ -212,6 +225,9 @@ impl RunConfig {
         }
         if self.run.device == "cuda" && !cfg!(feature = "cuda") {
             bail!("run.device = \"cuda\" needs sluice built with `--features cuda`");
+        }
+        if self.weights.shm && !cfg!(feature = "shm") {
+            bail!("weights.shm = true needs sluice built with `--features shm`");
         }
         self.rl.check()?;
         self.learner.check(&self.rl)?;
@@ -357,6 +373,19 @@ mod tests {
             Ok(_) => panic!("accepted: {text:?} with {overrides:?}"),
             Err(e) => format!("{e:#}"),
         }
+    }
+
+    #[test]
+    fn shared_memory_publishing_is_read_from_the_config_and_needs_the_shm_build() -> Result<()> {
+        assert!(!RunConfig::default().weights.shm);
+        let text = "[weights]\nshm = true\n";
+        if cfg!(feature = "shm") {
+            assert!(load_text(text, &[])?.weights.shm);
+        } else {
+            let e = refused(text, &[]);
+            assert!(e.contains("weights.shm") && e.contains("--features shm"), "{e}");
+        }
+        Ok(())
     }
 
     #[test]

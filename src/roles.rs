@@ -179,9 +179,11 @@ pub async fn learner<B: AutodiffBackend>(
             learner.state().groups_consumed
         ));
     }
-    let publisher =
-        Publisher::start(session, PublisherConfig { shm: false, ..PublisherConfig::new(run.clone()) })
-            .await?;
+    let publisher = Publisher::start(
+        session,
+        PublisherConfig { shm: cfg.weights.shm, ..PublisherConfig::new(run.clone()) },
+    )
+    .await?;
     let mut learner = learner
         .with_checkpoints(checkpoints)
         .with_publisher(publisher)
