@@ -1,5 +1,11 @@
 //! `sluice eval`: accuracy and pass@k of a model on held-out tasks (the split training never
 //! draws: `docs/design.md`, "Environments"), rolled out by the same runner the workers use.
+//!
+//! Tasks are distinct: a generator that draws with replacement (one-digit arithmetic has 38
+//! held-out questions at the default split) would otherwise score some questions several times
+//! and report `--n` tasks where there were far fewer. Draws whose prompt was already taken are
+//! passed over; when [`PATIENCE`] draws in a row bring nothing new, or a finite source ends, the
+//! split is taken to hold no more, and the result says how many were asked for.
 
 use std::path::Path;
 use std::time::Instant;
@@ -7,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use serde::Serialize;
-use sluice_core::{metrics, RlConfig};
+use sluice_core::{metrics, RlConfig, Task, TaskSource};
 use sluice_model::Policy;
 use sluice_rollout::{FixedWeights, Job, RolloutConfig, Runner, Versioned};
 
@@ -22,8 +28,10 @@ pub struct EvalResult {
     pub model: String,
     /// The environment.
     pub env: String,
-    /// Tasks.
+    /// Distinct tasks scored.
     pub n: usize,
+    /// Tasks asked for (`n` is lower when the split holds fewer distinct ones).
+    pub requested: usize,
     /// Which split they came from (`held-out` unless asked otherwise).
     pub split: Split,
     /// Samples per task.
@@ -45,8 +53,13 @@ pub struct EvalResult {
 impl EvalResult {
     /// The one-line text form.
     pub fn line(&self) -> String {
+        let short = if self.n < self.requested {
+            format!(" (asked for {}: the split holds no more distinct tasks)", self.requested)
+        } else {
+            String::new()
+        };
         format!(
-            "{} on {} {} {} tasks x{}: accuracy {:.3}, pass@{} {:.3}, mean reward {:.3} ({:.0} s)",
+            "{} on {} distinct {} {} tasks x{}: accuracy {:.3}, pass@{} {:.3}, mean reward {:.3} ({:.0} s){short}",
             self.model,
             self.n,
             match self.split {
@@ -77,13 +90,20 @@ pub struct EvalRequest {
     pub split: Split,
 }
 
+/// Draws in a row that bring no new task before a generated split is taken to be exhausted: far
+/// more than the coupon collector needs for the last of a few hundred tasks, cheap beside one
+/// rollout.
+pub const PATIENCE: usize = 20_000;
+
 /// Evaluates the policy at `model_path` on `req.n` tasks of `spec` from `req.split`,
-/// `req.samples` each, with the rollout settings `base` (prompting, lengths) at `req.temperature`.
+/// `req.samples` each, with the rollout settings `base` (prompting, lengths) and the run's token
+/// budget (`rl.max_completion_tokens`) at `req.temperature`.
 pub async fn eval<B: Backend>(
     model_path: &Path,
     spec: &EnvSpec,
     req: EvalRequest,
     base: &RolloutConfig,
+    rl: &RlConfig,
     session: &zenoh::Session,
     device: B::Device,
 ) -> Result<EvalResult> {
@@ -106,21 +126,25 @@ pub async fn eval<B: Backend>(
         ..base.clone()
     };
     // Evaluation's own draw: `samples` per task at its temperature (0: greedy).
-    let draw = RlConfig { group_size: samples, temperature, ..RlConfig::default() };
+    let draw = RlConfig { group_size: samples, temperature, ..*rl };
     let batch = cfg.tasks_per_batch.max(1);
     let mut runner =
         Runner::new("eval", "eval", cfg, draw, policy.tokenizer.clone(), policy.stop_token_ids())?;
     let mut source = spec.build(Purpose::Eval(split), session, "eval")?;
     let mut current = Versioned { model: policy.model, version: 0 };
     let (mut correct, mut rewards, mut passed, mut tasks) = (Vec::new(), Vec::new(), 0usize, 0usize);
-    while tasks < n {
+    let mut seen = std::collections::HashSet::new();
+    let mut exhausted = false;
+    while tasks < n && !exhausted {
         let mut jobs = Vec::new();
         while jobs.len() < batch.min(n - tasks) {
-            let Some(task) = source.tasks.next_task() else { break };
+            let Some(task) = distinct(&mut *source.tasks, &mut seen) else {
+                exhausted = true;
+                break;
+            };
             jobs.push(Job { task, judge: source.judge.clone(), stop_strings: source.stop_strings.clone() });
         }
         if jobs.is_empty() {
-            tracing::warn!("{}: the held-out split has only {tasks} tasks", spec.name());
             break;
         }
         tasks += jobs.len();
@@ -140,6 +164,7 @@ pub async fn eval<B: Backend>(
         model: model_path.display().to_string(),
         env: spec.name().to_string(),
         n: tasks,
+        requested: n,
         split,
         samples,
         temperature,
@@ -149,4 +174,68 @@ pub async fn eval<B: Backend>(
         errored: runner.stats().errored_samples,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The next task whose prompt is not in `seen` (recorded there), or `None` once the source ends
+/// or [`PATIENCE`] draws in a row repeat what was seen.
+fn distinct(tasks: &mut dyn TaskSource, seen: &mut std::collections::HashSet<String>) -> Option<Task> {
+    for _ in 0..PATIENCE {
+        let task = tasks.next_task()?;
+        let key = serde_json::to_string(&task.prompt).unwrap_or_else(|_| task.id.clone());
+        if seen.insert(key) {
+            return Some(task);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use sluice_envs::arithmetic::{Arithmetic, ArithmeticConfig};
+
+    use super::*;
+
+    fn held_out(one_in: u64) -> Arithmetic {
+        let cfg = ArithmeticConfig {
+            max_digits: 1,
+            split: Split::HeldOut,
+            held_out_one_in: one_in,
+            seed: 3,
+            ..Default::default()
+        };
+        Arithmetic::new(cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn eval_draws_each_held_out_question_once_and_stops_when_the_split_has_no_more() {
+        // One-digit `+ - x` questions: 300, of which one in eight (38) or one in two (150) are
+        // held out. A draw with replacement scored `--n 100` "tasks" from the 38.
+        for (one_in, want) in [(8, 38), (2, 150)] {
+            let mut source = held_out(one_in);
+            let mut seen = HashSet::new();
+            let mut prompts = HashSet::new();
+            while let Some(task) = distinct(&mut source, &mut seen) {
+                assert!(prompts.insert(format!("{:?}", task.prompt)), "{:?} twice", task.prompt);
+            }
+            assert_eq!(prompts.len(), want, "held out one in {one_in}");
+        }
+        let result = EvalResult {
+            model: "m".into(),
+            env: "arithmetic".into(),
+            n: 38,
+            requested: 100,
+            split: Split::HeldOut,
+            samples: 1,
+            temperature: 0.0,
+            accuracy: 0.5,
+            pass_at_k: 0.5,
+            mean_reward: 0.5,
+            errored: 0,
+            seconds: 1.0,
+        };
+        let line = result.line();
+        assert!(line.contains("38 distinct held-out") && line.contains("asked for 100"), "{line}");
+    }
 }

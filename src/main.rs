@@ -324,7 +324,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let result = rt.block_on(async {
         let session = cfg.zenoh.options().open().await?;
         let r = with_device!(device, |B, _AD, dev| {
-            sluice::eval::eval::<B>(&path, &spec, req, &cfg.rollout, &session, dev).await
+            sluice::eval::eval::<B>(&path, &spec, req, &cfg.rollout, &cfg.rl, &session, dev).await
         });
         let _ = session.close().await;
         r

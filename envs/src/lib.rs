@@ -27,4 +27,4 @@ pub use jsonl::{JsonlConfig, JsonlSource};
 pub use knights_knaves::KnightsKnavesVerifier;
 pub use letters::{Letters, LettersConfig, LettersVerifier};
 pub use remote::{serve, RemoteEnv, RemoteTasks, Served};
-pub use split::{split_of, Split};
+pub use split::{split_of, split_one_in, Split, HELD_OUT_ONE_IN};
