@@ -8,8 +8,13 @@
 //! - `calculator 100ms x1` against `calculator 0ms x1`: the multi-turn tool env, whose every tool
 //!   call sleeps 100 ms, against the same env with instant tools.
 //!
+//! - `swap` (alone: `-- swap`): what a mid-generation weight swap costs, every 8 decoding steps,
+//!   with `swap_cache = "recompute"` (one prefill of every running row) and `"keep"` (none),
+//!   against the same generation with no swap; no stop token, so every row decodes the full 64
+//!   tokens in all three and the work is the same.
+//!
 //! Prints one JSON line per measurement and a table with samples/s, tokens/s and the ratios.
-//! Alone: `cargo bench --bench rollout -- [all|arithmetic|calculator]`.
+//! Alone: `cargo bench --bench rollout -- [all|arithmetic|calculator|swap]`.
 #![allow(clippy::unwrap_used)] // a benchmark fails loudly
 
 use std::sync::Arc;
@@ -20,9 +25,12 @@ use sluice_core::{free_local_port, RlConfig, ZenohOptions};
 use sluice_envs::{
     Arithmetic, ArithmeticConfig, Calculator, CalculatorConfig, CalculatorTasks, IntegerVerifier,
 };
-use sluice_model::{Cpu, Generator, Policy, SamplingParams};
+use sluice_model::{Cpu, Generator, Llama, Policy, SamplingParams};
 use sluice_replay::{ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, Shard};
-use sluice_rollout::{CurriculumConfig, EnvSource, Judge, RolloutConfig, Runner, Worker, WorkerStats};
+use sluice_rollout::{
+    CurriculumConfig, EnvSource, FixedWeights, Job, Judge, RolloutConfig, Runner, SwapCache, Versioned,
+    WeightFeed, Worker, WorkerStats,
+};
 
 const G: usize = 8;
 const TASKS_PER_BATCH: usize = 2;
@@ -188,6 +196,69 @@ fn generate_baseline(policy: &Policy<Cpu>) -> Row {
     Row { what: "generate (baseline)".into(), samples, tokens, seconds, env_steps: 0, env_wait_s: 0.0 }
 }
 
+/// Hands out the same weights as a new version every `every` decoding steps: a swap costs the
+/// same whatever the weights are.
+struct EverySteps {
+    model: Llama<Cpu>,
+    every: usize,
+    calls: usize,
+}
+
+impl WeightFeed<Cpu> for EverySteps {
+    fn newer(&mut self, current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
+        self.calls += 1;
+        if !self.calls.is_multiple_of(self.every) {
+            return Ok(None);
+        }
+        Ok(Some(Versioned { model: self.model.clone(), version: current + 1 }))
+    }
+}
+
+/// `BATCHES` batches of arithmetic rolled out by one runner, with a swap every 8 decoding steps
+/// handled by `swap`, or none.
+async fn swaps(policy: &Policy<Cpu>, swap: Option<SwapCache>) -> Row {
+    let cfg = RolloutConfig {
+        partial_rollout: swap.is_some(),
+        swap_cache: swap.unwrap_or_default(),
+        ..arithmetic_cfg()
+    };
+    let what = match swap {
+        None => "no swap".to_string(),
+        Some(SwapCache::Recompute) => "swap every 8 steps, recompute".to_string(),
+        Some(SwapCache::Keep) => "swap every 8 steps, keep".to_string(),
+    };
+    // No stop token: every row decodes all 64 tokens, whatever the weights sample.
+    let mut runner = Runner::new("bench", "swap", cfg, rl(64), policy.tokenizer.clone(), vec![]).unwrap();
+    let mut src = arithmetic_source(0);
+    let t0 = Instant::now();
+    for _ in 0..BATCHES {
+        let jobs: Vec<Job> = (0..TASKS_PER_BATCH)
+            .map(|_| Job {
+                task: src.tasks.next_task().unwrap(),
+                judge: src.judge.clone(),
+                stop_strings: vec![],
+            })
+            .collect();
+        let mut current = Versioned { model: policy.model.clone(), version: 0 };
+        let groups = match swap {
+            Some(_) => {
+                let mut feed = EverySteps { model: policy.model.clone(), every: 8, calls: 0 };
+                runner.run(&mut current, &mut feed, &jobs).await
+            }
+            None => runner.run(&mut current, &mut FixedWeights, &jobs).await,
+        };
+        assert_eq!(groups.unwrap().len(), TASKS_PER_BATCH);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let s = runner.stats();
+    assert_eq!(s.model_tokens, s.samples * 64, "every row decoded its 64 tokens");
+    println!(
+        "{}",
+        serde_json::json!({"what": what, "swaps": s.mid_generation_swaps, "recompute_s": s.swap_recompute_s})
+    );
+    Row { what, samples: s.samples, tokens: s.model_tokens, seconds, env_steps: 0, env_wait_s: 0.0 }
+}
+
 fn main() -> std::process::ExitCode {
     sluice_model::keep_freed_memory(); // as the `sluice` binary does
     let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
@@ -198,6 +269,33 @@ fn main() -> std::process::ExitCode {
     }
     let policy = Policy::<Cpu>::load(&gguf, &Default::default()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if which == "swap" {
+        // Two rounds, alternating, so a drift of the machine shows as spread rather than bias.
+        let mut rows = Vec::new();
+        for _ in 0..2 {
+            for swap in [None, Some(SwapCache::Recompute), Some(SwapCache::Keep)] {
+                let r = rt.block_on(swaps(&policy, swap));
+                r.print();
+                rows.push(r);
+            }
+        }
+        println!("\n| measurement | samples | model tokens | seconds | tokens/s | ratio to no swap |");
+        println!("|---|---|---|---|---|---|");
+        for round in rows.chunks(3) {
+            for r in round {
+                println!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.2}x |",
+                    r.what,
+                    r.samples,
+                    r.tokens,
+                    r.seconds,
+                    r.tokens_per_s(),
+                    r.tokens_per_s() / round[0].tokens_per_s()
+                );
+            }
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     let base = generate_baseline(&policy);
     base.print();
     let rows = rt.block_on(async {

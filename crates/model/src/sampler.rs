@@ -4,12 +4,16 @@
 //! group's, once for all their rows), then decodes one token per row per [`Generator::step`].
 //! Rows stop independently (stop token, stop string, length) and finished rows are dropped from
 //! the cache so the batch only pays for live rows. The model is passed to every
-//! step, so a caller may swap in new weights between steps (partial rollouts); the cache keeps
-//! the keys/values the earlier weights computed, as AReaL's interruptible generation does.
+//! step, so a caller may swap in new weights between steps (partial rollouts). The cache then
+//! holds keys/values the earlier weights computed: [`Generator::recompute`] rebuilds it under the
+//! new weights (one prefill of every live row's prompt and tokens so far), as AReaL's and verl's
+//! interruptible generation re-prefill an interrupted sequence, so what follows is sampled by the
+//! new version alone; without it the next tokens mix the two versions.
 //!
-//! Every sampled token comes with its log-prob under the *untruncated* temperature-scaled
-//! distribution `log softmax(logits / T)`, which is what the scorer recomputes (top-k/top-p only
-//! decide which tokens can be drawn). Greedy decoding (`temperature = 0`) reports `log softmax(logits)`.
+//! Every sampled token comes with its log-prob under the distribution it was drawn from: the
+//! temperature-scaled softmax `log softmax(logits / T)`, renormalised over what top-k/top-p kept
+//! (without truncation, what the scorer recomputes). Greedy decoding (`temperature = 0`) reports
+//! `log softmax(logits)`.
 //! Each row has its own RNG seeded from `(seed, row)`, so a row's tokens do not depend on which
 //! other rows share its batch.
 
@@ -83,6 +87,7 @@ pub struct Completion {
 }
 
 struct Row {
+    prompt: Vec<u32>,
     prompt_len: usize,
     pad: usize,
     out: Vec<u32>,
@@ -144,6 +149,7 @@ impl<B: Backend> Generator<B> {
             .iter()
             .enumerate()
             .map(|(i, p)| Row {
+                prompt: p.clone(),
                 prompt_len: p.len(),
                 pad: width - p.len(),
                 out: Vec::new(),
@@ -223,6 +229,48 @@ impl<B: Backend> Generator<B> {
         let hidden = model.forward_hidden(tokens, &ctx, Some(&mut self.cache));
         self.next_logits = host_logits(model.logits(hidden));
         self.sample_and_prune(&device)
+    }
+
+    /// Rebuilds the key/value cache of every live row under `model`: one forward over each row's
+    /// prompt and the tokens it has generated, except the last, which the next [`Generator::step`]
+    /// feeds as usual. Called after new weights are swapped in, the rows continue exactly as a
+    /// generation under `model` alone would from the same tokens. A no-op when done.
+    pub fn recompute(&mut self, model: &Llama<B>) -> Result<()> {
+        if self.is_done() {
+            return Ok(());
+        }
+        let device = model.device();
+        let b = self.live.len();
+        // Every live row has generated the same number of tokens (one per step), so the layout
+        // is the prefill's, `generated - 1` columns wider.
+        let width = self.cache.len();
+        let mut tokens = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b * width);
+        let mut valid = Vec::with_capacity(b * width);
+        for &r in &self.live {
+            let row = &self.rows[r];
+            let fed = &row.out[..row.out.len().saturating_sub(1)];
+            if row.pad + row.prompt.len() + fed.len() != width {
+                return Err(ModelError::InvalidRequest(format!(
+                    "row {r}: {} cached positions, but pad {} + prompt {} + {} fed tokens",
+                    width,
+                    row.pad,
+                    row.prompt.len(),
+                    fed.len()
+                )));
+            }
+            tokens.extend(
+                std::iter::repeat_n(0i64, row.pad).chain(row.prompt.iter().chain(fed).map(|&t| t as i64)),
+            );
+            positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
+            valid.extend((0..width).map(|j| j >= row.pad));
+        }
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, width]), &device);
+        let ctx = forward_ctx::<B>(model.config(), b, width, 0, &positions, &valid, &device);
+        let mut cache = KvCache::new(model.config().num_layers);
+        let _ = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+        self.cache = cache;
+        Ok(())
     }
 
     /// Runs until every row stops and returns the completions in prompt order.

@@ -11,8 +11,8 @@ use sluice_model::gguf::{dequantize, GgmlType, GgufFile};
 use sluice_model::weights::{read_hf_weights, read_safetensors, write_safetensors, Checkpoint};
 use sluice_model::HostTensor;
 use sluice_model::{
-    generate, gguf_checkpoint, gguf_config, save_model, score, Cpu, CpuAutodiff, Generator, Llama,
-    ModelConfig, ModelError, SamplingParams, ScoreRow,
+    generate, gguf_checkpoint, gguf_config, save_model, score, Completion, Cpu, CpuAutodiff, Generator,
+    Llama, ModelConfig, ModelError, SamplingParams, ScoreRow,
 };
 
 fn fixtures() -> PathBuf {
@@ -506,4 +506,48 @@ fn sharded_checkpoint_with_index_loads() {
     std::fs::remove_file(dir.path().join(names[1])).unwrap();
     let err = try_load(dir.path()).unwrap_err();
     assert!(err.to_string().contains(names[1]), "{err}");
+}
+
+#[test]
+fn recompute_after_a_weight_swap_continues_as_the_new_weights_alone() {
+    let old = load::<Cpu>("tiny-llama");
+    let new = Llama::<Cpu>::random(old.config(), 99, &Default::default());
+    let prompts = vec![vec![1u32, 7, 9, 30, 2, 8], vec![3u32], vec![3u32], vec![11u32, 12, 13]];
+    let params = SamplingParams { temperature: 0.9, max_new_tokens: 14, seed: 4, ..Default::default() };
+    // Six tokens under the old weights, then the swap; with `recompute` the cache is rebuilt.
+    let swapped = |recompute: bool| {
+        let mut gen = Generator::new(&old, &prompts, &params, None).unwrap();
+        for _ in 0..5 {
+            gen.step(&old).unwrap();
+        }
+        assert_eq!(gen.generated_lens(), vec![6; 4]);
+        if recompute {
+            gen.recompute(&new).unwrap();
+        }
+        while !gen.is_done() {
+            gen.step(&new).unwrap();
+        }
+        gen.finish()
+    };
+    // The worst gap, over the tokens sampled after the swap, between the sampler's log-probs and
+    // the new weights' own scoring of the same sequence.
+    let gap = |out: &[Completion]| {
+        let rows: Vec<ScoreRow> =
+            prompts.iter().zip(out).map(|(p, c)| ScoreRow { prompt: p, completion: &c.tokens }).collect();
+        let s = score(&new, &rows, params.temperature, false).unwrap();
+        let width = s.lengths.iter().copied().max().unwrap();
+        let lp = s.logprobs.into_data().into_vec::<f32>().unwrap();
+        let mut worst = 0f32;
+        for (i, c) in out.iter().enumerate() {
+            assert_eq!(c.tokens.len(), 14);
+            for j in 6..c.tokens.len() {
+                worst = worst.max((lp[i * width + j] - c.logprobs[j]).abs());
+            }
+        }
+        worst
+    };
+    let recomputed = gap(&swapped(true));
+    assert!(recomputed < 1e-4, "after recompute the new weights sampled every later token: {recomputed}");
+    let kept = gap(&swapped(false));
+    assert!(kept > 1e-2, "keeping the old keys/values mixes the versions: {kept}");
 }

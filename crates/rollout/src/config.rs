@@ -27,6 +27,8 @@ pub struct RolloutConfig {
     /// version (`token_versions` records the switch). When false, new weights are swapped in only
     /// between batches and every episode is sampled by one version.
     pub partial_rollout: bool,
+    /// What a mid-generation swap does with the keys/values the old weights cached.
+    pub swap_cache: SwapCache,
     /// Render prompts with the model's chat template (text prompts become one user message).
     pub chat_template: bool,
     /// Text that starts every response (e.g. `<think>`, or `<calc>` to open a tool call): tokenized
@@ -50,6 +52,7 @@ impl Default for RolloutConfig {
             max_new_tokens: 48,
             max_turns: 4,
             partial_rollout: true,
+            swap_cache: SwapCache::Recompute,
             chat_template: true,
             response_prefix: String::new(),
             env_timeout_s: 30.0,
@@ -57,6 +60,21 @@ impl Default for RolloutConfig {
             seed: 0,
         }
     }
+}
+
+/// What a mid-generation weight swap does with the cached keys/values of the sequences in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapCache {
+    /// Rebuild them under the new weights (one prefill of each running sequence, as AReaL and
+    /// verl re-prefill an interrupted one): every later token is the new version's alone, and is
+    /// labelled with it.
+    #[default]
+    Recompute,
+    /// Keep them: no prefill, but each later token is computed by the new weights over keys and
+    /// values of the old, a mix of both versions, so it is labelled with the version the episode's
+    /// turn started under (the oldest it depends on: never fresher than it is).
+    Keep,
 }
 
 impl RolloutConfig {

@@ -16,7 +16,7 @@ pub mod guard;
 pub mod runner;
 pub mod worker;
 
-pub use config::RolloutConfig;
+pub use config::{RolloutConfig, SwapCache};
 pub use curriculum::{Curriculum, CurriculumConfig, CurriculumState};
 pub use error::{Result, RolloutError};
 pub use guard::{EnvFailure, FailureCounts};

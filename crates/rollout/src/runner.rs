@@ -16,8 +16,9 @@
 //! prefills `prompt ++ tokens so far` for every running episode at once (one [`Generator`] per
 //! distinct set of stop strings), so a multi-turn episode's context is its own token buffer, not a
 //! re-rendered chat. Between two decoding steps the runner asks its [`WeightFeed`] for a newer
-//! version (only when `partial_rollout` is on; otherwise only between batches) and records per
-//! row how many tokens each version produced. All environment calls of a turn run concurrently,
+//! version (only when `partial_rollout` is on; otherwise only between batches), rebuilds the
+//! running rows' key/value cache under it (`swap_cache = "recompute"`, the default) or keeps the
+//! old one (`"keep"`), and records per token the version it depends on. All environment calls of a turn run concurrently,
 //! each under the guard's timeout ([`crate::guard`]); a failure ends that episode as
 //! `finish = error` with reward 0, counted, and the rest of the batch goes on.
 //!
@@ -36,7 +37,7 @@ use sluice_core::{
 };
 use sluice_model::{ChatMessage, FinishReason, Generator, Llama, SamplingParams, Tokenizer};
 
-use crate::config::RolloutConfig;
+use crate::config::{RolloutConfig, SwapCache};
 use crate::error::{Result, RolloutError};
 use crate::guard::{self, FailureCounts};
 
@@ -106,6 +107,8 @@ pub struct RunnerStats {
     pub env_tokens: u64,
     /// Weight versions swapped in while sequences were running.
     pub mid_generation_swaps: u64,
+    /// Wall seconds spent rebuilding caches after those swaps (`SwapCache::Recompute`).
+    pub swap_recompute_s: f64,
     /// Samples that ended with `finish = error`.
     pub errored_samples: u64,
     /// Environment `step` calls.
@@ -480,6 +483,7 @@ impl Runner {
                 seed: splitmix64(seed ^ part as u64),
             };
             let mut gen = Generator::new(&policy.model, &prompts, &params, Some(&self.tokenizer))?;
+            let started = policy.version;
             let mut versions: Vec<Vec<u64>> =
                 gen.generated_lens().iter().map(|&n| vec![policy.version; n]).collect();
             while !gen.is_done() {
@@ -492,11 +496,22 @@ impl Runner {
                         );
                         *policy = p;
                         self.stats.mid_generation_swaps += 1;
+                        if self.cfg.swap_cache == SwapCache::Recompute {
+                            let t0 = std::time::Instant::now();
+                            gen.recompute(&policy.model)?;
+                            self.stats.swap_recompute_s += t0.elapsed().as_secs_f64();
+                        }
                     }
                 }
                 gen.step(&policy.model)?;
+                // The version each new token depends on (`SwapCache`): the sampling weights' once
+                // the cache is rebuilt, the turn's first otherwise.
+                let label = match self.cfg.swap_cache {
+                    SwapCache::Recompute => policy.version,
+                    SwapCache::Keep => started,
+                };
                 for (v, n) in versions.iter_mut().zip(gen.generated_lens()) {
-                    v.resize(n, policy.version);
+                    v.resize(n, label);
                 }
             }
             for (((i, c), mut v), budget) in rows.into_iter().zip(gen.finish()).zip(versions).zip(budgets) {

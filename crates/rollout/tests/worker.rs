@@ -16,8 +16,8 @@ use sluice_model::to_vec_f32;
 use sluice_model::{score, Cpu, Llama, ModelConfig, ScoreRow, Tokenizer};
 use sluice_replay::{ClientConfig, Durability, ReplayClient, ReplayConfig, ReplayService, Sampler, Shard};
 use sluice_rollout::{
-    CurriculumConfig, EnvSource, FixedWeights, Job, Judge, RolloutConfig, Runner, SubscriberFeed, Versioned,
-    WeightFeed, Worker,
+    CurriculumConfig, EnvSource, FixedWeights, Job, Judge, RolloutConfig, Runner, SubscriberFeed, SwapCache,
+    Versioned, WeightFeed, Worker,
 };
 use sluice_weights_sync::{
     Destination, Publisher, PublisherConfig, SourceTensor, StalenessGate, Subscriber, SubscriberConfig,
@@ -110,6 +110,15 @@ struct FromStep<F> {
     after: usize,
 }
 
+/// Hands out one model, once.
+struct Once(Option<Versioned<Cpu>>);
+
+impl WeightFeed<Cpu> for Once {
+    fn newer(&mut self, _current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
+        Ok(self.0.take())
+    }
+}
+
 impl<F: WeightFeed<Cpu>> WeightFeed<Cpu> for FromStep<F> {
     fn newer(&mut self, current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
         self.calls += 1;
@@ -189,10 +198,19 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
                 );
                 assert!(s.token_versions[switch..].iter().all(|&v| v == 1), "{:?}", s.token_versions);
                 assert_eq!(s.behavior_version, 0);
-                // What version 0 sampled is what the scorer gives under version 0.
+                // What version 0 sampled is what the scorer gives under version 0, and what
+                // followed the swap what it gives under version 1 (the cache was rebuilt): each
+                // token is labelled with the one version that produced it.
                 let lp = rescored(&m0, &s.prompt_tokens, &s.completion_tokens[..switch], rl().temperature);
                 for (a, b) in lp.iter().zip(&s.behavior_logprobs[..switch]) {
                     assert!((a - b).abs() < 1e-4, "log-prob {b} sampled, {a} rescored");
+                }
+                let lp = rescored(&policy.model, &s.prompt_tokens, &s.completion_tokens, rl().temperature);
+                for (a, b) in lp[switch..].iter().zip(&s.behavior_logprobs[switch..]) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "after the swap: log-prob {b} sampled, {a} under version 1"
+                    );
                 }
                 let right = s.reward == 1.0;
                 assert_eq!(s.reward_parts["correct"], right as u8 as f32);
@@ -221,6 +239,25 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         // The swap was acknowledged to the publisher and moved the gate.
         assert!(publisher.wait_for_acks(1, 1, Duration::from_secs(10)).await);
         assert_eq!(sub.gate().versions().1, 1);
+
+        // `swap_cache = "keep"`: the same swap continues over version 0's keys and values, so
+        // the tokens after it are neither version's alone; they are labelled 0, the older.
+        let keep = RolloutConfig { swap_cache: SwapCache::Keep, ..cfg.clone() };
+        let mut runner = Runner::new("mid", "w0", keep, rl(), tokenizer(), Vec::new()).unwrap();
+        let v1 = Versioned { model: policy.model.clone(), version: 1 };
+        let mut feed = FromStep { inner: Once(Some(v1)), calls: 0, after: 10 };
+        let mut policy = Versioned { model: m0.clone(), version: 0 };
+        let groups = runner.run(&mut policy, &mut feed, &jobs).await.unwrap();
+        assert_eq!((policy.version, runner.stats().mid_generation_swaps), (1, 1));
+        assert_eq!(runner.stats().swap_recompute_s, 0.0);
+        let mut worst = 0f32;
+        for s in groups.iter().flat_map(|g| &g.samples) {
+            assert!(s.token_versions.iter().all(|&v| v == 0), "{:?}", s.token_versions);
+            let lp = rescored(&policy.model, &s.prompt_tokens, &s.completion_tokens, rl().temperature);
+            worst =
+                lp[12..].iter().zip(&s.behavior_logprobs[12..]).fold(worst, |w, (a, b)| w.max((a - b).abs()));
+        }
+        assert!(worst > 1e-3, "kept keys/values gave version 1's own log-probs ({worst})");
         service.stop();
     });
 }
