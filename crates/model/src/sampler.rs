@@ -231,44 +231,60 @@ impl<B: Backend> Generator<B> {
         self.sample_and_prune(&device)
     }
 
-    /// Rebuilds the key/value cache of every live row under `model`: one forward over each row's
-    /// prompt and the tokens it has generated, except the last, which the next [`Generator::step`]
-    /// feeds as usual. Called after new weights are swapped in, the rows continue exactly as a
-    /// generation under `model` alone would from the same tokens. A no-op when done.
+    /// Rebuilds the key/value cache of every live row under `model`, as a generation under
+    /// `model` alone would have built it from the same tokens: the padded prompts prefilled (equal
+    /// prompts, a group's, once for all their rows), then every row's generated tokens but the
+    /// last, which the next [`Generator::step`] feeds as usual. Called after new weights are
+    /// swapped in. A no-op when done.
     pub fn recompute(&mut self, model: &Llama<B>) -> Result<()> {
         if self.is_done() {
             return Ok(());
         }
+        let cfg = model.config();
         let device = model.device();
         let b = self.live.len();
-        // Every live row has generated the same number of tokens (one per step), so the layout
-        // is the prefill's, `generated - 1` columns wider.
-        let width = self.cache.len();
-        let mut tokens = Vec::with_capacity(b * width);
-        let mut positions = Vec::with_capacity(b * width);
-        let mut valid = Vec::with_capacity(b * width);
-        for &r in &self.live {
-            let row = &self.rows[r];
-            let fed = &row.out[..row.out.len().saturating_sub(1)];
-            if row.pad + row.prompt.len() + fed.len() != width {
-                return Err(ModelError::InvalidRequest(format!(
-                    "row {r}: {} cached positions, but pad {} + prompt {} + {} fed tokens",
-                    width,
-                    row.pad,
-                    row.prompt.len(),
-                    fed.len()
-                )));
-            }
-            tokens.extend(
-                std::iter::repeat_n(0i64, row.pad).chain(row.prompt.iter().chain(fed).map(|&t| t as i64)),
-            );
+        // The prefill's layout: every row padded on the left to one width.
+        let width = {
+            let r = &self.rows[self.live[0]];
+            r.pad + r.prompt_len
+        };
+        // Every live row has generated the same number of tokens (one per step).
+        let fed = self.rows[self.live[0]].out.len().saturating_sub(1);
+        if self.cache.len() != width + fed {
+            return Err(ModelError::InvalidRequest(format!(
+                "{} cached positions for a prefill of {width} and {fed} fed tokens",
+                self.cache.len()
+            )));
+        }
+        let prompts: Vec<&[u32]> = self.live.iter().map(|&r| self.rows[r].prompt.as_slice()).collect();
+        let (source, distinct) = equal_prompts(&prompts);
+        let u = distinct.len();
+        let (mut tokens, mut positions, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in &distinct {
+            let row = &self.rows[self.live[i]];
+            tokens.extend(std::iter::repeat_n(0i64, row.pad).chain(row.prompt.iter().map(|&t| t as i64)));
             positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
             valid.extend((0..width).map(|j| j >= row.pad));
         }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, width]), &device);
-        let ctx = forward_ctx::<B>(model.config(), b, width, 0, &positions, &valid, &device);
-        let mut cache = KvCache::new(model.config().num_layers);
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [u, width]), &device);
+        let ctx = forward_ctx::<B>(cfg, u, width, 0, &positions, &valid, &device);
+        let mut cache = KvCache::new(cfg.num_layers);
         let _ = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+        if u < b {
+            cache.retain_rows(&source, &device);
+        }
+        if fed > 0 {
+            let (mut tokens, mut positions, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+            for &r in &self.live {
+                let row = &self.rows[r];
+                tokens.extend(row.out[..fed].iter().map(|&t| t as i64));
+                positions.extend((0..fed).map(|j| row.prompt_len + j));
+                valid.extend((0..width + fed).map(|j| j >= row.pad));
+            }
+            let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, fed]), &device);
+            let ctx = forward_ctx::<B>(cfg, b, fed, width, &positions, &valid, &device);
+            let _ = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+        }
         self.cache = cache;
         Ok(())
     }
