@@ -96,6 +96,15 @@ struct Inner {
     bar: ProgressBar,
     summary: Summary,
     started: Instant,
+    /// The wall time the kept record had reached when this process took over (a resumed run's
+    /// clock continues from it).
+    offset_s: f64,
+}
+
+impl Inner {
+    fn wall_s(&self) -> f64 {
+        self.offset_s + self.started.elapsed().as_secs_f64()
+    }
 }
 
 /// The run's metric writer; cheap to clone, shared by the roles of one process.
@@ -108,9 +117,15 @@ pub struct Report {
 impl Report {
     /// Opens `dir/metrics.jsonl` (appending) and a new TensorBoard event file; the bar counts
     /// learner steps from `start` to `total` and is drawn only on a terminal.
+    ///
+    /// `start` is the step of the checkpoint the learner resumed from (0: none). The record keeps
+    /// one row per step of the lineage that counts: rows of later steps (written by a learner
+    /// that went on past that checkpoint and died) move to `metrics.orphaned.jsonl`, and
+    /// `time/wall_s` continues from the last row kept instead of starting again at 0.
     pub fn open(dir: &Path, start: u64, total: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
+        let offset_s = keep_lineage(&path, start)?;
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,7 +139,8 @@ impl Report {
         );
         bar.set_position(start);
         bar.set_message("waiting for the first batch");
-        let inner = Inner { jsonl, path, tb, bar, summary: Summary::default(), started: Instant::now() };
+        let inner =
+            Inner { jsonl, path, tb, bar, summary: Summary::default(), started: Instant::now(), offset_s };
         Ok(Report { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf() })
     }
 
@@ -137,7 +153,7 @@ impl Report {
         let inner = &mut *guard;
         let mut record = record.clone();
         if let Some(map) = record.as_object_mut() {
-            map.insert(metrics::WALL_S.into(), inner.started.elapsed().as_secs_f64().into());
+            map.insert(metrics::WALL_S.into(), inner.wall_s().into());
         }
         let record = &record;
         let mut line = serde_json::to_vec(record)?;
@@ -228,6 +244,60 @@ impl Report {
     }
 }
 
+/// Moves the rows of `path` written after step `start` to `metrics.orphaned.jsonl` beside it
+/// (appended: nothing written is lost) and returns the largest `time/wall_s` of the rows kept.
+/// The file is rewritten through a temporary file and a rename, so a crash leaves either record.
+fn keep_lineage(path: &Path, start: u64) -> Result<f64> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0.0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (mut kept, mut orphaned, mut wall) = (String::new(), String::new(), 0.0f64);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // A torn last line (a killed writer) is neither kept nor lost: it goes with the orphans.
+        let row: Option<Value> = serde_json::from_str(line).ok();
+        let step = row.as_ref().and_then(|r| r.get(metrics::STEP)).and_then(Value::as_u64);
+        match (row.as_ref(), step) {
+            (Some(r), Some(s)) if s <= start => {
+                wall = wall.max(r.get(metrics::WALL_S).and_then(Value::as_f64).unwrap_or(0.0));
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            (Some(r), None) => {
+                wall = wall.max(r.get(metrics::WALL_S).and_then(Value::as_f64).unwrap_or(0.0));
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => {
+                orphaned.push_str(line);
+                orphaned.push('\n');
+            }
+        }
+    }
+    if orphaned.is_empty() {
+        return Ok(wall);
+    }
+    let aside = path.with_file_name("metrics.orphaned.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&aside)
+        .with_context(|| format!("opening {}", aside.display()))?;
+    f.write_all(orphaned.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", aside.display()))?;
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    tracing::info!(
+        "{}: rows after step {start} (a lineage the resumed learner left) moved to {}",
+        path.display(),
+        aside.display()
+    );
+    Ok(wall)
+}
+
 /// A rollout worker's counters as a metric record: `rollout/...` keys, the learner step it was
 /// gathered at, the worker's name.
 pub fn rollout_record(worker: &str, step: u64, stats: &Value) -> Value {
@@ -258,4 +328,41 @@ pub fn rollout_record(worker: &str, step: u64, stats: &Value) -> Value {
         }
     }
     Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_resumed_run_keeps_one_row_per_step_and_its_wall_clock() -> Result<()> {
+        // A learner wrote steps 1..=7 (10 s apart) and a worker report, checkpointed at step 5
+        // and died; the run resumes from the checkpoint of step 5.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("metrics.jsonl");
+        let mut text = String::new();
+        for step in 1..=7u64 {
+            let row =
+                json!({"role": "learner", "step": step, "version": step, "time/wall_s": 10.0 * step as f64});
+            text += &format!("{row}\n");
+        }
+        text += &format!("{}\n", json!({"role": "rollout", "worker": "w0", "step": 6, "time/wall_s": 65.0}));
+        text += "{\"role\": \"learner\", \"st"; // torn by the kill
+        std::fs::write(&path, text)?;
+
+        let report = Report::open(dir.path(), 5, 10)?;
+        report.write(&json!({"role": "learner", "step": 6, "version": 6}))?;
+        report.finish();
+        let rows: Vec<Value> =
+            std::fs::read_to_string(&path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        let steps: Vec<u64> = rows.iter().filter_map(|r| r["step"].as_u64()).collect();
+        assert_eq!(steps, [1, 2, 3, 4, 5, 6], "one row per step of the lineage that counts");
+        let wall = rows[5][metrics::WALL_S].as_f64().unwrap_or(0.0);
+        assert!((50.0..60.0).contains(&wall), "the clock continues from step 5's 50 s: {wall}");
+        let aside = std::fs::read_to_string(dir.path().join("metrics.orphaned.jsonl"))?;
+        assert_eq!(aside.lines().count(), 4, "steps 6 and 7, the report, the torn line: {aside}");
+        Ok(())
+    }
 }

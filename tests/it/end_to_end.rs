@@ -351,13 +351,24 @@ fn killed_rollout_replay_and_learner_processes_lose_no_acknowledged_group() {
         assert!(p.wait(Duration::from_secs(60)).success(), "{}:\n{}", p.name, p.log());
     }
 
-    // The version continues from the checkpoint: the resumed learner's first step is 31, and the
-    // run ends at its step count having trained exactly steps x groups_per_step groups.
+    // The version continues from the checkpoint, and the record keeps one row per step of the
+    // lineage that counts: the steps the killed learner took past its checkpoint are moved
+    // aside, the resumed learner's first step is 31, and the wall clock runs on. The run ends at
+    // its step count having trained exactly steps x groups_per_step groups.
     let recs = records(&run);
-    let steps_seen: Vec<u64> = learner_steps(&recs).iter().map(|r| r["step"].as_u64().unwrap()).collect();
-    let restart = steps_seen.windows(2).position(|w| w[1] <= w[0]).expect("a restart in the step sequence");
-    assert_eq!(steps_seen[restart + 1], 31, "steps: {steps_seen:?}");
-    assert_eq!(*steps_seen.last().unwrap(), steps);
+    let rows = learner_steps(&recs);
+    let steps_seen: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps_seen, (1..=steps).collect::<Vec<_>>(), "one row per step");
+    let wall: Vec<f64> = rows.iter().map(|r| r[metrics::WALL_S].as_f64().unwrap()).collect();
+    assert!(wall.windows(2).all(|w| w[0] <= w[1]), "time/wall_s runs forward across the resume: {wall:?}");
+    let aside = std::fs::read_to_string(run.join("metrics.orphaned.jsonl")).unwrap();
+    let orphaned: Vec<u64> = aside
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["role"] == "learner" && r.get("event").is_none())
+        .filter_map(|r| r["step"].as_u64())
+        .collect();
+    assert!(orphaned.contains(&31) && orphaned.contains(&32), "moved aside: {orphaned:?}");
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join(format!("checkpoints/step-{steps:08}/trainer.json"))).unwrap(),
     )
