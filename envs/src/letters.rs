@@ -2,8 +2,12 @@
 //! the answer is that letter. A tiny random model goes from chance (1 / alphabet size) to near 1
 //! within a few dozen steps, so the end-to-end tests train it through every process and zenoh
 //! link in CI time. Its split is by the prompt's content like every generator's, which for so few
-//! distinct prompts means the held-out split asks for other letters than training does: use it to
-//! check the machinery, not to measure generalisation.
+//! distinct prompts means the held-out split asks for other letters than training does.
+//!
+//! With `distractor = true` the prompt names two letters and the answer is the first (`say cf:`
+//! asks for `c`): the alphabet's pairs are split, so the held-out prompts are new pairs of letters
+//! training asks for, and a model that learned to answer with the first letter, rather than to
+//! memorise prompts, scores on them: a held-out measure a tiny model can pass.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,41 +26,46 @@ pub struct LettersConfig {
     pub alphabet: String,
     /// Train or held-out letters.
     pub split: Split,
+    /// Name a second letter after the one asked for (`say cf:` asks for `c`).
+    pub distractor: bool,
     /// Seed of the draws.
     pub seed: u64,
 }
 
 impl Default for LettersConfig {
     fn default() -> Self {
-        LettersConfig { alphabet: "abcdefgh".into(), split: Split::Train, seed: 0 }
+        LettersConfig { alphabet: "abcdefgh".into(), split: Split::Train, distractor: false, seed: 0 }
     }
 }
 
 /// The `letters` task generator.
 pub struct Letters {
-    letters: Vec<char>,
+    /// Each prompt of the split with its answer.
+    prompts: Vec<(String, char)>,
     seed: u64,
     rng: StdRng,
     drawn: u64,
 }
 
 impl Letters {
-    /// A generator over the letters of `cfg.alphabet` in `cfg.split`.
+    /// A generator over the prompts of `cfg.alphabet` in `cfg.split`.
     pub fn new(cfg: LettersConfig) -> Result<Self> {
-        let letters: Vec<char> =
-            cfg.alphabet.chars().filter(|c| split_of(&prompt(*c)) == cfg.split).collect();
-        if letters.is_empty() {
+        let letters: Vec<char> = cfg.alphabet.chars().collect();
+        let all: Vec<(String, char)> = if cfg.distractor {
+            letters.iter().flat_map(|&c| letters.iter().map(move |&d| (format!("say {c}{d}:"), c))).collect()
+        } else {
+            letters.iter().map(|&c| (format!("say {c}:"), c)).collect()
+        };
+        let prompts: Vec<(String, char)> =
+            all.into_iter().filter(|(p, _)| split_of(p) == cfg.split).collect();
+        if prompts.is_empty() {
             return Err(EnvsError::Config(format!(
-                "letters.alphabet {:?} has no letter in the {:?} split",
+                "letters.alphabet {:?} has no prompt in the {:?} split",
                 cfg.alphabet, cfg.split
             )));
         }
-        Ok(Letters { letters, seed: cfg.seed, rng: StdRng::seed_from_u64(cfg.seed), drawn: 0 })
+        Ok(Letters { prompts, seed: cfg.seed, rng: StdRng::seed_from_u64(cfg.seed), drawn: 0 })
     }
-}
-
-fn prompt(c: char) -> String {
-    format!("say {c}:")
 }
 
 impl TaskSource for Letters {
@@ -65,12 +74,12 @@ impl TaskSource for Letters {
     }
 
     fn next_task(&mut self) -> Option<Task> {
-        let c = self.letters[self.rng.random_range(0..self.letters.len())];
+        let (prompt, c) = self.prompts[self.rng.random_range(0..self.prompts.len())].clone();
         self.drawn += 1;
         Some(Task {
             id: format!("letters-{}-{}", self.seed, self.drawn),
             source: "letters".into(),
-            prompt: Prompt::Text(prompt(c)),
+            prompt: Prompt::Text(prompt),
             answer: c.to_string().into(),
             metadata: serde_json::Value::Null,
         })
@@ -99,12 +108,25 @@ mod tests {
         let mut train = Letters::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
         let held =
             Letters::new(LettersConfig { split: Split::HeldOut, ..cfg }).unwrap_or_else(|e| panic!("{e}"));
-        assert!(train.letters.iter().all(|c| !held.letters.contains(c)));
-        assert_eq!(train.letters.len() + held.letters.len(), 26);
+        assert!(train.prompts.iter().all(|p| !held.prompts.contains(p)));
+        assert_eq!(train.prompts.len() + held.prompts.len(), 26);
         let task = train.next_task().unwrap_or_else(|| panic!("endless"));
         let want = task.answer.as_str().unwrap_or_default().to_string();
         assert_eq!(LettersVerifier.score(&task, &format!(" {want}x")).total, 1.0);
         assert_eq!(LettersVerifier.score(&task, &format!("x{want}")).total, 0.0);
         assert_eq!(LettersVerifier.score(&task, "").total, 0.0);
+    }
+
+    #[test]
+    fn with_a_distractor_held_out_prompts_are_new_pairs_of_trained_letters() {
+        let cfg = LettersConfig { distractor: true, ..Default::default() };
+        let train = Letters::new(cfg.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let held =
+            Letters::new(LettersConfig { split: Split::HeldOut, ..cfg }).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(train.prompts.len() + held.prompts.len(), 64);
+        assert!(!held.prompts.is_empty() && train.prompts.iter().all(|p| !held.prompts.contains(p)));
+        for (_, c) in &held.prompts {
+            assert!(train.prompts.iter().any(|(_, t)| t == c), "{c} is asked for in training too");
+        }
     }
 }
