@@ -181,8 +181,7 @@ pub async fn eval<B: Backend>(
 fn distinct(tasks: &mut dyn TaskSource, seen: &mut std::collections::HashSet<String>) -> Option<Task> {
     for _ in 0..PATIENCE {
         let task = tasks.next_task()?;
-        let key = serde_json::to_string(&task.prompt).unwrap_or_else(|_| task.id.clone());
-        if seen.insert(key) {
+        if seen.insert(task.prompt.key()) {
             return Some(task);
         }
     }

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sluice_core::{Prompt, Task, TaskSource};
+use sluice_core::{Task, TaskSource};
 
 use crate::error::{EnvsError, Result};
 use crate::split::{split_of, Split};
@@ -55,13 +55,6 @@ pub struct JsonlSource {
     rng: StdRng,
 }
 
-fn prompt_key(p: &Prompt) -> String {
-    match p {
-        Prompt::Text(t) => t.clone(),
-        Prompt::Chat(m) => m.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect(),
-    }
-}
-
 /// Parses JSONL text; errors name `origin` and the line.
 pub fn parse_tasks(text: &str, origin: &str) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
@@ -85,7 +78,7 @@ impl JsonlSource {
     pub fn from_text(name: &str, text: &str, origin: &str, cfg: JsonlConfig) -> Result<Self> {
         let tasks: Vec<Task> = parse_tasks(text, origin)?
             .into_iter()
-            .filter(|t| split_of(&prompt_key(&t.prompt)) == cfg.split)
+            .filter(|t| split_of(&t.prompt.key()) == cfg.split)
             .collect();
         if tasks.is_empty() {
             return Err(EnvsError::Config(format!("{origin}: no {:?} tasks", cfg.split)));
@@ -175,7 +168,7 @@ mod tests {
             let ids = |s: &mut JsonlSource| {
                 let mut v = Vec::new();
                 while let Some(t) = s.next_task() {
-                    v.push(prompt_key(&t.prompt));
+                    v.push(t.prompt.key());
                 }
                 v
             };

@@ -50,6 +50,17 @@ pub enum Prompt {
     Chat(Vec<Message>),
 }
 
+impl Prompt {
+    /// The prompt's content as one string: what tells tasks apart (a JSONL source's train/held-out
+    /// split, `sluice eval`'s distinct tasks). A chat is its messages as `role: content` lines.
+    pub fn key(&self) -> String {
+        match self {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(m) => m.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect(),
+        }
+    }
+}
+
 /// One task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
