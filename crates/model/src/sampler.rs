@@ -88,7 +88,6 @@ pub struct Completion {
 
 struct Row {
     prompt: Vec<u32>,
-    prompt_len: usize,
     pad: usize,
     out: Vec<u32>,
     logprobs: Vec<f32>,
@@ -150,7 +149,6 @@ impl<B: Backend> Generator<B> {
             .enumerate()
             .map(|(i, p)| Row {
                 prompt: p.clone(),
-                prompt_len: p.len(),
                 pad: width - p.len(),
                 out: Vec::new(),
                 logprobs: Vec::new(),
@@ -160,26 +158,11 @@ impl<B: Backend> Generator<B> {
             .collect();
         let device = model.device();
         let b = prompts.len();
-        // Equal prompts (a group's samples) are prefilled once; their cache rows are then copied.
-        let (source, distinct) = equal_prompts(&prompts.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        let u = distinct.len();
-        let mut tokens = Vec::with_capacity(u * width);
-        let mut positions = Vec::with_capacity(u * width);
-        let mut valid = Vec::with_capacity(u * width);
-        for &i in &distinct {
-            let pad = rows[i].pad;
-            tokens.extend(std::iter::repeat_n(0i64, pad).chain(prompts[i].iter().map(|&t| t as i64)));
-            positions.extend((0..width).map(|j| j.saturating_sub(pad)));
-            valid.extend((0..width).map(|j| j >= pad));
-        }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [u, width]), &device);
-        let ctx = forward_ctx::<B>(cfg, u, width, 0, &positions, &valid, &device);
-        let mut cache = KvCache::new(cfg.num_layers);
-        let hidden = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+        let (hidden, cache, source) = prefill(model, &rows.iter().collect::<Vec<_>>(), width);
+        let u = hidden.dims()[0];
         let last = hidden.slice([0..u, width - 1..width]);
         let mut next_logits = host_logits(model.logits(last));
         if u < b {
-            cache.retain_rows(&source, &device);
             next_logits =
                 source.iter().flat_map(|&d| &next_logits[d * vocab..(d + 1) * vocab]).copied().collect();
         }
@@ -221,7 +204,7 @@ impl<B: Backend> Generator<B> {
         for &r in &self.live {
             let row = &self.rows[r];
             tokens.push(*row.out.last().unwrap_or(&0) as i64);
-            positions.push(row.prompt_len + row.out.len() - 1);
+            positions.push(row.prompt.len() + row.out.len() - 1);
             valid.extend((0..=past).map(|j| j >= row.pad));
         }
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, 1]), &device);
@@ -246,7 +229,7 @@ impl<B: Backend> Generator<B> {
         // The prefill's layout: every row padded on the left to one width.
         let width = {
             let r = &self.rows[self.live[0]];
-            r.pad + r.prompt_len
+            r.pad + r.prompt.len()
         };
         // Every live row has generated the same number of tokens (one per step).
         let fed = self.rows[self.live[0]].out.len().saturating_sub(1);
@@ -256,29 +239,14 @@ impl<B: Backend> Generator<B> {
                 self.cache.len()
             )));
         }
-        let prompts: Vec<&[u32]> = self.live.iter().map(|&r| self.rows[r].prompt.as_slice()).collect();
-        let (source, distinct) = equal_prompts(&prompts);
-        let u = distinct.len();
-        let (mut tokens, mut positions, mut valid) = (Vec::new(), Vec::new(), Vec::new());
-        for &i in &distinct {
-            let row = &self.rows[self.live[i]];
-            tokens.extend(std::iter::repeat_n(0i64, row.pad).chain(row.prompt.iter().map(|&t| t as i64)));
-            positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
-            valid.extend((0..width).map(|j| j >= row.pad));
-        }
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [u, width]), &device);
-        let ctx = forward_ctx::<B>(cfg, u, width, 0, &positions, &valid, &device);
-        let mut cache = KvCache::new(cfg.num_layers);
-        let _ = model.forward_hidden(tokens, &ctx, Some(&mut cache));
-        if u < b {
-            cache.retain_rows(&source, &device);
-        }
+        let live: Vec<&Row> = self.live.iter().map(|&r| &self.rows[r]).collect();
+        let (_, mut cache, _) = prefill(model, &live, width);
         if fed > 0 {
             let (mut tokens, mut positions, mut valid) = (Vec::new(), Vec::new(), Vec::new());
             for &r in &self.live {
                 let row = &self.rows[r];
                 tokens.extend(row.out[..fed].iter().map(|&t| t as i64));
-                positions.extend((0..fed).map(|j| row.prompt_len + j));
+                positions.extend((0..fed).map(|j| row.prompt.len() + j));
                 valid.extend((0..width + fed).map(|j| j >= row.pad));
             }
             let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [b, fed]), &device);
@@ -346,6 +314,37 @@ impl<B: Backend> Generator<B> {
         }
         Ok(())
     }
+}
+
+/// Prefills the prompts of `rows`, each padded on the left to `width`; equal prompts (a group's
+/// samples) once, their cache rows then copied. Returns the hidden states of the distinct prompts,
+/// `[distinct, width, hidden]`, the cache with one row per entry of `rows`, and which distinct
+/// prompt each row has.
+fn prefill<B: Backend>(
+    model: &Llama<B>,
+    rows: &[&Row],
+    width: usize,
+) -> (Tensor<B, 3>, KvCache<B>, Vec<usize>) {
+    let (cfg, device) = (model.config(), model.device());
+    let (source, distinct) = equal_prompts(&rows.iter().map(|r| r.prompt.as_slice()).collect::<Vec<_>>());
+    let u = distinct.len();
+    let mut tokens = Vec::with_capacity(u * width);
+    let mut positions = Vec::with_capacity(u * width);
+    let mut valid = Vec::with_capacity(u * width);
+    for &i in &distinct {
+        let row = rows[i];
+        tokens.extend(std::iter::repeat_n(0i64, row.pad).chain(row.prompt.iter().map(|&t| t as i64)));
+        positions.extend((0..width).map(|j| j.saturating_sub(row.pad)));
+        valid.extend((0..width).map(|j| j >= row.pad));
+    }
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [u, width]), &device);
+    let ctx = forward_ctx::<B>(cfg, u, width, 0, &positions, &valid, &device);
+    let mut cache = KvCache::new(cfg.num_layers);
+    let hidden = model.forward_hidden(tokens, &ctx, Some(&mut cache));
+    if u < rows.len() {
+        cache.retain_rows(&source, &device);
+    }
+    (hidden, cache, source)
 }
 
 fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
