@@ -50,6 +50,8 @@ pub struct Learner<B: AutodiffBackend> {
     publishing: Option<JoinHandle<sluice_weights_sync::Result<Announce>>>,
     /// The version last handed to the publisher (a version is published once).
     published: Option<u64>,
+    /// The version whose weights were last found finite.
+    checked_finite: Option<u64>,
     metrics: Option<MetricsLog>,
     tokenizer_dir: Option<PathBuf>,
     /// Groups trained since the last checkpoint (== `state.unacked`), for duplicate detection.
@@ -87,6 +89,7 @@ impl<B: AutodiffBackend> Learner<B> {
             publisher: None,
             publishing: None,
             published: None,
+            checked_finite: None,
             metrics: None,
             tokenizer_dir: None,
             held: HashSet::new(),
@@ -257,11 +260,10 @@ impl<B: AutodiffBackend> Learner<B> {
         let Some(ckpts) = &self.checkpoints else {
             return Err(LearnerError::Checkpoint("no checkpoint directory configured".into()));
         };
+        check_finite(&self.trainer, &mut self.checked_finite)?;
         let (state, trainer, tokenizer) = (&self.state, &self.trainer, self.tokenizer_dir.as_deref());
-        let path = in_place(|| {
-            trainer.check_finite()?;
-            write_checkpoint(ckpts, state, trainer.model(), trainer.optimizer(), tokenizer)
-        })?;
+        let path =
+            in_place(|| write_checkpoint(ckpts, state, trainer.model(), trainer.optimizer(), tokenizer))?;
         tracing::info!("checkpoint {} (version {})", path.display(), self.state.version);
         self.ack_held(source).await?;
         Ok(path)
@@ -299,7 +301,7 @@ impl<B: AutodiffBackend> Learner<B> {
                 prev.await.map_err(|e| LearnerError::Task(format!("weight publishing: {e}")))??;
             }
         }
-        in_place(|| self.trainer.check_finite())?;
+        check_finite(&self.trainer, &mut self.checked_finite)?;
         let snapshot = self
             .trainer
             .model()
@@ -384,6 +386,18 @@ impl<B: AutodiffBackend> Learner<B> {
         data.values.insert(metrics::FAILED_GROUPS_DROPPED, failed as f64);
         Ok(Some((groups, data)))
     }
+}
+
+/// Refuses non-finite weights before they leave the learner. Weights change only with the version,
+/// so each version is checked once (`checked`: the version last found finite): a step's publish and
+/// checkpoint share the check.
+fn check_finite<B: AutodiffBackend>(trainer: &Trainer<B>, checked: &mut Option<u64>) -> Result<()> {
+    let version = trainer.version();
+    if *checked != Some(version) {
+        in_place(|| trainer.check_finite())?;
+        *checked = Some(version);
+    }
+    Ok(())
 }
 
 /// Runs CPU-heavy work without starving the runtime's other tasks.

@@ -14,8 +14,8 @@
 //! packs sharing each group's prompt (and TB needs: its `log Z` is per group), cut where the
 //! scorer's packing says a cut pays ([`crate::batching`]). Each micro-batch's loss is
 //! normalised by the *batch's* row count and token count, or the run's generation budget
-//! ([`reduce_partial`]),
-//! so the summed gradients are the gradient of the batch loss, however the batch is cut.
+//! ([`reduce_partial`]), so the summed gradients are the gradient of the batch loss, however the
+//! batch is cut.
 //! With one optimizer step per batch (`epochs = 1`) the proximal log-probs of decoupled PPO are
 //! the detached log-probs of the same forward (the current weights before the update, exactly);
 //! with `epochs > 1` they are computed once, before the first update, by a forward without
@@ -175,9 +175,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`), one policy
-    /// version. An update
-    /// whose loss or gradient norm is not finite is left out (`optim/skipped_nonfinite`): the
-    /// weights, Adam's moments and the version stay as they were, and the batch is spent.
+    /// version. An update whose loss or gradient norm is not finite is left out
+    /// (`optim/skipped_nonfinite`): the weights, Adam's moments and the version stay as they were,
+    /// and the batch is spent.
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
         let rows = self.prepare(groups)?;
         let (cfg, rl) = (&self.cfg, &self.rl);
@@ -371,40 +371,30 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let adv: Vec<f32> = m.rows.iter().map(|r| r.advantage).collect();
                 let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [b]), &device);
                 let mode = self.mode();
-                let (old, weight) = match mode {
-                    OffPolicyMode::Decoupled => {
-                        let prox = match &m.proximal {
-                            Some(p) => t2(p),
-                            None => logp.clone().detach(),
-                        };
-                        let w = importance_weights(
-                            prox.clone(),
-                            behavior.clone(),
-                            lm.clone(),
-                            &cfg.off_policy.correction,
-                        );
-                        (prox, Some(w))
+                // Decoupled PPO and TIS take the ratio against the weights before the batch's first
+                // update (the current ones at `epochs = 1`, a ratio of 1; the proximal forward's
+                // after) and weigh each token by them against the behaviour policy; they differ
+                // only in the correction (TIS always truncates).
+                let correction = match (mode, cfg.off_policy.correction) {
+                    (OffPolicyMode::Decoupled, c) => Some(c),
+                    (OffPolicyMode::Tis, IsCorrection::Truncate { cap }) => {
+                        Some(IsCorrection::Truncate { cap })
                     }
-                    OffPolicyMode::Tis => {
-                        let cap = match cfg.off_policy.correction {
-                            IsCorrection::Truncate { cap } => cap,
-                            IsCorrection::Mask { .. } => 2.0,
-                        };
-                        // The weights before the batch's first update: the current ones at
-                        // `epochs = 1` (a ratio of 1, no clipping), the proximal forward's after.
+                    (OffPolicyMode::Tis, IsCorrection::Mask { .. }) => {
+                        Some(IsCorrection::Truncate { cap: 2.0 })
+                    }
+                    (OffPolicyMode::Off | OffPolicyMode::Auto, _) => None,
+                };
+                let (old, weight) = match correction {
+                    Some(c) => {
                         let before = match &m.proximal {
                             Some(p) => t2(p),
                             None => logp.clone().detach(),
                         };
-                        let w = importance_weights(
-                            before.clone(),
-                            behavior.clone(),
-                            lm.clone(),
-                            &IsCorrection::Truncate { cap },
-                        );
+                        let w = importance_weights(before.clone(), behavior.clone(), lm.clone(), &c);
                         (before, Some(w))
                     }
-                    OffPolicyMode::Off | OffPolicyMode::Auto => (behavior.clone(), None),
+                    None => (behavior.clone(), None),
                 };
                 if let Some(w) = &weight {
                     is_stats(prox_host, &m.behavior, &m.loss_mask, w, totals, stats);

@@ -18,9 +18,9 @@
 //! re-rendered chat. Between two decoding steps the runner asks its [`WeightFeed`] for a newer
 //! version (only when `partial_rollout` is on; otherwise only between batches), rebuilds the
 //! running rows' key/value cache under it (`swap_cache = "recompute"`, the default) or keeps the
-//! old one (`"keep"`), and records per token the version it depends on. All environment calls of a turn run concurrently,
-//! each under the guard's timeout ([`crate::guard`]); a failure ends that episode as
-//! `finish = error` with reward 0, counted, and the rest of the batch goes on.
+//! old one (`"keep"`), and records per token the version it depends on. All environment calls of
+//! a turn run concurrently, each under the guard's timeout ([`crate::guard`]); a failure ends that
+//! episode as `finish = error` with reward 0, counted, and the rest of the batch goes on.
 //!
 //! *Cons.* Each turn re-prefills the whole context (no cache carried across turns): simple and
 //! exact, and cheap next to decoding for the short observations of tool envs. Observations are
