@@ -257,23 +257,18 @@ fn keep_lineage(path: &Path, start: u64) -> Result<f64> {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         // A torn last line (a killed writer) is neither kept nor lost: it goes with the orphans.
         let row: Option<Value> = serde_json::from_str(line).ok();
-        let step = row.as_ref().and_then(|r| r.get(metrics::STEP)).and_then(Value::as_u64);
-        match (row.as_ref(), step) {
-            (Some(r), Some(s)) if s <= start => {
+        // Kept: a row of no step, or of a step up to the checkpoint's.
+        let kept_row =
+            row.filter(|r| r.get(metrics::STEP).and_then(Value::as_u64).is_none_or(|s| s <= start));
+        let to = match &kept_row {
+            Some(r) => {
                 wall = wall.max(r.get(metrics::WALL_S).and_then(Value::as_f64).unwrap_or(0.0));
-                kept.push_str(line);
-                kept.push('\n');
+                &mut kept
             }
-            (Some(r), None) => {
-                wall = wall.max(r.get(metrics::WALL_S).and_then(Value::as_f64).unwrap_or(0.0));
-                kept.push_str(line);
-                kept.push('\n');
-            }
-            _ => {
-                orphaned.push_str(line);
-                orphaned.push('\n');
-            }
-        }
+            None => &mut orphaned,
+        };
+        to.push_str(line);
+        to.push('\n');
     }
     if orphaned.is_empty() {
         return Ok(wall);
