@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::fetch::{cache_dir, known, model_path};
-use sluice_core::{free_local_port, RlConfig, ZenohOptions};
+use sluice_core::{free_local_port, PolicyId, RlConfig, ZenohOptions};
 use sluice_envs::{
     Arithmetic, ArithmeticConfig, Calculator, CalculatorConfig, CalculatorTasks, IntegerVerifier,
 };
@@ -205,12 +205,16 @@ struct EverySteps {
 }
 
 impl WeightFeed<Cpu> for EverySteps {
-    fn newer(&mut self, current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
+    fn newer(
+        &mut self,
+        current: PolicyId,
+        _same_epoch: bool,
+    ) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
         self.calls += 1;
         if !self.calls.is_multiple_of(self.every) {
             return Ok(None);
         }
-        Ok(Some(Versioned { model: self.model.clone(), version: current + 1 }))
+        Ok(Some(Versioned { model: self.model.clone(), version: current.version + 1, epoch: current.epoch }))
     }
 }
 
@@ -239,7 +243,7 @@ async fn swaps(policy: &Policy<Cpu>, swap: Option<SwapCache>) -> Row {
                 stop_strings: vec![],
             })
             .collect();
-        let mut current = Versioned { model: policy.model.clone(), version: 0 };
+        let mut current = Versioned { model: policy.model.clone(), version: 0, epoch: 0 };
         let groups = match swap {
             Some(_) => {
                 let mut feed = EverySteps { model: policy.model.clone(), every: 8, calls: 0 };

@@ -114,13 +114,22 @@ impl ZenohSection {
 }
 
 /// `[weights]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WeightsSection {
     /// Publish weight chunks in zenoh shared memory, so rollout workers on the learner's host map
     /// them instead of reading a socket (workers elsewhere still fetch them over the network).
     /// Needs sluice built with `--features shm`.
     pub shm: bool,
+    /// Element type of published weights: bf16 (half the bytes, the default) or f32 (rollout
+    /// weights bit-exact with the learner's).
+    pub transfer_dtype: sluice_weights_sync::DType,
+}
+
+impl Default for WeightsSection {
+    fn default() -> Self {
+        WeightsSection { shm: false, transfer_dtype: sluice_weights_sync::DType::Bf16 }
+    }
 }
 
 /// `[eval]`.

@@ -131,7 +131,7 @@ pub async fn eval<B: Backend>(
     let mut runner =
         Runner::new("eval", "eval", cfg, draw, policy.tokenizer.clone(), policy.stop_token_ids())?;
     let mut source = spec.build(Purpose::Eval(split), session, "eval")?;
-    let mut current = Versioned { model: policy.model, version: 0 };
+    let mut current = Versioned { model: policy.model, version: 0, epoch: 0 };
     let (mut correct, mut rewards, mut passed, mut tasks) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let mut seen = std::collections::HashSet::new();
     let mut exhausted = false;

@@ -91,6 +91,8 @@ pub fn replay(cfg: RunConfig) -> Result<()> {
             "shards": cfg.run.replay_shards, "recovered": recovered});
         println!("{ready}");
         roles::until_stopped(&session, &cfg.run.name, &AtomicBool::new(false)).await?;
+        let stats: Vec<_> = replay.shards().iter().map(|s| s.stats()).collect();
+        println!("{}", serde_json::json!({"event": "stopped", "role": "replay", "stats": stats}));
         replay.stop().await;
         let _ = session.close().await;
         anyhow::Ok(())

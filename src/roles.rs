@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use sluice_core::keys;
+use sluice_core::{keys, PolicyId};
 use sluice_learner::{resume_latest, AdamW, Checkpoints, Learner, MetricsLog, Trainer};
 use sluice_model::Policy;
 use sluice_replay::{ClientConfig, ReplayClient, ReplayService, Shard};
@@ -171,19 +171,37 @@ pub async fn learner<B: AutodiffBackend>(
         }
     };
     let resumed_from = learner.state().step;
+    let epoch = checkpoints.next_epoch(learner.state().epoch)?;
+    let learner = learner.start_epoch(epoch)?;
     let report = Report::open(&cfg.run.dir, resumed_from, lc.total_steps)?;
     if resumed_from > 0 {
         report.println(&format!(
-            "resuming from the checkpoint of step {resumed_from} (version {}, {} groups trained)",
+            "resuming from the checkpoint of step {resumed_from} (version {}, {} groups trained) as run epoch \
+             {epoch}",
             learner.state().version,
             learner.state().groups_consumed
         ));
     }
     let publisher = Publisher::start(
         session,
-        PublisherConfig { shm: cfg.weights.shm, ..PublisherConfig::new(run.clone()) },
+        PublisherConfig {
+            shm: cfg.weights.shm,
+            transfer_dtype: cfg.weights.transfer_dtype,
+            ..PublisherConfig::new(run.clone())
+        },
     )
     .await?;
+    let learner = if lc.log_trained_groups {
+        let path = cfg.run.dir.join("trained.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        learner.with_trained_log(file)
+    } else {
+        learner
+    };
     let mut learner = learner
         .with_checkpoints(checkpoints)
         .with_publisher(publisher)
@@ -277,7 +295,7 @@ pub async fn rollout<B: Backend>(
     let mut handles = Vec::new();
     for name in names {
         let sub_cfg = SubscriberConfig::new(run.clone(), name.clone());
-        let gate = StalenessGate::new(cfg.rl.max_staleness, 0);
+        let gate = StalenessGate::new(cfg.rl.max_staleness, PolicyId::default());
         let sub = Subscriber::start(session, sub_cfg, Destination::REPLICATED, gate).await?;
         let runner = Runner::new(
             run,
@@ -296,11 +314,18 @@ pub async fn rollout<B: Backend>(
         let replay =
             ReplayClient::new(session.clone(), ClientConfig::new(run.clone(), cfg.run.replay_shards))?;
         let (tx, mut rx) = tokio::sync::watch::channel(WorkerStats::default());
-        let mut worker =
-            Worker::new(session.clone(), replay, name, runner, policy.model.clone(), 0, sources)?
-                .with_subscriber(sub)
-                .with_reports(tx)
-                .with_stop_flag(stop.clone());
+        let mut worker = Worker::new(
+            session.clone(),
+            replay,
+            name,
+            runner,
+            policy.model.clone(),
+            PolicyId::default(),
+            sources,
+        )?
+        .with_subscriber(sub)
+        .with_reports(tx)
+        .with_stop_flag(stop.clone());
         if let Some(path) = append_log {
             let file = std::fs::OpenOptions::new()
                 .create(true)

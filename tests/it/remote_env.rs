@@ -98,7 +98,8 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
                         stop_strings: vec![],
                     })
                     .collect();
-                let mut policy = Versioned { model: trainer.model().valid(), version: trainer.version() };
+                let mut policy =
+                    Versioned { model: trainer.model().valid(), version: trainer.version(), epoch: 0 };
                 let groups = runner.run(&mut policy, &mut FixedWeights, &jobs).await.unwrap();
                 for s in groups.iter().flat_map(|g| &g.samples) {
                     assert_eq!(s.finish, Finish::EnvDone, "the python env ends every episode");

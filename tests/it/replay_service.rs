@@ -217,7 +217,7 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
                         b"{}".to_vec(),
                         b"not json".to_vec(),
                         br#"{"sampler":{"kind":"bogus"},"groups":1}"#.to_vec(),
-                        br#"{"sampler":{"kind":"reward","temperature":-1},"groups":1,"learner_version":0,"max_staleness":0,"consumer":"x"}"#.to_vec(),
+                        br#"{"sampler":{"kind":"reward","temperature":-1},"groups":1,"learner":{"epoch":0,"version":0},"max_staleness":0,"consumer":"x"}"#.to_vec(),
                         br#"{"worker":"w","want":"many","redeemed":0}"#.to_vec(),
                         (0..64).map(|_| rng.random::<u8>()).collect(),
                     ];
@@ -284,7 +284,7 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
         let req = |sampler, groups| SampleRequest {
             sampler,
             groups,
-            learner_version: 5,
+            learner: sluice_core::Lineage::default().at(5),
             max_staleness: 2,
             consumer: "learner".into(),
             drop_zero_variance: false,
@@ -325,7 +325,7 @@ fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
         assert_eq!(seen, (30..60).collect::<Vec<_>>());
         // Admission goes through shard 0 and sees the learner's version.
         let t = c.tickets("w0", 1000).await.unwrap();
-        assert_eq!(t.learner_version, 5);
+        assert_eq!(t.learner.version, 5);
     });
 }
 

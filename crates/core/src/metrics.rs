@@ -93,6 +93,10 @@ pub const FAILED_SAMPLES: &str = "data/failed_samples";
 pub const FAILED_GROUPS_DROPPED: &str = "data/failed_groups_dropped";
 /// Sample requests it took to fill the batch.
 pub const SAMPLE_REQUESTS: &str = "data/sample_requests";
+/// Groups sampled by weights this learner's lineage orphaned (a resume threw those versions
+/// away): dropped before the step, never trained on. The replay drops them too; these got past
+/// it in flight.
+pub const ORPHANED_DROPPED: &str = "data/orphaned_dropped";
 /// Groups redelivered by the replay that this learner had already trained on (skipped).
 pub const DUPLICATES_SKIPPED: &str = "data/duplicates_skipped";
 

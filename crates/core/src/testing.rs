@@ -30,6 +30,7 @@ pub fn sample(group_id: u64, sample_idx: u16, version: u64, completion: Vec<u32>
         behavior_logprobs: vec![-0.5; n],
         token_versions: vec![version; n],
         behavior_version: version,
+        behavior_epoch: 0,
         reward: 0.0,
         reward_parts: Default::default(),
         finish: Finish::Stop,

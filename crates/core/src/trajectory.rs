@@ -94,6 +94,10 @@ pub struct Sample {
     pub token_versions: Vec<u64>,
     /// The minimum of `token_versions` (the sample's staleness).
     pub behavior_version: u64,
+    /// The learner start (run epoch) whose weights produced every token ([`crate::PolicyId`]):
+    /// weights are never swapped across epochs within a batch, so one epoch per sample, and
+    /// per group.
+    pub behavior_epoch: u64,
     /// Total reward.
     pub reward: f32,
     /// Named reward components.
@@ -116,6 +120,11 @@ pub struct Group {
 }
 
 impl Sample {
+    /// The weights behind its oldest token.
+    pub fn behavior(&self) -> crate::PolicyId {
+        crate::PolicyId::new(self.behavior_epoch, self.behavior_version)
+    }
+
     /// Whether the episode failed (`finish = error`: the environment panicked, timed out or broke
     /// its protocol). Its reward says nothing about the completion, so it is neither trained on
     /// nor counted in its group's statistics (`docs/design.md`, "Objectives").
@@ -188,6 +197,7 @@ pub mod col {
     pub const FINISH: &str = "finish";
     pub const NUM_TURNS: &str = "num_turns";
     pub const CREATED_AT: &str = "created_at";
+    pub const BEHAVIOR_EPOCH: &str = "behavior_epoch";
 }
 
 fn list_of(item: DataType) -> DataType {
@@ -233,9 +243,24 @@ pub fn trajectory_schema() -> SchemaRef {
                     DataType::Timestamp(TimeUnit::Microsecond, Some(CREATED_AT_TZ.into())),
                     false,
                 ),
+                // Last, so that a batch written before it existed reads with [`upgrade`].
+                Field::new(col::BEHAVIOR_EPOCH, DataType::UInt64, false),
             ]))
         })
         .clone()
+}
+
+/// A batch stored before `behavior_epoch` existed, with that column added as 0 (the epoch of
+/// everything written before versions had epochs); any other batch as it is.
+pub fn upgrade(batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = trajectory_schema();
+    let n = schema.fields().len();
+    if batch.num_columns() != n - 1 || batch.schema_ref().field(n - 2).name() != col::CREATED_AT {
+        return Ok(batch);
+    }
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(arrow_array::UInt64Array::from(vec![0u64; batch.num_rows()])));
+    RecordBatch::try_new(schema, columns).map_err(|e| Error::Schema(e.to_string()))
 }
 
 /// Builds one record batch from groups (rows in group order, then `sample_idx` order as given).
@@ -248,7 +273,7 @@ pub fn trajectory_schema() -> SchemaRef {
 ///     run_id: "run".into(), group_id: 7, sample_idx: i, task_id: "2+2".into(), source: "arithmetic".into(),
 ///     prompt_tokens: vec![17, 18], completion_tokens: vec![19, 20, 2], loss_mask: vec![1, 1, 1],
 ///     behavior_logprobs: vec![-0.5, -0.1, -0.01], token_versions: vec![3, 3, 4], behavior_version: 3,
-///     reward, reward_parts: [("correct".to_string(), reward)].into(), finish: Finish::Stop,
+///     behavior_epoch: 1, reward, reward_parts: [("correct".to_string(), reward)].into(), finish: Finish::Stop,
 ///     num_turns: 1, created_at_us: 1_700_000_000_000_000,
 /// };
 /// let groups = vec![Group { group_id: 7, samples: vec![sample(0, 1.0), sample(1, 0.0)] }];
@@ -274,6 +299,7 @@ pub fn groups_to_batch(groups: &[Group]) -> Result<RecordBatch> {
     let mut finish = StringDictionaryBuilder::<Int32Type>::new();
     let mut num_turns = UInt16Builder::with_capacity(rows);
     let mut created_at = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(CREATED_AT_TZ);
+    let mut behavior_epoch = UInt64Builder::with_capacity(rows);
     for g in groups {
         for s in &g.samples {
             if s.group_id != g.group_id {
@@ -308,6 +334,7 @@ pub fn groups_to_batch(groups: &[Group]) -> Result<RecordBatch> {
             finish.append_value(s.finish.as_str());
             num_turns.append_value(s.num_turns);
             created_at.append_value(s.created_at_us);
+            behavior_epoch.append_value(s.behavior_epoch);
         }
     }
     let columns: Vec<ArrayRef> = vec![
@@ -327,6 +354,7 @@ pub fn groups_to_batch(groups: &[Group]) -> Result<RecordBatch> {
         Arc::new(finish.finish()),
         Arc::new(num_turns.finish()),
         Arc::new(created_at.finish()),
+        Arc::new(behavior_epoch.finish()),
     ];
     RecordBatch::try_new(trajectory_schema(), columns).map_err(|e| Error::Arrow(e.to_string()))
 }
@@ -342,6 +370,8 @@ pub struct GroupSpan {
     pub behavior_version: u64,
     /// Maximum `behavior_version` over its samples.
     pub newest_version: u64,
+    /// The epoch of the weights that sampled it (one per group).
+    pub behavior_epoch: u64,
     /// Mean reward.
     pub mean_reward: f64,
     /// Whether the rewards are all equal ([`zero_variance`]).
@@ -368,6 +398,7 @@ struct Columns<'a> {
     finish: arrow_array::TypedDictionaryArray<'a, Int32Type, arrow_array::StringArray>,
     num_turns: &'a arrow_array::UInt16Array,
     created_at: &'a arrow_array::PrimitiveArray<TimestampMicrosecondType>,
+    behavior_epoch: &'a arrow_array::UInt64Array,
 }
 
 impl<'a> Columns<'a> {
@@ -409,6 +440,7 @@ impl<'a> Columns<'a> {
             finish: dict(13)?,
             num_turns: c(14).as_primitive(),
             created_at: c(15).as_primitive(),
+            behavior_epoch: c(16).as_primitive(),
         })
     }
 }
@@ -467,8 +499,8 @@ pub fn check_schema(schema: &Schema) -> Result<()> {
 /// Refused, naming the row and the reason: a schema that differs, nulls, token/mask/log-prob/
 /// version lists of different lengths, a mask value other than 0/1, a non-finite or positive
 /// log-prob, a `behavior_version` that is not the minimum of `token_versions`, a non-finite reward
-/// or reward part, an unknown `finish`, and a group whose `sample_idx` values are not exactly
-/// 0..G-1.
+/// or reward part, an unknown `finish`, a group whose `sample_idx` values are not exactly 0..G-1,
+/// and a group whose samples name different epochs.
 pub fn validate_batch(batch: &RecordBatch) -> Result<Vec<GroupSpan>> {
     validate_columns(&Columns::new(batch)?, batch.num_rows())
 }
@@ -571,6 +603,18 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
             .collect();
         let mean_reward = mean(valid.iter().map(|&r| r as f64));
         let versions: Vec<u64> = rows.iter().map(|&r| c.behavior_version.value(r as usize)).collect();
+        let behavior_epoch = c.behavior_epoch.value(rows[0] as usize);
+        if let Some(&r) = rows.iter().find(|&&r| c.behavior_epoch.value(r as usize) != behavior_epoch) {
+            return Err(Error::Row {
+                row: r as usize,
+                group_id: gid,
+                reason: format!(
+                    "`behavior_epoch` is {} but sample 0 of the group has {behavior_epoch}; a group is sampled \
+                     by weights of one epoch",
+                    c.behavior_epoch.value(r as usize)
+                ),
+            });
+        }
         let bytes = rows
             .iter()
             .map(|&r| {
@@ -586,6 +630,7 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
             group_id: gid,
             behavior_version: versions.iter().copied().min().unwrap_or(0),
             newest_version: versions.iter().copied().max().unwrap_or(0),
+            behavior_epoch,
             mean_reward,
             zero_variance: zero_variance(valid),
             bytes,
@@ -615,6 +660,7 @@ pub fn batch_to_groups(batch: &RecordBatch) -> Result<Vec<Group>> {
             behavior_logprobs: c.logprobs.value(r).as_primitive::<Float32Type>().values().to_vec(),
             token_versions: c.versions.value(r).as_primitive::<UInt64Type>().values().to_vec(),
             behavior_version: c.behavior_version.value(r),
+            behavior_epoch: c.behavior_epoch.value(r),
             reward: c.reward.value(r),
             reward_parts: (0..parts.len()).map(|i| (keys.value(i).to_string(), values.value(i))).collect(),
             // Validated above.
@@ -669,11 +715,12 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch> {
     let decode = || -> Result<RecordBatch> {
         let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
             .map_err(|e| Error::Ipc(e.to_string()))?;
-        let schema = reader.schema();
+        // A producer (or an append log) from before `behavior_epoch`: epoch 0.
+        let schema = upgrade(RecordBatch::new_empty(reader.schema()))?.schema();
         check_schema(&schema)?;
         let mut batches = Vec::new();
         for b in reader {
-            batches.push(b.map_err(|e| Error::Ipc(e.to_string()))?);
+            batches.push(upgrade(b.map_err(|e| Error::Ipc(e.to_string()))?)?);
         }
         let batch = if batches.len() == 1 {
             batches.pop().unwrap_or_else(|| RecordBatch::new_empty(schema.clone()))
@@ -740,5 +787,21 @@ mod tests {
             assert_eq!(span[0].zero_variance, want, "{rewards:?}");
         }
         assert!(!zero_variance(std::iter::empty()) && !zero_variance([0.5]), "no group, not zero variance");
+    }
+
+    #[test]
+    fn a_batch_from_before_epochs_reads_as_epoch_0_and_a_group_holds_one_epoch() {
+        let g = group(3, (0..2).map(|i| Sample { behavior_epoch: 2, ..sample(3, i, 1, vec![4]) }));
+        let batch = groups_to_batch(std::slice::from_ref(&g)).expect("valid");
+        let n = batch.num_columns();
+        let old_schema = Schema::new(batch.schema().fields()[..n - 1].to_vec());
+        let old = RecordBatch::try_new(Arc::new(old_schema), batch.columns()[..n - 1].to_vec()).expect("old");
+        let wire = encode_ipc(&[old]).expect("encodes");
+        let read = batch_to_groups(&decode_ipc(&wire).expect("an old stream still decodes")).expect("valid");
+        assert!(read[0].samples.iter().all(|s| s.behavior_epoch == 0 && s.behavior_version == 1));
+        let mut mixed = g;
+        mixed.samples[1].behavior_epoch = 3;
+        let err = validate_batch(&groups_to_batch(&[mixed]).expect("builds")).unwrap_err().to_string();
+        assert!(err.contains("`behavior_epoch` is 3 but sample 0 of the group has 2"), "{err}");
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+use sluice_core::Lineage;
 use sluice_model::{save_model, Llama, ModelConfig};
 
 use crate::error::{LearnerError, Result};
@@ -21,6 +22,9 @@ use crate::optim::{AdamW, AdamWConfig, Moments};
 
 /// The seal's file name.
 pub const SEAL: &str = "COMPLETE";
+
+/// The file beside the checkpoints that holds the last run epoch started.
+const EPOCH_FILE: &str = "EPOCH";
 
 /// One sealed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,34 @@ impl Checkpoints {
             }
         }
         None
+    }
+
+    /// Begins a learner start: returns a run epoch above every epoch started in this directory
+    /// before and above `restored` (the epoch of the checkpoint resumed from), and records it
+    /// durably first, so that a learner that dies before its first checkpoint still used its
+    /// epoch up. The record is the file `EPOCH` beside the checkpoints.
+    pub fn next_epoch(&self, restored: u64) -> Result<u64> {
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
+        let path = self.dir.join(EPOCH_FILE);
+        let last = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+                LearnerError::Checkpoint(format!("{} does not hold an epoch number: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+        };
+        let epoch = last.max(restored) + 1;
+        let tmp = self.dir.join(format!(".{EPOCH_FILE}.tmp-{}", std::process::id()));
+        write_synced(&tmp, format!("{epoch}\n").as_bytes())?;
+        std::fs::rename(&tmp, &path).map_err(io(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(epoch)
     }
 
     fn prune(&self) -> Result<()> {
@@ -281,6 +313,19 @@ pub struct TrainerState {
     pub unacked: Vec<u64>,
     /// Digest of the config the checkpoint was made under ([`crate::LearnerConfig::digest`]).
     pub config_digest: String,
+    /// The learner start (run epoch) that wrote it ([`Lineage`]; 0 before epochs existed).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The earlier epochs its weights descend from, each with its last version on this lineage.
+    #[serde(default)]
+    pub ancestry: Vec<(u64, u64)>,
+}
+
+impl TrainerState {
+    /// The lineage of the weights beside it.
+    pub fn lineage(&self) -> Lineage {
+        Lineage { epoch: self.epoch, version: self.version, ancestry: self.ancestry.clone() }
+    }
 }
 
 const STATE_FILE: &str = "trainer.json";

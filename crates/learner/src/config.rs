@@ -191,6 +191,9 @@ pub struct LearnerConfig {
     pub total_steps: u64,
     /// Compute the policy entropy for the metrics (one more pass over the logits).
     pub log_entropy: bool,
+    /// Write `trained.jsonl` in the run directory: per step, the groups trained on and the
+    /// version of the weights that sampled each (an audit of what trained the policy).
+    pub log_trained_groups: bool,
     /// The name this learner holds replay leases and acks under.
     pub consumer: String,
     /// Seed of the run, stored in the trainer state.
@@ -222,6 +225,7 @@ impl Default for LearnerConfig {
             keep_checkpoints: 3,
             total_steps: 20,
             log_entropy: false,
+            log_trained_groups: false,
             consumer: "learner".into(),
             seed: 0,
         }

@@ -19,6 +19,13 @@
 //!
 //! The learner draws no random numbers itself (the replay's samplers hold their own seeded RNG);
 //! the state records the run's seed so that any draw is keyed by `(seed, step)`.
+//!
+//! Every learner start is a new run epoch ([`Checkpoints::next_epoch`], [`Learner::start_epoch`]):
+//! the weights it publishes carry the lineage (epoch, version, ancestry), and so do its sample
+//! requests, so that after a resume from a checkpoint behind the versions already published,
+//! workers move to the resumed weights and the replay drops what the orphaned versions sampled
+//! (`docs/design.md`, "Versions and staleness"). A group that still arrives sampled by an orphaned
+//! version is dropped here too (`data/orphaned_dropped`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -27,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
-use sluice_core::{metrics, trajectory, Group, RlConfig};
+use sluice_core::{metrics, trajectory, Group, Lineage, PolicyId, RlConfig};
 use sluice_model::Llama;
 use sluice_replay::{SampleRequest, Sampler};
 use sluice_weights_sync::{Announce, Publisher, SourceTensor};
@@ -49,10 +56,12 @@ pub struct Learner<B: AutodiffBackend> {
     publisher: Option<Publisher>,
     publishing: Option<JoinHandle<sluice_weights_sync::Result<Announce>>>,
     /// The version last handed to the publisher (a version is published once).
-    published: Option<u64>,
+    published: Option<PolicyId>,
     /// The version whose weights were last found finite.
     checked_finite: Option<u64>,
     metrics: Option<MetricsLog>,
+    /// One JSON line per step naming the groups it trained on (`learner.log_trained_groups`).
+    trained_log: Option<std::fs::File>,
     tokenizer_dir: Option<PathBuf>,
     /// Groups trained since the last checkpoint (== `state.unacked`), for duplicate detection.
     held: HashSet<u64>,
@@ -77,6 +86,8 @@ impl<B: AutodiffBackend> Learner<B> {
             samples_consumed: 0,
             unacked: Vec::new(),
             config_digest: cfg.digest(trainer.rl()),
+            epoch: 0,
+            ancestry: Vec::new(),
         };
         Self::with_state(trainer, state, Vec::new())
     }
@@ -91,6 +102,7 @@ impl<B: AutodiffBackend> Learner<B> {
             published: None,
             checked_finite: None,
             metrics: None,
+            trained_log: None,
             tokenizer_dir: None,
             held: HashSet::new(),
             owed,
@@ -130,6 +142,35 @@ impl<B: AutodiffBackend> Learner<B> {
         let owed = std::mem::take(&mut state.unacked);
         let trainer = Trainer::new(cfg, rl, model, reference, optimizer)?.at_version(state.version);
         Ok(Self::with_state(trainer, state, owed))
+    }
+
+    /// Makes this learner start run epoch `epoch` ([`Checkpoints::next_epoch`]), descending from
+    /// the weights it holds: the restored checkpoint's lineage, or the initial weights. What any
+    /// earlier epoch published past those weights is orphaned from here on.
+    pub fn start_epoch(mut self, epoch: u64) -> Result<Self> {
+        if epoch <= self.state.epoch {
+            return Err(LearnerError::Checkpoint(format!(
+                "run epoch {epoch} is not above the checkpoint's epoch {}",
+                self.state.epoch
+            )));
+        }
+        let lineage = self.lineage().fork(epoch);
+        (self.state.epoch, self.state.ancestry) = (lineage.epoch, lineage.ancestry);
+        Ok(self)
+    }
+
+    /// The lineage of the weights now: this start's epoch, the version, the ancestry.
+    pub fn lineage(&self) -> Lineage {
+        Lineage { version: self.trainer.version(), ..self.state.lineage() }
+    }
+
+    /// Appends one JSON line per step to `file`: the step, the learner's epoch and version before
+    /// the update, and the groups trained on with the version of the weights that sampled each
+    /// (`{"step", "epoch", "version", "groups": [[group_id, epoch, version], ...]}`). An audit of
+    /// what trained the policy, which the resume test checks against the checkpoints.
+    pub fn with_trained_log(mut self, file: std::fs::File) -> Self {
+        self.trained_log = Some(file);
+        self
     }
 
     /// Writes checkpoints into `checkpoints` (every `checkpoint_every` steps and at the end).
@@ -199,6 +240,7 @@ impl<B: AutodiffBackend> Learner<B> {
         let waited = Instant::now();
         let Some((groups, mut data)) = self.fill(source).await? else { return Ok(None) };
         let wait_s = waited.elapsed().as_secs_f64();
+        self.log_trained(&groups)?;
         let started = Instant::now();
         let mut stats = in_place(|| self.trainer.train(&groups))?;
         let step_s = started.elapsed().as_secs_f64();
@@ -250,7 +292,7 @@ impl<B: AutodiffBackend> Learner<B> {
         if let Some(handle) = self.publishing.take() {
             let announce =
                 handle.await.map_err(|e| LearnerError::Task(format!("weight publishing: {e}")))??;
-            tracing::info!("published version {}", announce.version);
+            tracing::info!("published version {}", announce.id());
         }
         Ok(())
     }
@@ -292,7 +334,8 @@ impl<B: AutodiffBackend> Learner<B> {
     /// the previous publish's outcome is checked here).
     async fn publish(&mut self) -> Result<()> {
         let Some(publisher) = &self.publisher else { return Ok(()) };
-        if self.published == Some(self.trainer.version()) {
+        let lineage = self.lineage();
+        if self.published == Some(lineage.now()) {
             return Ok(());
         }
         if let Some(prev) = self.publishing.take() {
@@ -309,9 +352,26 @@ impl<B: AutodiffBackend> Learner<B> {
             .into_iter()
             .map(|(name, t)| SourceTensor::whole(name, t.shape, t.data))
             .collect();
-        self.publishing = Some(publisher.publish(self.trainer.version(), snapshot));
-        self.published = Some(self.trainer.version());
+        self.published = Some(lineage.now());
+        self.publishing = Some(publisher.publish(lineage, snapshot));
         Ok(())
+    }
+
+    fn log_trained(&mut self, groups: &[Group]) -> Result<()> {
+        let now = self.lineage().now();
+        let Some(file) = &mut self.trained_log else { return Ok(()) };
+        let groups: Vec<[u64; 3]> = groups
+            .iter()
+            .map(|g| {
+                let b = g.samples.iter().map(|s| s.behavior()).min().unwrap_or_default();
+                [g.group_id, b.epoch, b.version]
+            })
+            .collect();
+        let line = serde_json::json!({
+            "step": self.state.step + 1, "epoch": now.epoch, "version": now.version, "groups": groups,
+        });
+        use std::io::Write;
+        writeln!(file, "{line}").map_err(|e| LearnerError::Checkpoint(format!("trained-groups log: {e}")))
     }
 
     /// Draws groups until the batch is full; `None` if stopped while waiting.
@@ -324,9 +384,11 @@ impl<B: AutodiffBackend> Learner<B> {
             0 => u64::MAX,
             n => n as u64,
         };
+        let lineage = self.lineage();
         let mut groups: Vec<Group> = Vec::with_capacity(want);
         let mut taken: HashSet<u64> = HashSet::new();
         let (mut requests, mut dropped, mut duplicates, mut failed) = (0u64, 0u64, 0u64, 0u64);
+        let mut orphaned = 0u64;
         while groups.len() < want {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -335,7 +397,7 @@ impl<B: AutodiffBackend> Learner<B> {
             let req = SampleRequest {
                 sampler,
                 groups: (want - groups.len()) as u32,
-                learner_version: self.trainer.version(),
+                learner: lineage.clone(),
                 max_staleness: rl.max_staleness,
                 consumer: cfg.consumer.clone(),
                 drop_zero_variance: drop_zero,
@@ -360,9 +422,13 @@ impl<B: AutodiffBackend> Learner<B> {
                     continue;
                 }
                 let too_few_valid = g.too_few_valid();
-                if too_few_valid || drop_zero && dropped < max_dropped && g.zero_variance() {
-                    // No baseline (failed episodes), or no GRPO signal; consumed all the same.
-                    if too_few_valid {
+                let orphan = g.samples.iter().any(|s| lineage.orphans(s.behavior()));
+                if orphan || too_few_valid || drop_zero && dropped < max_dropped && g.zero_variance() {
+                    // Sampled by weights a resume threw away, no baseline (failed episodes), or no
+                    // GRPO signal; consumed all the same.
+                    if orphan {
+                        orphaned += 1;
+                    } else if too_few_valid {
                         failed += 1;
                     } else {
                         dropped += 1;
@@ -384,6 +450,7 @@ impl<B: AutodiffBackend> Learner<B> {
         data.values.insert(metrics::ZERO_VARIANCE_DROPPED, dropped as f64);
         data.values.insert(metrics::DUPLICATES_SKIPPED, duplicates as f64);
         data.values.insert(metrics::FAILED_GROUPS_DROPPED, failed as f64);
+        data.values.insert(metrics::ORPHANED_DROPPED, orphaned as f64);
         Ok(Some((groups, data)))
     }
 }

@@ -176,7 +176,7 @@ fn request(sampler: Sampler) -> SampleRequest {
     SampleRequest {
         sampler,
         groups: 64,
-        learner_version: 1000,
+        learner: sluice_core::Lineage::default().at(1000),
         max_staleness: 1000,
         consumer: "bench".into(),
         drop_zero_variance: false,

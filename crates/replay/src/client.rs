@@ -144,13 +144,16 @@ impl ReplayClient {
                     total.new_groups += ack.new_groups;
                     total.duplicates += ack.duplicates;
                     total.rows += ack.rows;
+                    total.orphaned.extend(ack.orphaned);
                 }
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
-        self.inner.redeemed.fetch_add((total.new_groups + total.duplicates) as u64, Ordering::Relaxed);
+        // Every finished group redeems its ticket, stored or not (an orphaned one counts as wasted).
+        let finished = total.new_groups + total.duplicates + total.orphaned.len() as u32;
+        self.inner.redeemed.fetch_add(finished as u64, Ordering::Relaxed);
         match first_err {
             Some(e) => Err(e),
             None => Ok(total),

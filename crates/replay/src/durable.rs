@@ -57,6 +57,9 @@ pub(crate) mod kind {
     pub const VERSION: u8 = 3;
     pub const TICKETS_COMPLETED: u8 = 4;
     pub const WASTED: u8 = 5;
+    /// The learner's lineage (JSON), written when a resumed learner starts a new epoch: it sets
+    /// the version, which `VERSION` records after it move on.
+    pub const LINEAGE: u8 = 6;
 }
 
 /// What a restart found on disk.
@@ -179,7 +182,14 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let corrupt =
         |e: parquet::errors::ParquetError| ReplayError::Corrupt { path: path.into(), reason: e.to_string() };
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?.build().map_err(corrupt)?;
-    reader.map(|b| b.map_err(|e| ReplayError::Corrupt { path: path.into(), reason: e.to_string() })).collect()
+    // Segments written before `behavior_epoch` existed read with it as 0.
+    let corrupt = |reason: String| ReplayError::Corrupt { path: path.into(), reason };
+    reader
+        .map(|b| {
+            let b = b.map_err(|e| corrupt(e.to_string()))?;
+            sluice_core::trajectory::upgrade(b).map_err(|e| corrupt(e.to_string()))
+        })
+        .collect()
 }
 
 /// The trajectory batches of an append log.

@@ -2,8 +2,9 @@
 //! parquet), zenoh service and client.
 //!
 //! Rollout workers append whole groups (the trajectory schema of `sluice_core::trajectory`);
-//! learners sample them by a named sampler under the staleness filter
-//! `learner_version - behavior_version <= max_staleness`, and acknowledge what a `fifo` stream
+//! learners sample them by a named sampler under the staleness filter (on the learner's lineage and
+//! `learner_version - behavior_version <= max_staleness`: [`sluice_core::Lineage::admits`]), and
+//! acknowledge what a `fifo` stream
 //! delivered. Producers ask for admission tickets (`(v + max_staleness + 1) * groups_per_step`).
 //! Memory is bounded (stale groups evicted first, then consumed ones; otherwise backpressure);
 //! every acknowledged append is durable ([`durable`] explains how). [`Shard`] is one store in
@@ -37,7 +38,7 @@
 //! ```
 //! use sluice_core::trajectory::groups_to_batch;
 //! use sluice_core::{Finish, Group, Sample};
-//! use sluice_core::RlConfig;
+//! use sluice_core::{Lineage, RlConfig};
 //! use sluice_replay::{AckRequest, ReplayConfig, SampleRequest, Sampler, Shard};
 //!
 //! let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
@@ -45,14 +46,14 @@
 //! let sample = |i: u16, reward: f32| Sample {
 //!     run_id: "doc".into(), group_id: 1, sample_idx: i, task_id: "1+1".into(), source: "arithmetic".into(),
 //!     prompt_tokens: vec![1, 2], completion_tokens: vec![3, 4], loss_mask: vec![1, 1],
-//!     behavior_logprobs: vec![-0.2, -0.3], token_versions: vec![0, 0], behavior_version: 0, reward,
-//!     reward_parts: Default::default(), finish: Finish::Stop, num_turns: 1, created_at_us: 0,
+//!     behavior_logprobs: vec![-0.2, -0.3], token_versions: vec![0, 0], behavior_version: 0, behavior_epoch: 0,
+//!     reward, reward_parts: Default::default(), finish: Finish::Stop, num_turns: 1, created_at_us: 0,
 //! };
 //! let group = Group { group_id: 1, samples: vec![sample(0, 1.0), sample(1, 0.0)] };
 //! let ack = shard.append(&groups_to_batch(&[group]).unwrap()).unwrap(); // durable when it returns
 //! assert_eq!(ack.new_groups, 1);
 //! let req = SampleRequest {
-//!     sampler: Sampler::Fifo, groups: 8, learner_version: 1, max_staleness: 1,
+//!     sampler: Sampler::Fifo, groups: 8, learner: Lineage::default().at(1), max_staleness: 1,
 //!     consumer: "learner-0".into(), drop_zero_variance: true, dedup: false, exclude: Vec::new(),
 //! };
 //! let (batch, info) = shard.sample(&req).unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use sluice_core::trajectory::{self, GroupSpan};
-use sluice_core::RlConfig;
+use sluice_core::{PolicyId, RlConfig};
 
 use crate::config::ReplayConfig;
 use crate::durable::{self, kind, RecoveryReport, Wal};
@@ -49,6 +49,7 @@ fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Resul
                 group_id: s.group_id,
                 batch: ordered.slice(at, n),
                 behavior_version: s.behavior_version,
+                behavior_epoch: s.behavior_epoch,
                 mean_reward: s.mean_reward,
                 zero_variance: s.zero_variance,
                 rows: n as u64,
@@ -150,6 +151,16 @@ impl Shard {
                 return Err(ReplayError::Invalid(e.to_string()));
             }
         };
+        let (spans, orphaned, wasted) = {
+            let mut store = self.store();
+            let (kept, orphaned): (Vec<GroupSpan>, Vec<GroupSpan>) = spans
+                .into_iter()
+                .partition(|s| store.admits_append(PolicyId::new(s.behavior_epoch, s.behavior_version)));
+            (kept, orphaned.into_iter().map(|s| s.group_id).collect::<Vec<u64>>(), store.wasted())
+        };
+        if !orphaned.is_empty() {
+            self.wal.meta(kind::WASTED, &wasted.to_le_bytes(), false)?;
+        }
         let sizes: Vec<(u64, u64, u64)> =
             spans.iter().map(|s| (s.group_id, s.rows.len() as u64, s.bytes)).collect();
         let fresh = {
@@ -198,7 +209,7 @@ impl Shard {
                 return Err(e);
             }
         };
-        let mut ack = AppendAck { new_groups: entries.len() as u32, ..Default::default() };
+        let mut ack = AppendAck { new_groups: entries.len() as u32, orphaned, ..Default::default() };
         let mut entries = entries.into_iter();
         for (span, &f) in spans.iter().zip(&fresh) {
             if f {
@@ -220,17 +231,34 @@ impl Shard {
             self.count_rejected_payload();
             return Err(e);
         }
-        let (sampled, version_moved, version, wasted) = {
+        let (sampled, lineage, version, wasted) = {
             let mut store = self.store();
-            let (before, wasted_before) = (store.learner_version(), store.wasted());
+            let (before, wasted_before) = (store.lineage().now(), store.wasted());
             let sampled = store.sample(req, Instant::now());
             let dead = store.take_dead_segments();
             self.wal.delete_segments(dead);
             let wasted = (store.wasted() > wasted_before).then_some(store.wasted());
-            (sampled, store.learner_version() > before, store.learner_version(), wasted)
+            let now = store.lineage().now();
+            // A new epoch is persisted whole (it may set the version back); a version moved
+            // forward within the epoch as one word.
+            let lineage = (now.epoch != before.epoch).then(|| store.lineage().clone());
+            let version = (now.epoch == before.epoch && now.version > before.version).then_some(now.version);
+            (sampled?, lineage, version, wasted)
         };
-        if version_moved {
-            self.wal.meta(kind::VERSION, &version.to_le_bytes(), false)?;
+        if let Some(l) = lineage {
+            tracing::info!(
+                shard = self.id,
+                "the learner started run epoch {} at version {} (ancestry {:?}); {} groups held so far were \
+                 sampled by versions it orphaned and are dropped",
+                l.epoch,
+                l.version,
+                l.ancestry,
+                self.stats().evicted_orphaned
+            );
+            self.wal.meta(kind::LINEAGE, &serde_json::to_vec(&l).map_err(ReplayError::format)?, true)?;
+        }
+        if let Some(v) = version {
+            self.wal.meta(kind::VERSION, &v.to_le_bytes(), false)?;
         }
         if let Some(w) = wasted {
             self.wal.meta(kind::WASTED, &w.to_le_bytes(), false)?;
@@ -266,6 +294,8 @@ impl Shard {
             return Ok(false);
         }
         let mut records = Vec::new();
+        let lineage = serde_json::to_vec(store.lineage()).map_err(ReplayError::format)?;
+        durable::encode_record(kind::LINEAGE, &lineage, &mut records);
         durable::encode_record(kind::VERSION, &store.learner_version().to_le_bytes(), &mut records);
         durable::encode_record(
             kind::TICKETS_COMPLETED,
@@ -386,9 +416,16 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Rec
                     let ids: Vec<u64> = payload.chunks_exact(8).map(word).collect();
                     report.acked += store.ack(&ids).1.acked as u64;
                 }
-                kind::VERSION => {
-                    store.set_learner_version(word(&payload));
-                }
+                kind::VERSION => store.set_learner_version(word(&payload)),
+                kind::LINEAGE => match serde_json::from_slice(&payload) {
+                    Ok(lineage) => store.set_lineage(lineage),
+                    Err(e) => {
+                        return Err(ReplayError::Corrupt {
+                            path: meta.clone(),
+                            reason: format!("a lineage record that does not parse: {e}"),
+                        })
+                    }
+                },
                 kind::TICKETS_COMPLETED => store.set_tickets_completed(word(&payload)),
                 kind::WASTED => store.set_wasted(word(&payload)),
                 _ => {}
@@ -420,7 +457,7 @@ mod tests {
         let req = |n| SampleRequest {
             sampler: Sampler::Fifo,
             groups: n,
-            learner_version: 4,
+            learner: sluice_core::Lineage::default().at(4),
             max_staleness: 1,
             consumer: "c".into(),
             drop_zero_variance: false,
@@ -450,6 +487,52 @@ mod tests {
         assert_eq!(shard.recovery().learner_version, 4);
         let (batch, _) = shard.sample(&req(30)).unwrap();
         assert_eq!(batch.num_rows(), 10, "only the 5 unacknowledged groups are delivered again");
+        shard.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_resumed_learners_lineage_survives_a_replay_restart() {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-lineage-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let cfg = ReplayConfig { durability: Durability::Fsync, ..Default::default() };
+        let rl = RlConfig { groups_per_step: 2, max_staleness: 1, ..Default::default() };
+        let group = |gid: u64, v: u64| {
+            let mut g = crate::testing::two_sample_group(gid, v);
+            g.samples.iter_mut().for_each(|s| s.behavior_epoch = 1);
+            g
+        };
+        let req = |learner: sluice_core::Lineage| SampleRequest {
+            sampler: Sampler::Uniform,
+            groups: 0,
+            learner,
+            max_staleness: 1,
+            consumer: "c".into(),
+            drop_zero_variance: false,
+            dedup: false,
+            exclude: Vec::new(),
+        };
+        let e1 = sluice_core::Lineage::start(1);
+        {
+            let shard = Shard::open(&dir, 0, cfg.clone(), rl).unwrap();
+            let gs = vec![group(1, 5), group(2, 7)];
+            shard.append(&trajectory::groups_to_batch(&gs).unwrap()).unwrap();
+            shard.sample(&req(e1.clone().at(8))).unwrap();
+            shard.sample(&req(e1.clone().at(5).fork(2))).unwrap();
+            shard.sample(&req(e1.clone().at(5).fork(2).at(6))).unwrap();
+            let late = shard.append(&trajectory::groups_to_batch(&[group(3, 8)]).unwrap()).unwrap();
+            assert_eq!((late.new_groups, late.orphaned), (0, vec![3]), "sampled by a thrown-away version");
+            assert_eq!(shard.group_ids(), vec![1]);
+            shard.close();
+        }
+        // The orphaned group is still in its log on disk; the restored lineage drops it again, and
+        // the version is the resumed learner's, not the highest ever seen.
+        let shard = Shard::open(&dir, 0, cfg, rl).unwrap();
+        assert_eq!((shard.recovery().learner_version, shard.stats().learner_epoch), (6, 2));
+        assert_eq!(shard.group_ids(), vec![1]);
         shard.close();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use sluice_core::{admission_limit, is_admissible, PolicyVersion, RlConfig};
+use sluice_core::{admission_limit, Lineage, PolicyId, PolicyVersion, RlConfig};
 
 use crate::config::ReplayConfig;
 use crate::error::{ReplayError, Result};
@@ -24,6 +24,8 @@ pub(crate) struct Entry {
     /// The group's rows only, in `sample_idx` order (a zero-copy slice of the appended batch).
     pub batch: RecordBatch,
     pub behavior_version: u64,
+    /// The epoch of the weights that sampled it.
+    pub behavior_epoch: u64,
     pub mean_reward: f64,
     /// All rewards equal ([`sluice_core::zero_variance`]).
     pub zero_variance: bool,
@@ -31,6 +33,13 @@ pub(crate) struct Entry {
     pub bytes: u64,
     /// The append log / parquet segment that holds it on disk.
     pub segment: u64,
+}
+
+impl Entry {
+    /// The weights behind its oldest token.
+    fn behavior(&self) -> PolicyId {
+        PolicyId::new(self.behavior_epoch, self.behavior_version)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,11 +98,9 @@ pub struct Store {
     rows: u64,
     bytes: u64,
     next_seq: u64,
-    learner_version: u64,
-    /// The version of the learner's latest sample request since this process started (0 before
-    /// any): where the learner is now, below `learner_version` after it resumed from an older
-    /// checkpoint. Not persisted.
-    learner_now: u64,
+    /// The learner's lineage: its newest epoch, the highest version seen in it, and the ancestry
+    /// that says which held data a resume orphaned; persisted.
+    learner: Lineage,
     /// Producers' finished groups (redeemed tickets), for admission; persisted.
     tickets_completed: u64,
     /// Finished groups that left the `fifo` stream undelivered (zero-variance or stale): they
@@ -126,8 +133,7 @@ impl Store {
             rows: 0,
             bytes: 0,
             next_seq: 0,
-            learner_version: 0,
-            learner_now: 0,
+            learner: Lineage::default(),
             tickets_completed: 0,
             wasted: 0,
             workers: BTreeMap::new(),
@@ -163,18 +169,90 @@ impl Store {
         self.entries.is_empty()
     }
 
-    /// Highest learner version seen.
+    /// The learner's version (in its newest epoch).
     pub fn learner_version(&self) -> u64 {
-        self.learner_version
+        self.learner.version
     }
 
-    pub(crate) fn set_learner_version(&mut self, v: u64) -> bool {
-        if v > self.learner_version {
-            self.learner_version = v;
-            true
-        } else {
-            false
+    /// The learner's lineage.
+    pub fn lineage(&self) -> &Lineage {
+        &self.learner
+    }
+
+    /// Moves the learner's version forward within its epoch (a persisted `VERSION` record).
+    pub(crate) fn set_learner_version(&mut self, v: u64) {
+        self.learner.version = self.learner.version.max(v);
+    }
+
+    /// Restores a persisted lineage (a `LINEAGE` record), then drops what it orphans.
+    pub(crate) fn set_lineage(&mut self, lineage: Lineage) {
+        self.learner = lineage;
+        self.drop_orphans();
+    }
+
+    /// Follows the learner's lineage from a sample request. A newer epoch (a learner that resumed
+    /// from a checkpoint, possibly behind the versions held) replaces the lineage, version and
+    /// all ([`Store::start_epoch`]); the same epoch moves the version forward; an older epoch is
+    /// refused: a learner process of an earlier start is still asking for data. Returns whether
+    /// the version moved and whether a new epoch began.
+    pub(crate) fn follow(&mut self, lineage: &Lineage) -> Result<(bool, bool)> {
+        if lineage.epoch < self.learner.epoch {
+            return Err(ReplayError::Invalid(format!(
+                "a learner of epoch {} asked for data, but the replay follows epoch {} (version {}): a \
+                 learner process of an earlier start is still running; stop it",
+                lineage.epoch, self.learner.epoch, self.learner.version
+            )));
         }
+        if lineage.epoch > self.learner.epoch {
+            self.learner = lineage.clone();
+            self.start_epoch();
+            return Ok((true, true));
+        }
+        let moved = lineage.version > self.learner.version;
+        if moved {
+            self.learner.version = lineage.version;
+        }
+        Ok((moved, false))
+    }
+
+    /// A resumed learner's first request: groups sampled by weights it orphaned are dropped, the
+    /// groups leased to the learner that died come back to the `fifo` stream at once (its
+    /// checkpoint did not cover them), and admission is counted again from where the resumed
+    /// learner is: as if it had consumed `version * groups_per_step` groups and every held group
+    /// were still to come, so that workers may start `(max_staleness + 1)` steps' worth beyond
+    /// what is held, as they could before.
+    fn start_epoch(&mut self) {
+        let leased: Vec<u64> = self.leased.drain().map(|(s, _)| s).collect();
+        self.pending.extend(leased);
+        self.drop_orphans();
+        let expected =
+            self.learner.version.saturating_mul(self.rl.groups_per_step as u64) + self.pending.len() as u64;
+        self.wasted = self.wasted.max(self.tickets_completed.saturating_sub(expected));
+    }
+
+    /// Drops every held group the lineage orphans.
+    fn drop_orphans(&mut self) {
+        let orphans: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| self.learner.orphans(e.behavior()))
+            .map(|(&s, _)| s)
+            .collect();
+        self.stats.evicted_orphaned += orphans.len() as u64;
+        for seq in orphans {
+            self.remove(seq);
+        }
+    }
+
+    /// Whether a group sampled by `behavior` may be stored: not orphaned by the learner's lineage.
+    /// A refused group is counted (`evicted_orphaned`) and, for admission, as wasted.
+    pub(crate) fn admits_append(&mut self, behavior: PolicyId) -> bool {
+        let ok = !self.learner.orphans(behavior);
+        if !ok {
+            self.stats.evicted_orphaned += 1;
+            self.wasted += 1;
+        }
+        ok
     }
 
     pub(crate) fn set_tickets_completed(&mut self, n: u64) {
@@ -296,8 +374,8 @@ impl Store {
     /// Evicts one group: the stalest stale one, else the oldest consumed one (or the oldest of all
     /// when `evict_unconsumed`). None when nothing may go.
     pub(crate) fn evict_one(&mut self) -> Option<(u64, Eviction)> {
-        if let Some(&(bv, seq)) = self.by_version.first() {
-            if !is_admissible(PolicyVersion(self.learner_version), PolicyVersion(bv), self.rl.max_staleness) {
+        if let Some(&(_, seq)) = self.by_version.first() {
+            if !self.learner.admits(self.entries[&seq].behavior(), self.rl.max_staleness) {
                 self.remove(seq);
                 self.stats.evicted_stale += 1;
                 return Some((seq, Eviction::Stale));
@@ -343,12 +421,11 @@ impl Store {
         std::mem::take(&mut self.dead_segments)
     }
 
-    /// Answers a sample request. The caller validated `req.sampler`.
-    pub(crate) fn sample(&mut self, req: &SampleRequest, now: Instant) -> Sampled {
-        self.set_learner_version(req.learner_version);
-        self.learner_now = req.learner_version;
-        let admissible =
-            |bv: u64| is_admissible(PolicyVersion(req.learner_version), PolicyVersion(bv), req.max_staleness);
+    /// Answers a sample request. The caller validated `req.sampler`. Refused when the request's
+    /// lineage is of an older epoch than the one followed ([`Store::follow`]).
+    pub(crate) fn sample(&mut self, req: &SampleRequest, now: Instant) -> Result<Sampled> {
+        self.follow(&req.learner)?;
+        let admissible = |e: &Entry| req.learner.admits(e.behavior(), req.max_staleness);
         let mut info = SampleInfo::default();
         let mut auto_acked = Vec::new();
         let n = req.groups as usize;
@@ -369,7 +446,7 @@ impl Store {
                     break;
                 }
                 let e = &self.entries[&seq];
-                if !admissible(e.behavior_version) {
+                if !admissible(e) {
                     // Stale for this learner for good (versions only grow): leave the stream.
                     stale.push(seq);
                 } else if req.drop_zero_variance && e.zero_variance && zero_variance.len() < n {
@@ -403,7 +480,7 @@ impl Store {
                 if exclude.contains(&e.group_id) {
                     continue;
                 }
-                if !admissible(e.behavior_version) {
+                if !admissible(e) {
                     info.stale_skipped += 1;
                 } else if req.drop_zero_variance && e.zero_variance {
                     info.zero_variance_dropped += 1;
@@ -436,7 +513,7 @@ impl Store {
             group_ids.push(e.group_id);
         }
         info.groups = batches.len() as u32;
-        Sampled { batches, group_ids, info, auto_acked }
+        Ok(Sampled { batches, group_ids, info, auto_acked })
     }
 
     /// Grants a producer up to `want` tickets under `(v + max_staleness + 1) * groups_per_step`,
@@ -454,7 +531,7 @@ impl Store {
         w.last_seen = now;
         self.tickets_completed += redeemed;
         let limit = admission_limit(
-            PolicyVersion(self.learner_version),
+            PolicyVersion(self.learner.version),
             self.rl.max_staleness,
             self.rl.groups_per_step as u64,
         );
@@ -464,13 +541,7 @@ impl Store {
         if let Some(w) = self.workers.get_mut(worker) {
             w.outstanding += granted;
         }
-        TicketReply {
-            granted,
-            limit,
-            started: started + granted,
-            learner_version: self.learner_version,
-            learner_now: self.learner_now,
-        }
+        TicketReply { granted, limit, started: started + granted, learner: self.learner.clone() }
     }
 
     /// Group ids of consumed groups still held (the acks a `meta.log` snapshot keeps).
@@ -489,7 +560,8 @@ impl Store {
         s.groups = self.entries.len() as u64;
         s.rows = self.rows;
         s.bytes = self.bytes;
-        s.learner_version = self.learner_version;
+        s.learner_version = self.learner.version;
+        s.learner_epoch = self.learner.epoch;
         s.fifo_pending = self.pending.len() as u64;
         s.fifo_leased = self.leased.len() as u64;
         s.consumed = self.consumed.len() as u64;
@@ -529,7 +601,8 @@ mod tests {
         store.insert(Entry {
             group_id,
             batch,
-            behavior_version: 0,
+            behavior_version: span.behavior_version,
+            behavior_epoch: span.behavior_epoch,
             mean_reward: span.mean_reward,
             zero_variance: span.zero_variance,
             rows: 2,
@@ -550,7 +623,7 @@ mod tests {
         SampleRequest {
             sampler: Sampler::Fifo,
             groups: n,
-            learner_version: 0,
+            learner: Lineage::default(),
             max_staleness: 0,
             consumer: "c".into(),
             drop_zero_variance: false,
@@ -564,16 +637,16 @@ mod tests {
         let mut store =
             store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() }, RlConfig::default());
         let t0 = Instant::now();
-        assert_eq!(store.sample(&fifo(3), t0).group_ids, vec![0, 1, 2]);
+        assert_eq!(store.sample(&fifo(3), t0).unwrap().group_ids, vec![0, 1, 2]);
         store.ack(&[1]);
         // Before the lease ends nothing but group 3 is left.
-        assert_eq!(store.sample(&fifo(3), t0 + Duration::from_millis(999)).group_ids, vec![3]);
+        assert_eq!(store.sample(&fifo(3), t0 + Duration::from_millis(999)).unwrap().group_ids, vec![3]);
         // After it, the unacknowledged 0 and 2 come back (3 is still leased).
-        let again = store.sample(&fifo(3), t0 + Duration::from_millis(1000));
+        let again = store.sample(&fifo(3), t0 + Duration::from_millis(1000)).unwrap();
         assert_eq!(again.group_ids, vec![0, 2]);
         assert_eq!(again.info.redelivered, 2);
         // Group 3's lease started at 999 ms and ends first.
-        let last = store.sample(&fifo(3), t0 + Duration::from_millis(1999));
+        let last = store.sample(&fifo(3), t0 + Duration::from_millis(1999)).unwrap();
         assert_eq!(last.group_ids, vec![3]);
     }
 
@@ -603,24 +676,58 @@ mod tests {
             insert(&mut store, g);
         }
         assert_eq!(store.tickets("w", 2, 2, t0).granted, 0, "the budget is spent");
-        let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0);
+        let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0).unwrap();
         assert_eq!((got.batches.len(), got.info.zero_variance_dropped), (0, 2));
         assert_eq!(store.wasted(), 2);
         assert_eq!(store.tickets("w", 2, 0, t0).granted, 2, "dropped groups give their tickets back");
     }
 
     #[test]
-    fn tickets_tell_where_the_learner_is_now_and_the_highest_version_seen() {
-        let mut store = Store::new(ReplayConfig::default(), RlConfig::default());
+    fn a_resumed_learner_drops_what_it_orphaned_takes_back_its_leases_and_resets_admission() {
+        // Two groups per step, staleness 1. Epoch 1 trained to version 8; its learner died holding
+        // leases, and epoch 2 resumed from its checkpoint at version 5.
+        let rl = RlConfig { groups_per_step: 2, max_staleness: 1, ..Default::default() };
+        let mut store = Store::new(ReplayConfig::default(), rl);
         let t0 = Instant::now();
-        let r = store.tickets("w", 1, 0, t0);
-        assert_eq!((r.learner_version, r.learner_now), (0, 0));
-        store.sample(&SampleRequest { learner_version: 5, ..fifo(1) }, t0);
-        let r = store.tickets("w", 1, 0, t0);
-        assert_eq!((r.learner_version, r.learner_now), (5, 5));
-        // A learner resumed from its version-3 checkpoint.
-        store.sample(&SampleRequest { learner_version: 3, ..fifo(1) }, t0);
-        let r = store.tickets("w", 1, 0, t0);
-        assert_eq!((r.learner_version, r.learner_now), (5, 3));
+        let e1 = Lineage::start(1);
+        let at = |epoch: u64, v: u64, gid: u64| {
+            let mut g = crate::testing::two_sample_group(gid, v);
+            g.samples.iter_mut().for_each(|s| s.behavior_epoch = epoch);
+            g
+        };
+        store.sample(&SampleRequest { learner: e1.clone().at(8), ..fifo(0) }, t0).unwrap();
+        // Finished groups as workers redeem them: 20 (admission allows (8 + 2) * 2).
+        assert_eq!(store.tickets("w", 20, 0, t0).granted, 20);
+        store.tickets("w", 0, 20, t0);
+        for (gid, v) in [(1, 4), (2, 5), (3, 7), (4, 8)] {
+            insert(&mut store, at(1, v, gid));
+        }
+        insert(&mut store, at(0, 0, 5)); // the initial weights: on every lineage
+        let leased =
+            store.sample(&SampleRequest { learner: e1.clone().at(8), max_staleness: 8, ..fifo(1) }, t0);
+        assert_eq!(leased.unwrap().group_ids, vec![1], "leased to the learner that dies");
+        assert_eq!(store.tickets("w", 1, 0, t0).granted, 0, "admission is spent at version 8");
+
+        let resumed = e1.at(5).fork(2);
+        let got = store
+            .sample(&SampleRequest { learner: resumed.clone(), max_staleness: 5, ..fifo(8) }, t0)
+            .unwrap();
+        // Groups 3 and 4 were sampled by versions 7 and 8 of epoch 1, which the resume threw away;
+        // group 1 comes back at once though its lease has not ended.
+        assert_eq!(got.group_ids, vec![1, 2, 5]);
+        assert_eq!(store.stats().evicted_orphaned, 2);
+        assert_eq!((store.learner_version(), store.stats().learner_epoch), (5, 2), "the version went back");
+        // Admission counts from version 5 with the three held groups still to come: (5 + 2) * 2
+        // - (5 * 2 + 3) = 1 group may start (none without the reset: the limit stayed at 20).
+        let r = store.tickets("w", 4, 0, t0);
+        assert_eq!((r.granted, r.learner.now()), (1, PolicyId::new(2, 5)));
+        // Late appends of orphaned weights are refused; the resumed lineage's are kept.
+        assert!(!store.admits_append(PolicyId::new(1, 6)));
+        assert!(store.admits_append(PolicyId::new(1, 5)) && store.admits_append(PolicyId::new(2, 6)));
+        // A learner of the dead epoch still asking is refused, and changes nothing.
+        let err =
+            store.sample(&SampleRequest { learner: Lineage::start(1).at(9), ..fifo(1) }, t0).unwrap_err();
+        assert!(err.to_string().contains("epoch 1 asked for data, but the replay follows epoch 2"), "{err}");
+        assert_eq!(store.learner_version(), 5);
     }
 }

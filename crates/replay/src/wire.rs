@@ -1,6 +1,7 @@
 //! Messages between the replay service and its clients (JSON; trajectory data travels as Arrow IPC).
 
 use serde::{Deserialize, Serialize};
+use sluice_core::Lineage;
 
 use crate::sampler::Sampler;
 
@@ -12,8 +13,9 @@ pub struct SampleRequest {
     pub sampler: Sampler,
     /// How many groups.
     pub groups: u32,
-    /// The learner's current version (also tells the store how far training has got).
-    pub learner_version: u64,
+    /// The learner's lineage: its epoch, version and ancestry (also tells the store how far
+    /// training has got, and, after a resume, which data the resume orphaned).
+    pub learner: Lineage,
     /// Staleness bound of the admissibility filter.
     pub max_staleness: u64,
     /// Who consumes (a `fifo` lease is held in this name).
@@ -55,8 +57,9 @@ pub struct SampleInfo {
 /// The answer to an append.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppendAck {
-    /// One sequence number per group of the batch, in order of first appearance. A group already
-    /// present (a retried append) keeps the sequence number it was first stored under.
+    /// One sequence number per group of the batch that is held, in order of first appearance. A
+    /// group already present (a retried append) keeps the sequence number it was first stored
+    /// under; an orphaned group has none.
     pub seqs: Vec<u64>,
     /// Groups stored by this append.
     pub new_groups: u32,
@@ -64,6 +67,10 @@ pub struct AppendAck {
     pub duplicates: u32,
     /// Rows stored by this append.
     pub rows: u64,
+    /// The groups not stored because the weights that sampled them are not on the learner's lineage
+    /// (sampled by a version a resumed learner threw away): never trainable.
+    #[serde(default)]
+    pub orphaned: Vec<u64>,
 }
 
 /// Acknowledges `fifo` deliveries.
@@ -106,14 +113,11 @@ pub struct TicketReply {
     pub limit: u64,
     /// Groups started so far (finished plus outstanding tickets).
     pub started: u64,
-    /// The learner version the limit was computed for (the highest ever seen).
-    pub learner_version: u64,
-    /// The version of the learner's latest sample request since the replay started, 0 before
-    /// any: often ahead of the publisher's announce a worker has heard (the learner asks for its
-    /// next batch as soon as it publishes), and below `learner_version` after the learner resumed
-    /// from an older checkpoint. What a worker's staleness gate follows.
-    #[serde(default)]
-    pub learner_now: u64,
+    /// The learner's lineage the limit was computed for: often ahead of the publisher's announce
+    /// a worker has heard (the learner asks for its next batch as soon as it publishes), and of a
+    /// newer epoch with a lower version after the learner resumed from an older checkpoint. What a
+    /// worker's staleness gate follows.
+    pub learner: Lineage,
 }
 
 /// Why a request failed, as the service replies it.
@@ -148,8 +152,10 @@ pub struct Stats {
     pub rows: u64,
     /// Estimated bytes held.
     pub bytes: u64,
-    /// Highest learner version seen.
+    /// The learner's version (of its newest epoch).
     pub learner_version: u64,
+    /// The learner's epoch.
+    pub learner_epoch: u64,
     /// `fifo` groups not yet delivered.
     pub fifo_pending: u64,
     /// `fifo` groups delivered and awaiting their ack.
@@ -172,6 +178,9 @@ pub struct Stats {
     pub evicted_stale: u64,
     /// Groups evicted to make room.
     pub evicted_capacity: u64,
+    /// Groups dropped because a resumed learner orphaned the weights that sampled them (held ones
+    /// when the new epoch arrived, and appends that came later).
+    pub evicted_orphaned: u64,
     /// Groups finished by producers (redeemed tickets), for admission.
     pub tickets_completed: u64,
     /// Tickets granted and not yet redeemed.

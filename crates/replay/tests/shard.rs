@@ -11,7 +11,7 @@ use arrow_array::types::UInt64Type;
 use arrow_array::RecordBatch;
 use common::{group, groups};
 use sluice_core::trajectory::{self, groups_to_batch};
-use sluice_core::RlConfig;
+use sluice_core::{Lineage, RlConfig};
 use sluice_replay::{
     AckRequest, Durability, ReplayConfig, ReplayError, SampleRequest, Sampler, Shard, TicketRequest,
 };
@@ -29,7 +29,7 @@ fn req(sampler: Sampler, groups: u32, learner_version: u64, max_staleness: u64) 
     SampleRequest {
         sampler,
         groups,
-        learner_version,
+        learner: Lineage::default().at(learner_version),
         max_staleness,
         consumer: "learner-0".into(),
         drop_zero_variance: false,
@@ -392,7 +392,7 @@ fn tickets_follow_the_admission_rule() {
     assert_eq!(t("w0", 5, 5).granted, 0);
     shard.sample(&req(Sampler::Fifo, 0, 1, 1)).unwrap();
     let c = t("w0", 10, 0);
-    assert_eq!((c.granted, c.limit, c.learner_version), (4, 12, 1));
+    assert_eq!((c.granted, c.limit, c.learner.version), (4, 12, 1));
 }
 
 #[test]

@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use burn::prelude::Backend;
 use sluice_core::{
-    fnv1a64, splitmix64, Env, Episode, Finish, Group, Prompt, Reward, RlConfig, Sample, Task, Verifier,
+    fnv1a64, splitmix64, Env, Episode, Finish, Group, PolicyId, Prompt, Reward, RlConfig, Sample, Task,
+    Verifier,
 };
 use sluice_model::{ChatMessage, FinishReason, Generator, Llama, SamplingParams, Tokenizer};
 
@@ -75,21 +76,33 @@ pub struct Job {
 pub struct Versioned<B: Backend> {
     /// The network.
     pub model: Llama<B>,
-    /// Optimizer steps behind these weights (0 for the initial ones).
+    /// Learner batches behind these weights (0 for the initial ones).
     pub version: u64,
+    /// The learner start that published them ([`PolicyId`]; 0 for the initial weights).
+    pub epoch: u64,
 }
 
-/// Where newer weights come from; asked between decoding steps.
+impl<B: Backend> Versioned<B> {
+    /// Which version they are.
+    pub fn id(&self) -> PolicyId {
+        PolicyId::new(self.epoch, self.version)
+    }
+}
+
+/// Where newer weights come from; asked between batches and, with `partial_rollout`, between
+/// decoding steps.
 pub trait WeightFeed<B: Backend> {
-    /// A version newer than `current`, when one is ready.
-    fn newer(&mut self, current: u64) -> Result<Option<Versioned<B>>>;
+    /// A version newer than `current` ([`PolicyId`] order), when one is ready. `same_epoch`: only
+    /// one of `current`'s epoch (asked mid-batch: a sample's tokens all come from one learner
+    /// start, so that a resume's orphaned weights and its new lineage's never share a sample).
+    fn newer(&mut self, current: PolicyId, same_epoch: bool) -> Result<Option<Versioned<B>>>;
 }
 
 /// Weights that never change (evaluation, benchmarks of generation alone).
 pub struct FixedWeights;
 
 impl<B: Backend> WeightFeed<B> for FixedWeights {
-    fn newer(&mut self, _current: u64) -> Result<Option<Versioned<B>>> {
+    fn newer(&mut self, _current: PolicyId, _same_epoch: bool) -> Result<Option<Versioned<B>>> {
         Ok(None)
     }
 }
@@ -278,7 +291,7 @@ impl Runner {
         feed: &mut (dyn WeightFeed<B> + Send),
         jobs: &[Job],
     ) -> Result<Vec<Group>> {
-        if let Some(p) = feed.newer(policy.version)? {
+        if let Some(p) = feed.newer(policy.id(), false)? {
             *policy = p;
         }
         self.batches += 1;
@@ -332,7 +345,7 @@ impl Runner {
             self.step_episodes(&mut eps, jobs, actions, policy.version).await?;
         }
         self.score_single_turn(&mut eps, jobs).await?;
-        Ok(self.build_groups(eps, jobs, policy.version))
+        Ok(self.build_groups(eps, jobs, policy.id()))
     }
 
     async fn reset_episodes(&mut self, eps: &mut [Ep], jobs: &[Job]) -> Result<()> {
@@ -488,7 +501,7 @@ impl Runner {
                 gen.generated_lens().iter().map(|&n| vec![policy.version; n]).collect();
             while !gen.is_done() {
                 if self.cfg.partial_rollout {
-                    if let Some(p) = feed.newer(policy.version)? {
+                    if let Some(p) = feed.newer(policy.id(), true)? {
                         tracing::debug!(
                             from = policy.version,
                             to = p.version,
@@ -528,7 +541,8 @@ impl Runner {
         Ok(out)
     }
 
-    fn build_groups(&mut self, eps: Vec<Ep>, jobs: &[Job], version: u64) -> Vec<Group> {
+    /// `policy`: the weights the batch ended with (of the epoch it began with).
+    fn build_groups(&mut self, eps: Vec<Ep>, jobs: &[Job], policy: PolicyId) -> Vec<Group> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -548,7 +562,8 @@ impl Runner {
                 task_id: task.id.clone(),
                 source: task.source.clone(),
                 prompt_tokens: ep.prompt,
-                behavior_version: ep.versions.iter().copied().min().unwrap_or(version),
+                behavior_version: ep.versions.iter().copied().min().unwrap_or(policy.version),
+                behavior_epoch: policy.epoch,
                 completion_tokens: ep.tokens,
                 loss_mask: ep.mask,
                 behavior_logprobs: ep.logprobs,

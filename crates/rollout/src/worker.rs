@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::Backend;
-use sluice_core::{keys, Group};
+use sluice_core::{keys, Group, PolicyId};
 use sluice_model::weights::Checkpoint;
 use sluice_model::HostTensor;
 use sluice_model::{Llama, ModelConfig};
@@ -53,7 +53,7 @@ pub fn llama_from_weights<B: Backend>(
     cfg: &ModelConfig,
     device: &B::Device,
 ) -> Result<Llama<B>> {
-    let origin = format!("<weight-sync version {}>", w.version);
+    let origin = format!("<weight-sync version {}>", w.id());
     let mut ckpt = Checkpoint::default();
     for (t, bytes) in w.tensors.iter().zip(&w.buffers) {
         let tensor = HostTensor { shape: t.shape.clone(), data: w.dtype.decode(bytes) };
@@ -78,19 +78,21 @@ impl<B: Backend> SubscriberFeed<B> {
 }
 
 impl<B: Backend> WeightFeed<B> for SubscriberFeed<B> {
-    fn newer(&mut self, current: u64) -> Result<Option<Versioned<B>>> {
-        let Some(w) = self.sub.ready().filter(|w| w.version > current) else {
+    fn newer(&mut self, current: PolicyId, same_epoch: bool) -> Result<Option<Versioned<B>>> {
+        let Some(w) =
+            self.sub.ready().filter(|w| w.id() > current && (!same_epoch || w.epoch == current.epoch))
+        else {
             return Ok(None);
         };
         let model = llama_from_weights(&w, &self.cfg, &self.device)?;
-        let (sub, version) = (self.sub.clone(), w.version);
+        let (sub, version) = (self.sub.clone(), w.id());
         // Called from generation (a blocking section) too: the ack goes out on its own task.
         tokio::spawn(async move {
             if let Err(e) = sub.applied(version).await {
-                tracing::warn!(version, "weight ack failed: {e}");
+                tracing::warn!(%version, "weight ack failed: {e}");
             }
         });
-        Ok(Some(Versioned { model, version }))
+        Ok(Some(Versioned { model, version: version.version, epoch: version.epoch }))
     }
 }
 
@@ -105,6 +107,9 @@ pub struct WorkerStats {
     pub groups_appended: u64,
     /// Groups that could not be appended before the worker stopped (reported, never silent).
     pub groups_unsent: u64,
+    /// Groups the replay refused because a resumed learner orphaned the weights that sampled
+    /// them (finished with the old weights while the learner restarted).
+    pub groups_orphaned: u64,
     /// Appends that failed and were retried.
     pub append_retries: u64,
     /// Seconds spent waiting for the staleness gate.
@@ -115,6 +120,8 @@ pub struct WorkerStats {
     pub rollout_s: f64,
     /// The weight version in use.
     pub version: u64,
+    /// Its epoch (the learner start that published it).
+    pub epoch: u64,
     /// Environment calls that timed out, panicked, or returned an error.
     pub env_timeouts: u64,
     /// See `env_timeouts`.
@@ -143,14 +150,14 @@ pub struct Worker<B: Backend> {
 
 impl<B: Backend> Worker<B> {
     /// A worker named `name` (its ticket, liveliness and ack name) that starts from `model` as
-    /// version `version`, drawing tasks from `sources`.
+    /// version `version` (the initial weights: `PolicyId::default()`), drawing tasks from `sources`.
     pub fn new(
         session: zenoh::Session,
         replay: ReplayClient,
         name: &str,
         runner: Runner,
         model: Llama<B>,
-        version: u64,
+        version: PolicyId,
         sources: Vec<EnvSource>,
     ) -> Result<Self> {
         keys::check_name("worker", name).map_err(|e| RolloutError::Config(e.to_string()))?;
@@ -163,14 +170,14 @@ impl<B: Backend> Worker<B> {
             session,
             replay,
             runner,
-            policy: Versioned { model, version },
+            policy: Versioned { model, version: version.version, epoch: version.epoch },
             feed: Box::new(FixedWeights),
             subscriber: None,
             exhausted: vec![false; sources.len()],
             sources,
             curriculum,
             stop: Arc::new(AtomicBool::new(false)),
-            stats: WorkerStats { version, ..Default::default() },
+            stats: WorkerStats { version: version.version, epoch: version.epoch, ..Default::default() },
             reports: None,
             append_log: None,
         })
@@ -234,7 +241,7 @@ impl<B: Backend> Worker<B> {
         let mut s = self.stats.clone();
         s.rollout = self.runner.stats().clone();
         (s.env_timeouts, s.env_panics, s.env_errors) = self.runner.failures().snapshot();
-        s.version = self.policy.version;
+        (s.version, s.epoch) = (self.policy.version, self.policy.epoch);
         s
     }
 
@@ -279,11 +286,10 @@ impl<B: Backend> Worker<B> {
                 Ok(r) => {
                     // The replay may know of a learner version this worker has not heard announced
                     // yet (the learner's sample request reaches it first): tickets granted for that
-                    // version must not be spent on older weights, which it would drop as stale.
-                    // `learner_now`, not the highest version ever seen: a learner resumed from an
-                    // older checkpoint is behind that one, and the gate never moves back.
+                    // version must not be spent on older weights, which it would drop as stale, nor
+                    // on weights a resumed learner orphaned, which it would drop for good.
                     if let Some(sub) = &self.subscriber {
-                        sub.gate().set_learner(r.learner_now);
+                        sub.gate().set_learner(&r.learner);
                     }
                     r.granted
                 }
@@ -333,10 +339,10 @@ impl<B: Backend> Worker<B> {
         };
         let t0 = Instant::now();
         loop {
-            if let Some(p) = self.feed.newer(self.policy.version)? {
+            if let Some(p) = self.feed.newer(self.policy.id(), false)? {
                 self.policy = p;
                 // The feed acks on a task; the gate must see this version before it is asked.
-                sub.gate().set_applied(self.policy.version);
+                sub.gate().set_applied(self.policy.id());
             }
             if sub.gate().may_start() {
                 break;
@@ -393,11 +399,17 @@ impl<B: Backend> Worker<B> {
                 return Ok(());
             };
             match reply {
-                Ok(_) => {
-                    self.stats.groups_appended += groups.len() as u64;
+                Ok(ack) => {
+                    let orphaned = ack.orphaned.len() as u64;
+                    self.stats.groups_orphaned += orphaned;
+                    self.stats.groups_appended += groups.len() as u64 - orphaned;
                     if let Some(f) = &mut self.append_log {
                         use std::io::Write;
-                        let ids: Vec<u64> = groups.iter().map(|g| g.group_id).collect();
+                        let ids: Vec<u64> = groups
+                            .iter()
+                            .map(|g| g.group_id)
+                            .filter(|id| !ack.orphaned.contains(id))
+                            .collect();
                         let line = serde_json::json!({"worker": self.name, "group_ids": ids});
                         if let Err(e) = writeln!(f, "{line}") {
                             tracing::warn!(worker = %self.name, "append log: {e}");

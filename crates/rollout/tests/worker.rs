@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{
-    free_local_port, BoxFuture, Env, EnvError, Episode, Finish, Group, Prompt, Reward, RlConfig, Started,
-    StepResult, Task, TaskSource, ZenohOptions,
+    free_local_port, BoxFuture, Env, EnvError, Episode, Finish, Group, Lineage, PolicyId, Prompt, Reward,
+    RlConfig, Started, StepResult, Task, TaskSource, ZenohOptions,
 };
 use sluice_model::to_vec_f32;
 use sluice_model::{score, Cpu, Llama, ModelConfig, ScoreRow, Tokenizer};
@@ -114,18 +114,26 @@ struct FromStep<F> {
 struct Once(Option<Versioned<Cpu>>);
 
 impl WeightFeed<Cpu> for Once {
-    fn newer(&mut self, _current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
+    fn newer(
+        &mut self,
+        _current: PolicyId,
+        _same_epoch: bool,
+    ) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
         Ok(self.0.take())
     }
 }
 
 impl<F: WeightFeed<Cpu>> WeightFeed<Cpu> for FromStep<F> {
-    fn newer(&mut self, current: u64) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
+    fn newer(
+        &mut self,
+        current: PolicyId,
+        same_epoch: bool,
+    ) -> sluice_rollout::Result<Option<Versioned<Cpu>>> {
         self.calls += 1;
         if self.calls <= self.after {
             return Ok(None);
         }
-        self.inner.newer(current)
+        self.inner.newer(current, same_epoch)
     }
 }
 
@@ -148,14 +156,19 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         let sub_cfg =
             SubscriberConfig { poll: Duration::from_millis(100), ..SubscriberConfig::new("mid", "w0") };
         let sub = Arc::new(
-            Subscriber::start(&worker, sub_cfg, Destination::REPLICATED, StalenessGate::new(4, 0))
-                .await
-                .unwrap(),
+            Subscriber::start(
+                &worker,
+                sub_cfg,
+                Destination::REPLICATED,
+                StalenessGate::new(4, PolicyId::default()),
+            )
+            .await
+            .unwrap(),
         );
 
         // Version 1 is other weights; the worker stages it before it starts generating.
         let (m0, m1) = (model(1), model(2));
-        publisher.publish(1, snapshot(&m1)).await.unwrap().unwrap();
+        publisher.publish(Lineage::default().at(1), snapshot(&m1)).await.unwrap().unwrap();
         while sub.ready().is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -165,7 +178,7 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         let mut runner = Runner::new("mid", "w0", cfg.clone(), rl(), tokenizer(), Vec::new()).unwrap();
         let feed = SubscriberFeed::<Cpu>::new(sub.clone(), model_config(), Default::default());
         let mut feed = FromStep { inner: feed, calls: 0, after: 10 };
-        let mut policy = Versioned { model: m0.clone(), version: 0 };
+        let mut policy = Versioned { model: m0.clone(), version: 0, epoch: 0 };
         let mut sums = Sums(0);
         let jobs: Vec<Job> = (0..2)
             .map(|_| Job {
@@ -223,7 +236,7 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         let req = sluice_replay::SampleRequest {
             sampler: Sampler::Fifo,
             groups: 2,
-            learner_version: 1,
+            learner: Lineage::default().at(1),
             max_staleness: 4,
             consumer: "learner".into(),
             drop_zero_variance: false,
@@ -237,16 +250,16 @@ fn groups_sampled_across_a_mid_generation_weight_update_are_accepted_by_the_repl
         back.sort_by_key(|g| g.group_id);
         assert_eq!(back, sent);
         // The swap was acknowledged to the publisher and moved the gate.
-        assert!(publisher.wait_for_acks(1, 1, Duration::from_secs(10)).await);
-        assert_eq!(sub.gate().versions().1, 1);
+        assert!(publisher.wait_for_acks(PolicyId::new(0, 1), 1, Duration::from_secs(10)).await);
+        assert_eq!(sub.gate().versions().1, PolicyId::new(0, 1));
 
         // `swap_cache = "keep"`: the same swap continues over version 0's keys and values, so
         // the tokens after it are neither version's alone; they are labelled 0, the older.
         let keep = RolloutConfig { swap_cache: SwapCache::Keep, ..cfg.clone() };
         let mut runner = Runner::new("mid", "w0", keep, rl(), tokenizer(), Vec::new()).unwrap();
-        let v1 = Versioned { model: policy.model.clone(), version: 1 };
+        let v1 = Versioned { model: policy.model.clone(), version: 1, epoch: 0 };
         let mut feed = FromStep { inner: Once(Some(v1)), calls: 0, after: 10 };
-        let mut policy = Versioned { model: m0.clone(), version: 0 };
+        let mut policy = Versioned { model: m0.clone(), version: 0, epoch: 0 };
         let groups = runner.run(&mut policy, &mut feed, &jobs).await.unwrap();
         assert_eq!((policy.version, runner.stats().mid_generation_swaps), (1, 1));
         assert_eq!(runner.stats().swap_recompute_s, 0.0);
@@ -315,7 +328,7 @@ fn multi_turn_episodes_store_exactly_the_sampled_tokens_and_the_observation_toke
         let cfg = RolloutConfig { max_turns: 5, response_prefix: "say ".into(), ..rollout_config(8) };
         let mut runner = Runner::new("tito", "w0", cfg.clone(), rl(), tok.clone(), Vec::new()).unwrap();
         let m = model(3);
-        let mut policy = Versioned { model: m.clone(), version: 5 };
+        let mut policy = Versioned { model: m.clone(), version: 5, epoch: 0 };
         let jobs: Vec<Job> = (0..2)
             .map(|i| Job {
                 task: task(&format!("t{i}"), "2+2=", 4),
@@ -416,7 +429,7 @@ fn hanging_panicking_and_failing_envs_end_their_episodes_as_errors_and_the_batch
         // loaded CI machine, or a panicking step is counted as a timeout.
         let cfg = RolloutConfig { env_timeout_s: 5.0, tasks_per_batch: 4, ..rollout_config(4) };
         let mut runner = Runner::new("bad", "w0", cfg, rl(), tokenizer(), Vec::new()).unwrap();
-        let mut policy = Versioned { model: model(4), version: 0 };
+        let mut policy = Versioned { model: model(4), version: 0, epoch: 0 };
         let jobs: Vec<Job> = ["hang", "panic", "error", "fine"]
             .iter()
             .map(|id| Job { task: task(id, "1+1=", 2), judge: Judge::Env(env.clone()), stop_strings: vec![] })
@@ -454,11 +467,15 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
                 .unwrap();
         let sub_cfg =
             SubscriberConfig { poll: Duration::from_millis(100), ..SubscriberConfig::new("loop", "w0") };
-        let sub =
-            Subscriber::start(&worker_session, sub_cfg, Destination::REPLICATED, StalenessGate::new(0, 0))
-                .await
-                .unwrap();
-        let mut worker = sums_worker(&worker_session, "loop", "w0", 6, 0, sub);
+        let sub = Subscriber::start(
+            &worker_session,
+            sub_cfg,
+            Destination::REPLICATED,
+            StalenessGate::new(0, PolicyId::default()),
+        )
+        .await
+        .unwrap();
+        let mut worker = sums_worker(&worker_session, "loop", "w0", 6, PolicyId::default(), sub);
         let stop = worker.stop_flag();
         let handle = tokio::spawn(async move {
             let stats = worker.run(Some(4)).await.unwrap();
@@ -492,20 +509,20 @@ fn the_worker_loop_waits_for_tickets_and_fresh_weights_and_holds_a_liveliness_to
         // The learner at version 0 takes the two groups, steps to version 1, publishes the weights
         // and asks for its next batch as version 1 (which opens admission for two more groups).
         let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("loop", 1)).unwrap();
-        let at_v0 = fifo_at(0);
+        let at_v0 = fifo_at(Lineage::default());
         let first = learner_client.sample(&at_v0).await.unwrap().groups().unwrap();
         assert_eq!(first.len(), 2);
         assert!(first.iter().flat_map(|g| &g.samples).all(|s| s.behavior_version == 0));
         // The replay hears of version 1 (the learner's request) before the worker hears the
         // announce: the tickets it now grants are for version 1, and the worker must not spend
         // them on version 0's weights (the replay would drop those groups as stale).
-        let req = sluice_replay::SampleRequest { learner_version: 1, ..at_v0 };
+        let req = sluice_replay::SampleRequest { learner: Lineage::default().at(1), ..at_v0 };
         let early = learner_client.sample(&req).await.unwrap().groups().unwrap();
         assert!(early.is_empty(), "nothing was admitted at version 1 before this request");
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(stats().groups, 2, "groups were generated for version 1 with version 0's weights");
         assert_eq!(stats().evicted_stale, 0);
-        publisher.publish(1, snapshot(&model(6))).await.unwrap().unwrap();
+        publisher.publish(Lineage::default().at(1), snapshot(&model(6))).await.unwrap().unwrap();
 
         let (stats, _worker) = handle.await.unwrap();
         assert!(!stop.load(Ordering::Relaxed));
@@ -565,7 +582,7 @@ fn sums_worker(
     run: &str,
     name: &str,
     max_new: usize,
-    version: u64,
+    version: PolicyId,
     sub: Subscriber,
 ) -> Worker<Cpu> {
     let replay = ReplayClient::new(session.clone(), ClientConfig::new(run, 1)).unwrap();
@@ -576,12 +593,12 @@ fn sums_worker(
         .with_subscriber(sub)
 }
 
-/// A synchronous learner's request for 2 groups at version `v`.
-fn fifo_at(v: u64) -> sluice_replay::SampleRequest {
+/// A synchronous learner's request for 2 groups at `learner`.
+fn fifo_at(learner: Lineage) -> sluice_replay::SampleRequest {
     sluice_replay::SampleRequest {
         sampler: Sampler::Fifo,
         groups: 2,
-        learner_version: v,
+        learner,
         max_staleness: 0,
         consumer: "learner".into(),
         drop_zero_variance: false,
@@ -592,34 +609,35 @@ fn fifo_at(v: u64) -> sluice_replay::SampleRequest {
 
 #[test]
 fn a_fresh_worker_follows_a_learner_resumed_from_an_older_checkpoint() {
-    // The replay saw the learner at version 5 before it died; the learner resumed from its
-    // version-3 checkpoint and published version 3, which a new worker now holds. The worker must
-    // generate for version 3 (the gate follows where the learner is now, not the highest version
-    // the replay ever saw), or the run waits for ever: the learner for data, the worker for
-    // version 5.
+    // The replay saw the learner of epoch 1 at version 5 before it died; the learner resumed from
+    // its version-3 checkpoint as epoch 2 and published version 3, which a new worker now holds.
+    // The worker must generate for version 3 (the gate follows the newest epoch, where the learner
+    // is now, not the highest version the replay ever saw), or the run waits for ever: the learner
+    // for data, the worker for version 5.
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     within(&rt, async {
         let (learner, worker_session, _shard, service) = synchronous_replay(dir.path(), "resume").await;
         let learner_client = ReplayClient::new(learner.clone(), ClientConfig::new("resume", 1)).unwrap();
-        for v in [5, 3] {
-            assert!(learner_client.sample(&fifo_at(v)).await.unwrap().groups().unwrap().is_empty());
+        let resumed = Lineage::start(1).at(3).fork(2);
+        for at in [Lineage::start(1).at(5), resumed.clone()] {
+            assert!(learner_client.sample(&fifo_at(at)).await.unwrap().groups().unwrap().is_empty());
         }
         let sub = Subscriber::start(
             &worker_session,
             SubscriberConfig::new("resume", "fresh"),
             Destination::REPLICATED,
-            StalenessGate::new(0, 3),
+            StalenessGate::new(0, PolicyId::new(2, 3)),
         )
         .await
         .unwrap();
-        let mut worker = sums_worker(&worker_session, "resume", "fresh", 4, 3, sub);
+        let mut worker = sums_worker(&worker_session, "resume", "fresh", 4, PolicyId::new(2, 3), sub);
         let stats = tokio::time::timeout(Duration::from_secs(30), worker.run(Some(2)))
             .await
             .expect("the worker waited for a version the resumed learner has not reached")
             .unwrap();
         assert_eq!(stats.groups_appended, 2);
-        let got = learner_client.sample(&fifo_at(3)).await.unwrap().groups().unwrap();
+        let got = learner_client.sample(&fifo_at(resumed)).await.unwrap().groups().unwrap();
         assert_eq!(got.len(), 2, "version-3 groups feed the version-3 learner");
         service.stop();
     });

@@ -36,7 +36,7 @@ pub enum SyncError {
     #[error("version {version} abandoned: {reason}")]
     Abandoned {
         /// The version.
-        version: u64,
+        version: sluice_core::PolicyId,
         /// Why.
         reason: String,
     },

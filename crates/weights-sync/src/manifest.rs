@@ -4,6 +4,7 @@
 //! the version.
 
 use serde::{Deserialize, Serialize};
+use sluice_core::PolicyId;
 
 use crate::error::{Result, SyncError};
 use crate::layout::Layout;
@@ -85,6 +86,9 @@ pub struct Chunk {
 /// Everything a subscriber needs to plan, fetch and verify one version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The learner start that published it ([`PolicyId`]; 0 in manifests from before epochs).
+    #[serde(default)]
+    pub epoch: u64,
     /// The policy version.
     pub version: u64,
     /// Element type of every chunk.
@@ -111,7 +115,7 @@ pub struct Piece<'a> {
 impl Manifest {
     /// Builds the manifest of `pieces`, cut into chunks of at most `chunk_bytes`.
     pub fn build(
-        version: u64,
+        id: PolicyId,
         transfer_dtype: DType,
         tensors: Vec<TensorEntry>,
         pieces: &[Piece<'_>],
@@ -151,15 +155,21 @@ impl Manifest {
             }
         }
         chunks.sort_by_key(|c| (c.tensor, c.holder, c.start));
-        let mut m = Manifest { version, transfer_dtype, tensors, chunks, digest: 0 };
+        let mut m =
+            Manifest { epoch: id.epoch, version: id.version, transfer_dtype, tensors, chunks, digest: 0 };
         m.digest = m.compute_digest();
         Ok(m)
     }
 
     fn compute_digest(&self) -> u64 {
-        let body = (self.version, self.transfer_dtype, &self.tensors, &self.chunks);
+        let body = (self.epoch, self.version, self.transfer_dtype, &self.tensors, &self.chunks);
         // Serializing plain data to a Vec cannot fail.
         xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// The version it holds.
+    pub fn id(&self) -> PolicyId {
+        PolicyId::new(self.epoch, self.version)
     }
 
     /// Checks the digest (a manifest fetched whole and unaltered).

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::keys;
+use sluice_core::{keys, Lineage, PolicyId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zenoh::bytes::ZBytes;
@@ -95,7 +95,7 @@ struct Inner {
     session: zenoh::Session,
     cfg: PublisherConfig,
     versions: Mutex<VecDeque<Arc<Published>>>,
-    acks: watch::Sender<BTreeMap<String, u64>>,
+    acks: watch::Sender<BTreeMap<String, PolicyId>>,
     corrupt_replies: AtomicU32,
     stats: Mutex<PublisherStats>,
     #[cfg(feature = "shm")]
@@ -156,8 +156,8 @@ impl Publisher {
         let mut tasks = Vec::new();
         for (key, serve) in [
             (wire::latest_key(&run), Serve::Latest),
-            (keys::weights(&run, "manifest/*"), Serve::Manifest),
-            (keys::weights(&run, "chunk/*/*"), Serve::Chunk),
+            (keys::weights(&run, "manifest/*/*"), Serve::Manifest),
+            (keys::weights(&run, "chunk/*/*/*"), Serve::Chunk),
         ] {
             let queryable = session.declare_queryable(&key).await.map_err(|e| zerr(&key, e))?;
             let inner = inner.clone();
@@ -178,39 +178,41 @@ impl Publisher {
                     continue;
                 };
                 ack_inner.acks.send_modify(|m| {
-                    let v = m.entry(ack.worker).or_insert(0);
-                    *v = (*v).max(ack.version);
+                    let v = m.entry(ack.worker).or_default();
+                    *v = (*v).max(PolicyId::new(ack.epoch, ack.version));
                 });
             }
         }));
         Ok(Publisher { inner, tasks })
     }
 
-    /// Publishes `snapshot` as `version` in the background; the handle resolves once it is
-    /// announced. The version must be newer than every version published before.
-    pub fn publish(&self, version: u64, snapshot: Vec<SourceTensor>) -> JoinHandle<Result<Announce>> {
+    /// Publishes `snapshot` as the current version of `lineage` in the background; the handle
+    /// resolves once it is announced. It must be newer ([`PolicyId`] order) than every version
+    /// published before.
+    pub fn publish(&self, lineage: Lineage, snapshot: Vec<SourceTensor>) -> JoinHandle<Result<Announce>> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let worker = inner.clone();
-            let published = tokio::task::spawn_blocking(move || worker.prepare(version, snapshot))
+            let id = lineage.now();
+            let published = tokio::task::spawn_blocking(move || worker.prepare(lineage, snapshot))
                 .await
-                .map_err(|e| SyncError::Config(format!("preparing version {version}: {e}")))??;
+                .map_err(|e| SyncError::Config(format!("preparing version {id}: {e}")))??;
             inner.install(published).await
         })
     }
 
     /// The newest version announced.
     pub fn latest(&self) -> Option<Announce> {
-        self.inner.newest().map(|p| p.announce)
+        self.inner.newest().map(|p| p.announce.clone())
     }
 
     /// The version each worker has acknowledged.
-    pub fn acks(&self) -> BTreeMap<String, u64> {
+    pub fn acks(&self) -> BTreeMap<String, PolicyId> {
         self.inner.acks.borrow().clone()
     }
 
     /// Waits until `workers` workers have acknowledged `version` or newer; false on timeout.
-    pub async fn wait_for_acks(&self, version: u64, workers: usize, timeout: Duration) -> bool {
+    pub async fn wait_for_acks(&self, version: PolicyId, workers: usize, timeout: Duration) -> bool {
         let mut rx = self.inner.acks.subscribe();
         let done =
             async { rx.wait_for(|m| m.values().filter(|&&v| v >= version).count() >= workers).await.is_ok() };
@@ -252,13 +254,14 @@ impl Inner {
         self.versions.lock().unwrap_or_else(|e| e.into_inner()).back().cloned()
     }
 
-    fn find(&self, version: u64) -> Option<Arc<Published>> {
+    fn find(&self, id: PolicyId) -> Option<Arc<Published>> {
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        versions.iter().find(|p| p.announce.version == version).cloned()
+        versions.iter().find(|p| p.announce.id() == id).cloned()
     }
 
     /// Casts, chunks and checksums a snapshot (CPU work, on the blocking pool).
-    fn prepare(&self, version: u64, snapshot: Vec<SourceTensor>) -> Result<Published> {
+    fn prepare(&self, lineage: Lineage, snapshot: Vec<SourceTensor>) -> Result<Published> {
+        let version = lineage.now();
         let dt = self.cfg.transfer_dtype;
         let mut entries = Vec::with_capacity(snapshot.len());
         let mut encoded: Vec<(usize, usize, Vec<u8>)> = Vec::new();
@@ -295,7 +298,7 @@ impl Inner {
         let manifest_json = serde_json::to_vec(&manifest)
             .map_err(|e| SyncError::Manifest(format!("serializing version {version}: {e}")))?;
         Ok(Published {
-            announce: Announce { version, digest: manifest.digest, bytes: manifest.total_bytes() },
+            announce: Announce { lineage, digest: manifest.digest, bytes: manifest.total_bytes() },
             manifest_json: ZBytes::from(manifest_json),
             chunks,
         })
@@ -347,14 +350,15 @@ impl Inner {
     }
 
     async fn install(&self, published: Published) -> Result<Announce> {
-        let announce = published.announce;
+        let announce = published.announce.clone();
         {
             let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(newest) = versions.back() {
-                if newest.announce.version >= announce.version {
+                if newest.announce.id() >= announce.id() {
                     return Err(SyncError::Config(format!(
                         "version {} published after version {}: versions must increase",
-                        announce.version, newest.announce.version
+                        announce.id(),
+                        newest.announce.id()
                     )));
                 }
             }
@@ -367,7 +371,7 @@ impl Inner {
         let key = wire::announce_key(&self.cfg.run);
         let body = serde_json::to_vec(&announce).unwrap_or_default();
         self.session.put(&key, body).await.map_err(|e| zerr(&key, e))?;
-        tracing::debug!("weights: announced version {} ({} bytes)", announce.version, announce.bytes);
+        tracing::debug!("weights: announced version {} ({} bytes)", announce.id(), announce.bytes);
         Ok(announce)
     }
 
@@ -378,22 +382,22 @@ impl Inner {
                 Some(p) => Ok(ZBytes::from(serde_json::to_vec(&p.announce).unwrap_or_default())),
                 None => Err("nothing published yet".to_string()),
             },
-            Serve::Manifest => match wire::trailing_numbers::<1>(&key) {
-                Some([v]) => match self.find(v) {
+            Serve::Manifest => match wire::trailing_numbers::<2>(&key) {
+                Some([e, v]) => match self.find(PolicyId::new(e, v)) {
                     Some(p) => Ok(p.manifest_json.clone()),
-                    None => Err(self.gone(v)),
+                    None => Err(self.gone(PolicyId::new(e, v))),
                 },
-                None => Err(format!("`{key}` does not name a version")),
+                None => Err(format!("`{key}` does not name an epoch and a version")),
             },
-            Serve::Chunk => match wire::trailing_numbers::<2>(&key) {
-                Some([v, i]) => match self.find(v) {
+            Serve::Chunk => match wire::trailing_numbers::<3>(&key) {
+                Some([e, v, i]) => match self.find(PolicyId::new(e, v)) {
                     Some(p) => match p.chunks.get(i as usize) {
                         Some(c) => Ok(self.maybe_corrupt(c)),
                         None => Err(format!("version {v} has {} chunks, not chunk {i}", p.chunks.len())),
                     },
-                    None => Err(self.gone(v)),
+                    None => Err(self.gone(PolicyId::new(e, v))),
                 },
-                None => Err(format!("`{key}` does not name a version and a chunk")),
+                None => Err(format!("`{key}` does not name an epoch, a version and a chunk")),
             },
         };
         let sent = match reply {
@@ -413,9 +417,9 @@ impl Inner {
         }
     }
 
-    fn gone(&self, version: u64) -> String {
+    fn gone(&self, version: PolicyId) -> String {
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        let held: Vec<u64> = versions.iter().map(|p| p.announce.version).collect();
+        let held: Vec<String> = versions.iter().map(|p| p.announce.id().to_string()).collect();
         format!("version {version} is not held (held: {held:?})")
     }
 

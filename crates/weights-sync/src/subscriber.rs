@@ -10,17 +10,18 @@
 //! swaps it in between generation steps and calls [`Subscriber::applied`], which moves the
 //! [`StalenessGate`] and acknowledges the version on `ack/{worker}` (repeated every `poll`).
 //!
-//! Versions are handed out in increasing order and only whole; a version older than the one
-//! staged or applied is ignored, and when several versions are announced while one is fetched,
-//! only the newest is fetched next (the intermediate ones would only be staler).
+//! Versions are handed out in increasing [`PolicyId`] order (epoch, then version: a resumed
+//! learner's weights are newer than the orphaned ones a worker may hold, though their version
+//! number is lower) and only whole; a version older than the one staged or applied is ignored, and
+//! when several versions are announced while one is fetched, only the newest is fetched next (the
+//! intermediate ones would only be staler).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_core::keys;
+use sluice_core::{keys, PolicyId};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use zenoh::bytes::ZBytes;
@@ -65,6 +66,8 @@ impl SubscriberConfig {
 /// A complete, verified version in the destination's layout and the transfer dtype.
 #[derive(Debug)]
 pub struct Weights {
+    /// The learner start that published it.
+    pub epoch: u64,
     /// The version.
     pub version: u64,
     /// Element type of every buffer.
@@ -76,6 +79,11 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Which version it is.
+    pub fn id(&self) -> PolicyId {
+        PolicyId::new(self.epoch, self.version)
+    }
+
     /// The tensor called `name` and its bytes.
     pub fn tensor(&self, name: &str) -> Option<(&StagedTensor, &[u8])> {
         let i = self.tensors.iter().position(|t| t.name == name)?;
@@ -108,7 +116,7 @@ pub struct SubscriberStats {
     /// Versions staged into the previous version's buffers (no allocation).
     pub staging_reused: u64,
     /// The newest version staged.
-    pub staged_version: Option<u64>,
+    pub staged_version: Option<PolicyId>,
     /// Milliseconds from seeing the last staged version to having it whole.
     pub last_sync_ms: f64,
     /// The last error.
@@ -122,7 +130,7 @@ struct Inner {
     gate: StalenessGate,
     ready: watch::Sender<Option<Arc<Weights>>>,
     stats: Mutex<SubscriberStats>,
-    applied: AtomicU64,
+    applied: Mutex<PolicyId>,
 }
 
 /// Keeps one worker's weights current. Dropping it stops fetching.
@@ -156,7 +164,7 @@ impl Subscriber {
         let announces =
             session.declare_subscriber(&key).await.map_err(|e| SyncError::Zenoh(format!("{key}: {e}")))?;
         let (ready, _) = watch::channel(None);
-        let applied = AtomicU64::new(gate.versions().1);
+        let applied = Mutex::new(gate.versions().1);
         let inner = Arc::new(Inner {
             session: session.clone(),
             cfg,
@@ -177,8 +185,8 @@ impl Subscriber {
 
     /// The newest staged version not applied yet.
     pub fn ready(&self) -> Option<Arc<Weights>> {
-        let applied = self.inner.applied.load(Ordering::SeqCst);
-        self.inner.ready.borrow().as_ref().filter(|w| w.version > applied).cloned()
+        let applied = self.inner.applied();
+        self.inner.ready.borrow().as_ref().filter(|w| w.id() > applied).cloned()
     }
 
     /// Waits for a staged version newer than the one applied.
@@ -194,8 +202,11 @@ impl Subscriber {
     }
 
     /// Records that the owner now generates with `version` and acknowledges it.
-    pub async fn applied(&self, version: u64) -> Result<()> {
-        self.inner.applied.fetch_max(version, Ordering::SeqCst);
+    pub async fn applied(&self, version: PolicyId) -> Result<()> {
+        {
+            let mut applied = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
+            *applied = (*applied).max(version);
+        }
         self.inner.gate.set_applied(version);
         self.inner.ack().await
     }
@@ -217,10 +228,14 @@ impl Inner {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn applied(&self) -> PolicyId {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The newest version staged or applied.
-    fn have(&self) -> u64 {
-        let staged = self.ready.borrow().as_ref().map_or(0, |w| w.version);
-        staged.max(self.applied.load(Ordering::SeqCst))
+    fn have(&self) -> PolicyId {
+        let staged = self.ready.borrow().as_ref().map_or(PolicyId::default(), |w| w.id());
+        staged.max(self.applied())
     }
 
     async fn run(
@@ -228,7 +243,7 @@ impl Inner {
         announces: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
     ) {
         let mut newest: Option<(Announce, Instant)> = None;
-        let mut abandoned: BTreeSet<u64> = BTreeSet::new();
+        let mut abandoned: BTreeSet<PolicyId> = BTreeSet::new();
         let mut poll = tokio::time::interval(self.cfg.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,41 +255,38 @@ impl Inner {
                 _ = poll.tick() => self.ask_latest().await.map(|a| (a, false)),
             };
             if let Some((a, announced)) = heard {
-                self.gate.set_learner(a.version);
-                if announced && a.version < self.have() {
+                self.gate.set_learner(&a.lineage);
+                if announced && a.id() < self.have() {
                     self.stats().older_ignored += 1;
                 }
-                if newest.is_none_or(|(n, _)| a.version > n.version) {
+                if newest.as_ref().is_none_or(|(n, _)| a.id() > n.id()) {
                     newest = Some((a, Instant::now()));
                 }
             }
-            let Some((target, seen)) = newest else { continue };
-            if target.version <= self.have() || abandoned.contains(&target.version) {
+            let Some((target, seen)) = newest.as_ref().map(|(a, t)| (a.clone(), *t)) else { continue };
+            let id = target.id();
+            if id <= self.have() || abandoned.contains(&id) {
                 continue;
             }
             match self.fetch(target).await {
                 Ok(weights) => {
                     let mut stats = self.stats();
                     stats.versions_staged += 1;
-                    stats.staged_version = Some(target.version);
+                    stats.staged_version = Some(id);
                     stats.last_sync_ms = seen.elapsed().as_secs_f64() * 1e3;
                     drop(stats);
                     self.ready.send_replace(Some(Arc::new(weights)));
                 }
                 Err(Failure::Integrity(reason)) => {
-                    let e = SyncError::Abandoned { version: target.version, reason };
+                    let e = SyncError::Abandoned { version: id, reason };
                     tracing::error!("weights ({}): {e}", self.cfg.worker);
-                    abandoned.insert(target.version);
+                    abandoned.insert(id);
                     let mut stats = self.stats();
                     stats.versions_abandoned += 1;
                     stats.last_error = Some(e.to_string());
                 }
                 Err(Failure::Transient(reason)) => {
-                    tracing::warn!(
-                        "weights ({}): fetching version {}: {reason}",
-                        self.cfg.worker,
-                        target.version
-                    );
+                    tracing::warn!("weights ({}): fetching version {id}: {reason}", self.cfg.worker);
                     let mut stats = self.stats();
                     stats.fetch_failures += 1;
                     stats.last_error = Some(reason);
@@ -287,7 +299,8 @@ impl Inner {
     /// or restarts later learns who is there and what they run).
     async fn ack(&self) -> Result<()> {
         let key = wire::ack_key(&self.cfg.run, &self.cfg.worker);
-        let ack = Ack { worker: self.cfg.worker.clone(), version: self.applied.load(Ordering::SeqCst) };
+        let applied = self.applied();
+        let ack = Ack { worker: self.cfg.worker.clone(), epoch: applied.epoch, version: applied.version };
         let body = serde_json::to_vec(&ack).unwrap_or_default();
         self.session.put(&key, body).await.map_err(|e| SyncError::Zenoh(format!("{key}: {e}")))
     }
@@ -318,15 +331,17 @@ impl Inner {
     }
 
     async fn fetch(self: &Arc<Self>, target: Announce) -> std::result::Result<Weights, Failure> {
-        let v = target.version;
+        let v = target.id();
         let body = self.get(&wire::manifest_key(&self.cfg.run, v)).await.map_err(Failure::Transient)?;
         let manifest: Manifest = serde_json::from_slice(&body.to_bytes())
             .map_err(|e| Failure::Integrity(format!("manifest is not valid JSON: {e}")))?;
         manifest.verify().map_err(|e| Failure::Integrity(e.to_string()))?;
-        if manifest.version != v || manifest.digest != target.digest {
+        if manifest.id() != v || manifest.digest != target.digest {
             return Err(Failure::Integrity(format!(
                 "manifest is version {} digest {:016x}, the announce said version {v} digest {:016x}",
-                manifest.version, manifest.digest, target.digest
+                manifest.id(),
+                manifest.digest,
+                target.digest
             )));
         }
         let placement = self.dest.place(&manifest).map_err(|e| Failure::Integrity(e.to_string()))?;
@@ -357,14 +372,14 @@ impl Inner {
             .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
             .collect();
         let tensors = Arc::try_unwrap(placement).map_or_else(|p| p.tensors.clone(), |p| p.tensors);
-        Ok(Weights { version: v, dtype: manifest.transfer_dtype, tensors, buffers })
+        Ok(Weights { epoch: v.epoch, version: v.version, dtype: manifest.transfer_dtype, tensors, buffers })
     }
 
     /// Staging buffers for `placement`: the last version's, when its owner has let go of them and
     /// they have the same sizes, else fresh ones.
     fn staging(&self, placement: &Placement) -> Vec<Vec<u8>> {
-        let applied = self.applied.load(Ordering::SeqCst);
-        let consumed = self.ready.borrow().as_ref().is_some_and(|w| w.version <= applied);
+        let applied = self.applied();
+        let consumed = self.ready.borrow().as_ref().is_some_and(|w| w.id() <= applied);
         if consumed {
             if let Some(old) = self.ready.send_replace(None).and_then(|w| Arc::try_unwrap(w).ok()) {
                 let same = old.buffers.len() == placement.tensors.len()
@@ -380,7 +395,7 @@ impl Inner {
 
     async fn fetch_chunk(
         &self,
-        version: u64,
+        version: PolicyId,
         index: usize,
         chunk: Chunk,
     ) -> std::result::Result<ZBytes, Failure> {

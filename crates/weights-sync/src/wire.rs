@@ -5,31 +5,43 @@
 //! |-------------------------------------|------------|------------------------------------------|
 //! | `announce`                          | put        | [`Announce`] JSON, on every publish       |
 //! | `latest`                            | queryable  | [`Announce`] JSON of the newest version   |
-//! | `manifest/{version}`                | queryable  | [`crate::Manifest`] JSON                  |
-//! | `chunk/{version}/{index}`           | queryable  | the bytes of chunk `index` of the table   |
+//! | `manifest/{epoch}/{version}`        | queryable  | [`crate::Manifest`] JSON                  |
+//! | `chunk/{epoch}/{version}/{index}`   | queryable  | the bytes of chunk `index` of the table   |
 //! | `ack/{worker}`                      | put        | [`Ack`] JSON, once a version is applied   |
 //!
 //! Failures of a queryable are `reply_err` with a UTF-8 message.
 
 use serde::{Deserialize, Serialize};
-use sluice_core::keys;
+use sluice_core::{keys, Lineage, PolicyId};
 
-/// A published version, as announced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A published version, as announced: the learner's lineage at it (its epoch, version and
+/// ancestry), so that a worker's staleness gate can tell whether the weights it holds are still
+/// on the learner's lineage after a resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
-    /// The policy version.
-    pub version: u64,
+    /// The learner's lineage at this version.
+    pub lineage: Lineage,
     /// The manifest's digest; a fetched manifest must carry the same.
     pub digest: u64,
     /// Bytes of every chunk.
     pub bytes: u64,
 }
 
-/// A subscriber's acknowledgement: `worker` now generates with `version`.
+impl Announce {
+    /// The version announced.
+    pub fn id(&self) -> PolicyId {
+        self.lineage.now()
+    }
+}
+
+/// A subscriber's acknowledgement: `worker` now generates with `version` of `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The worker.
     pub worker: String,
+    /// The epoch of the version applied.
+    #[serde(default)]
+    pub epoch: u64,
     /// The version applied.
     pub version: u64,
 }
@@ -42,12 +54,12 @@ pub(crate) fn latest_key(run: &str) -> String {
     keys::weights(run, "latest")
 }
 
-pub(crate) fn manifest_key(run: &str, version: u64) -> String {
-    keys::weights(run, &format!("manifest/{version}"))
+pub(crate) fn manifest_key(run: &str, id: PolicyId) -> String {
+    keys::weights(run, &format!("manifest/{}/{}", id.epoch, id.version))
 }
 
-pub(crate) fn chunk_key(run: &str, version: u64, index: usize) -> String {
-    keys::weights(run, &format!("chunk/{version}/{index}"))
+pub(crate) fn chunk_key(run: &str, id: PolicyId, index: usize) -> String {
+    keys::weights(run, &format!("chunk/{}/{}/{index}", id.epoch, id.version))
 }
 
 pub(crate) fn ack_key(run: &str, worker: &str) -> String {
@@ -70,10 +82,10 @@ mod tests {
 
     #[test]
     fn chunk_keys_parse_back() {
-        let k = chunk_key("r", 12, 7);
-        assert_eq!(k, "sluice/r/weights/chunk/12/7");
-        assert_eq!(trailing_numbers::<2>(&k), Some([12, 7]));
-        assert_eq!(trailing_numbers::<1>(&manifest_key("r", 3)), Some([3]));
-        assert_eq!(trailing_numbers::<2>("sluice/r/weights/chunk/x/7"), None);
+        let k = chunk_key("r", PolicyId::new(2, 12), 7);
+        assert_eq!(k, "sluice/r/weights/chunk/2/12/7");
+        assert_eq!(trailing_numbers::<3>(&k), Some([2, 12, 7]));
+        assert_eq!(trailing_numbers::<2>(&manifest_key("r", PolicyId::new(1, 3))), Some([1, 3]));
+        assert_eq!(trailing_numbers::<3>("sluice/r/weights/chunk/1/x/7"), None);
     }
 }

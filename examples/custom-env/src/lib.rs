@@ -193,7 +193,7 @@ mod tests {
         let rl =
             RlConfig { group_size: 4, temperature: 1.0, max_completion_tokens: 64, ..RlConfig::default() };
         let mut runner = Runner::new("example", "w0", cfg, rl, tok.clone(), vec![1]).unwrap();
-        let mut policy = Versioned { model: tiny(tok.vocab_size()), version: 0 };
+        let mut policy = Versioned { model: tiny(tok.vocab_size()), version: 0, epoch: 0 };
         let (mut words, mut secrets) = (Words::new(0), Secrets::new(20));
         let hot_cold = Judge::Env(Arc::new(HotCold { max: 20, turns: 3 }));
         let jobs = vec![

@@ -613,10 +613,14 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
 
         let sub_cfg =
             SubscriberConfig { poll: Duration::from_millis(100), ..SubscriberConfig::new("loop", "w0") };
-        let sub =
-            Subscriber::start(&worker_session, sub_cfg, Destination::REPLICATED, StalenessGate::new(8, 0))
-                .await
-                .unwrap();
+        let sub = Subscriber::start(
+            &worker_session,
+            sub_cfg,
+            Destination::REPLICATED,
+            StalenessGate::new(8, sluice_core::PolicyId::default()),
+        )
+        .await
+        .unwrap();
         let pub_cfg = PublisherConfig { shm: false, ..PublisherConfig::new("loop") };
         let publisher = Publisher::start(&learner_session, pub_cfg).await.unwrap();
         let source = ReplayClient::new(learner_session.clone(), ClientConfig::new("loop", 1)).unwrap();
@@ -633,7 +637,7 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
                 if w.version == 3 {
                     return w;
                 }
-                sub.applied(w.version).await.unwrap();
+                sub.applied(w.id()).await.unwrap();
             }
         })
         .await

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_core::ZenohOptions;
+use sluice_core::{Lineage, PolicyId, ZenohOptions};
 use sluice_weights_sync::synthetic::{self, SMOLLM2_135M, TINY};
 use sluice_weights_sync::{
     DType, Destination, Publisher, PublisherConfig, StalenessGate, Subscriber, SubscriberConfig,
@@ -117,14 +117,14 @@ async fn publish(args: &Args) -> AnyResult<()> {
         (args.num("versions", 3)?, args.num("holders", 1)? as usize, args.num("subscribers", 1)? as usize);
     let patience = Duration::from_secs(args.num("wait-s", 120)?);
     emit(json!({"event": "ready"}));
-    if !publisher.wait_for_acks(0, subscribers, patience).await {
+    if !publisher.wait_for_acks(PolicyId::default(), subscribers, patience).await {
         return Err(format!("{subscribers} subscribers did not join within {patience:?}").into());
     }
     emit(json!({"event": "joined", "subscribers": subscribers}));
     for v in 1..=versions {
         let snapshot = synthetic::snapshot(v, &tensors, holders);
         let t0 = Instant::now();
-        let handle = publisher.publish(v, snapshot);
+        let handle = publisher.publish(Lineage::default().at(v), snapshot);
         // What the training loop waits for: handing the snapshot over.
         let call_ms = t0.elapsed().as_secs_f64() * 1e3;
         let announce = handle.await??;
@@ -134,7 +134,7 @@ async fn publish(args: &Args) -> AnyResult<()> {
         );
         if args.flag("wait-each") {
             let t1 = Instant::now();
-            if !publisher.wait_for_acks(v, subscribers, patience).await {
+            if !publisher.wait_for_acks(PolicyId::new(0, v), subscribers, patience).await {
                 return Err(
                     format!("version {v} was not acknowledged by {subscribers} within {patience:?}").into()
                 );
@@ -142,7 +142,7 @@ async fn publish(args: &Args) -> AnyResult<()> {
             emit(json!({"event": "synced", "version": v, "sync_ms": t1.elapsed().as_secs_f64() * 1e3}));
         }
     }
-    if !publisher.wait_for_acks(versions, subscribers, patience).await {
+    if !publisher.wait_for_acks(PolicyId::new(0, versions), subscribers, patience).await {
         return Err(
             format!("version {versions} was not acknowledged by {subscribers} within {patience:?}").into()
         );
@@ -172,7 +172,7 @@ async fn subscribe(args: &Args) -> AnyResult<()> {
             parallel: parallel as usize,
             ..SubscriberConfig::new(run, name.clone())
         };
-        let sub = Subscriber::start(&session, cfg, dest, StalenessGate::new(0, 0)).await?;
+        let sub = Subscriber::start(&session, cfg, dest, StalenessGate::new(0, PolicyId::default())).await?;
         let dump = dump.clone();
         ranks.spawn(async move {
             let mut last = 0;
@@ -182,7 +182,7 @@ async fn subscribe(args: &Args) -> AnyResult<()> {
                     return Err(format!("{name}: version {} handed out after {last}", w.version).into());
                 }
                 last = w.version;
-                sub.applied(w.version).await?;
+                sub.applied(w.id()).await?;
                 let stats = sub.stats();
                 emit(json!({"event": "applied", "worker": name, "version": w.version, "sync_ms": stats.last_sync_ms, "stats": stats}));
                 if w.version >= until {

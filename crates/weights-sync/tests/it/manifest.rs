@@ -46,7 +46,7 @@ fn a_destination_assembled_from_verified_chunks_matches_the_source() {
         .enumerate()
         .flat_map(|(t, hs)| hs.iter().enumerate().map(move |(h, b)| Piece { tensor: t, holder: h, bytes: b }))
         .collect();
-    let m = Manifest::build(7, dt, entries.clone(), &pieces, 10).unwrap();
+    let m = Manifest::build(sluice_core::PolicyId::new(0, 7), dt, entries.clone(), &pieces, 10).unwrap();
     m.verify().unwrap();
     assert!(m.chunks.iter().all(|c| c.len <= 10));
     assert_eq!(m.total_bytes(), values.iter().map(|v| v.len() as u64 * 2).sum::<u64>());
@@ -84,7 +84,8 @@ fn tampering_and_corruption_are_detected() {
         entries.into_iter().map(|e| TensorEntry { layouts: vec![Layout::Replicated], ..e }).collect();
     let pieces: Vec<Piece<'_>> =
         bufs.iter().enumerate().map(|(t, b)| Piece { tensor: t, holder: 0, bytes: b }).collect();
-    let m = Manifest::build(1, DType::F32, entries.clone(), &pieces, 64).unwrap();
+    let m =
+        Manifest::build(sluice_core::PolicyId::new(0, 1), DType::F32, entries.clone(), &pieces, 64).unwrap();
     let c = m.chunks[1];
     let mut bytes = bufs[c.tensor as usize][c.start as usize..(c.start + c.len) as usize].to_vec();
     assert!(Manifest::check_chunk(&c, &bytes));
@@ -95,7 +96,9 @@ fn tampering_and_corruption_are_detected() {
     forged.tensors[0].shape = vec![8, 6];
     assert!(forged.verify().unwrap_err().to_string().contains("digest"));
     let short = [Piece { tensor: 0, holder: 0, bytes: &bufs[0][4..] }];
-    let err = Manifest::build(1, DType::F32, entries, &short, 64).unwrap_err().to_string();
+    let err = Manifest::build(sluice_core::PolicyId::new(0, 1), DType::F32, entries, &short, 64)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model.layers.0.w0") && err.contains("188 bytes given"), "{err}");
 }
 

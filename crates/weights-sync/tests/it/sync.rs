@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sluice_core::{free_local_port, ZenohOptions};
+use sluice_core::{free_local_port, Lineage, PolicyId, ZenohOptions};
 
 use crate::common;
 use sluice_weights_sync::synthetic::{self, TINY};
@@ -30,10 +30,15 @@ async fn publisher(session: &zenoh::Session, run: &str) -> Publisher {
     Publisher::start(session, cfg).await.unwrap()
 }
 
+/// Version `n` of epoch 0.
+fn v(n: u64) -> PolicyId {
+    PolicyId::new(0, n)
+}
+
 /// Publishes `version` of the tiny model held by two FSDP ranks.
 async fn publish(p: &Publisher, version: u64) -> Announce {
     let snap = synthetic::snapshot(version, &synthetic::llama_tensors(TINY), 2);
-    p.publish(version, snap).await.unwrap().unwrap()
+    p.publish(Lineage::default().at(version), snap).await.unwrap().unwrap()
 }
 
 /// The bf16 bytes of the full tensor `t` at `version`, computed without the planner.
@@ -70,7 +75,7 @@ async fn corrupted_chunks_are_refetched_and_persistent_corruption_abandons_the_v
         &ss,
         sub_config("corrupt", "w0"),
         Destination::REPLICATED,
-        StalenessGate::new(4, 0),
+        StalenessGate::new(4, PolicyId::default()),
     )
     .await
     .unwrap();
@@ -82,7 +87,7 @@ async fn corrupted_chunks_are_refetched_and_persistent_corruption_abandons_the_v
     let stats = sub.stats();
     assert_eq!(stats.chunk_refetches, 3, "{stats:?}");
     assert_eq!(stats.versions_abandoned, 0);
-    sub.applied(1).await.unwrap();
+    sub.applied(v(1)).await.unwrap();
     drop(w);
 
     // Every reply corrupted: the version is given up, never handed out.
@@ -92,16 +97,16 @@ async fn corrupted_chunks_are_refetched_and_persistent_corruption_abandons_the_v
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sub.ready().is_none(), "an abandoned version is never handed out");
     let stats = sub.stats();
-    assert!(stats.last_error.as_deref().unwrap().contains("version 2 abandoned"), "{stats:?}");
-    assert_eq!(sub.gate().versions(), (2, 1));
+    assert!(stats.last_error.as_deref().unwrap().contains("version 2 (epoch 0) abandoned"), "{stats:?}");
+    assert_eq!(sub.gate().versions(), (v(2), v(1)));
 
     p.corrupt_next_replies(0);
     publish(&p, 3).await;
     let w = tokio::time::timeout(Duration::from_secs(20), sub.next_ready()).await.unwrap();
     assert_replicated(&w, 3);
-    sub.applied(3).await.unwrap();
-    assert!(p.wait_for_acks(3, 1, Duration::from_secs(10)).await);
-    assert_eq!(p.acks().get("w0"), Some(&3));
+    sub.applied(v(3)).await.unwrap();
+    assert!(p.wait_for_acks(v(3), 1, Duration::from_secs(10)).await);
+    assert_eq!(p.acks().get("w0"), Some(&v(3)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +120,7 @@ async fn a_late_joiner_gets_the_latest_version_in_its_own_layout_and_ignores_old
         &ss,
         sub_config("late", "whole"),
         Destination::REPLICATED,
-        StalenessGate::new(1, 0),
+        StalenessGate::new(1, PolicyId::default()),
     )
     .await
     .unwrap();
@@ -123,14 +128,14 @@ async fn a_late_joiner_gets_the_latest_version_in_its_own_layout_and_ignores_old
         &ss,
         sub_config("late", "tp1"),
         Destination { tensor_parallel: Some((2, 1)), fuse: true },
-        StalenessGate::new(1, 0),
+        StalenessGate::new(1, PolicyId::default()),
     )
     .await
     .unwrap();
     let w = tokio::time::timeout(Duration::from_secs(20), sub.next_ready()).await.unwrap();
     assert_replicated(&w, 3);
     assert_eq!(sub.stats().versions_staged, 1, "the late joiner fetches only the latest version");
-    sub.applied(3).await.unwrap();
+    sub.applied(v(3)).await.unwrap();
 
     // Rank 1 of 2-way tensor parallelism with fused qkv and gate_up.
     let w = tokio::time::timeout(Duration::from_secs(20), tp.next_ready()).await.unwrap();
@@ -172,24 +177,24 @@ async fn a_late_joiner_gets_the_latest_version_in_its_own_layout_and_ignores_old
     }
 
     // An announce older than what is applied is ignored.
-    let stale = Announce { version: 2, digest: 0, bytes: 0 };
+    let stale = Announce { lineage: Lineage::default().at(2), digest: 0, bytes: 0 };
     ps.put("sluice/late/weights/announce", serde_json::to_vec(&stale).unwrap()).await.unwrap();
     eventually("the older announce to be counted", || sub.stats().older_ignored == 1).await;
     assert!(sub.ready().is_none());
     assert_eq!(sub.stats().versions_staged, 1);
-    assert!(p.wait_for_acks(3, 1, Duration::from_secs(10)).await);
+    assert!(p.wait_for_acks(v(3), 1, Duration::from_secs(10)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_lagging_beyond_max_staleness_is_blocked_until_it_applies_a_newer_version() {
     let (ps, ss) = sessions().await;
     let p = publisher(&ps, "lag").await;
-    let gate = StalenessGate::new(1, 0);
+    let gate = StalenessGate::new(1, PolicyId::default());
     let sub =
         Subscriber::start(&ss, sub_config("lag", "w"), Destination::REPLICATED, gate.clone()).await.unwrap();
     publish(&p, 1).await;
     publish(&p, 2).await;
-    eventually("the learner's version to arrive", || gate.versions().0 == 2).await;
+    eventually("the learner's version to arrive", || gate.versions().0 == v(2)).await;
     assert!(!gate.may_start(), "two versions behind with max_staleness 1");
     let waiter = {
         let gate = gate.clone();
@@ -199,7 +204,57 @@ async fn a_subscriber_lagging_beyond_max_staleness_is_blocked_until_it_applies_a
     assert!(!waiter.is_finished(), "blocked while the owner has applied nothing");
     let w = tokio::time::timeout(Duration::from_secs(20), sub.next_ready()).await.unwrap();
     assert_eq!(w.version, 2, "only the newest version is fetched");
-    sub.applied(w.version).await.unwrap();
+    sub.applied(w.id()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
     assert!(gate.may_start());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_moves_to_a_resumed_learner_whose_version_number_is_lower() {
+    // Epoch 1 published up to version 8 and died; epoch 2 resumed from its checkpoint at 5. The
+    // worker holds the orphaned version 8: it must take epoch 2's version 5 (fails on a subscriber
+    // that orders by version number alone, which ignores 5 < 8), and its gate must shut meanwhile.
+    let (ps, ss) = sessions().await;
+    let run = "resume";
+    let gate = StalenessGate::new(4, PolicyId::default());
+    let sub =
+        Subscriber::start(&ss, sub_config(run, "w"), Destination::REPLICATED, gate.clone()).await.unwrap();
+    let tensors = synthetic::llama_tensors(TINY);
+    let first = publisher(&ps, run).await;
+    let e1 = Lineage::start(1);
+    for n in [5, 8] {
+        first.publish(e1.clone().at(n), synthetic::snapshot(n, &tensors, 1)).await.unwrap().unwrap();
+    }
+    let w = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let w = sub.next_ready().await;
+            if w.version == 8 {
+                return w;
+            }
+            sub.applied(w.id()).await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    sub.applied(w.id()).await.unwrap();
+    assert!(gate.may_start());
+    drop(first);
+
+    let second = publisher(&ps, run).await;
+    let resumed = e1.at(5).fork(2);
+    // Different bytes under a version number the first learner used too.
+    second.publish(resumed.clone(), synthetic::snapshot(105, &tensors, 1)).await.unwrap().unwrap();
+    eventually("the resumed learner's lineage to reach the gate", || {
+        gate.versions().0 == PolicyId::new(2, 5)
+    })
+    .await;
+    assert!(!gate.may_start(), "version 8 of epoch 1 is orphaned by the resume");
+    let w = tokio::time::timeout(Duration::from_secs(20), sub.next_ready()).await.unwrap();
+    assert_eq!(w.id(), PolicyId::new(2, 5));
+    let (_, bytes) = w.tensor(&tensors[0].0).unwrap();
+    assert!(bytes == full_bytes(105, 0, &tensors[0].1).as_slice(), "the resumed learner's weights");
+    sub.applied(w.id()).await.unwrap();
+    assert!(gate.may_start());
+    assert_eq!(sub.stats().versions_abandoned, 0, "no version number was mistaken for another");
+    assert!(second.wait_for_acks(PolicyId::new(2, 5), 1, Duration::from_secs(10)).await);
 }
