@@ -407,3 +407,190 @@ fn killed_rollout_replay_and_learner_processes_lose_no_acknowledged_group() {
     assert!(acked.len() as u64 >= steps * 4, "the workers' append logs are incomplete");
     assert!(lost.is_empty(), "acknowledged groups missing from the replay: {lost:?}");
 }
+
+/// The model of version `version` (of the lineage whose checkpoints are under `run`): the initial
+/// model for version 0, else the checkpoint of that step (one version per step here).
+fn model_at(
+    cache: &mut std::collections::HashMap<u64, Llama<Cpu>>,
+    initial: &Path,
+    run: &Path,
+    version: u64,
+) -> Llama<Cpu> {
+    cache
+        .entry(version)
+        .or_insert_with(|| {
+            let path = match version {
+                0 => initial.to_path_buf(),
+                v => run.join(format!("checkpoints/step-{v:08}")),
+            };
+            sluice_model::Policy::<Cpu>::load(&path, &Default::default()).unwrap().model
+        })
+        .clone()
+}
+
+/// Log-probs of `completion` after `prompt` under `model` at temperature 1.
+fn rescored(model: &Llama<Cpu>, prompt: &[u32], completion: &[u32]) -> Vec<f32> {
+    let rows = [sluice_model::ScoreRow { prompt, completion }];
+    sluice_model::to_vec_f32(sluice_model::score(model, &rows, 1.0, false).unwrap().logprobs)
+}
+
+#[test]
+fn a_learner_resumed_behind_its_published_versions_trains_only_on_samples_of_its_lineage() {
+    // Two workers run throughout. The learner publishes versions 1..8 and more, dies, and its
+    // checkpoints past step 5 are set aside (as if it had died before writing them): it resumes
+    // at version 5 as run epoch 2. Versions 6.. of epoch 1 are orphaned. Every group trained after
+    // the resume must come from the resumed lineage within the staleness bound, and every token's
+    // log-prob must be what the checkpoint of the version that sampled it gives (weights are
+    // published as f32, so the rollout's weights are the checkpoint's bit for bit). Before
+    // lineages the resumed learner trained on the orphaned versions' groups as fresh data (their
+    // staleness clamped to 0), and its workers kept sampling with orphaned weights.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_model(d);
+    let steps = 16;
+    let cfg = config(d, &model, steps);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "checkpoint_every = 10",
+        "checkpoint_every = 1\nkeep_checkpoints = 100\nlog_trained_groups = true",
+    ) + "\n[weights]\ntransfer_dtype = \"f32\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let run = d.join("run");
+    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
+    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
+    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+    let learner_args = ["learner", cfg_s, "--listen", &learner_ep, "--connect", &replay_ep];
+    let rollout = |name: &str| {
+        let args = ["rollout", cfg_s, "--name", name, "--connect", &replay_ep, "--connect", &learner_ep];
+        Proc::start(d, &format!("rollout-{name}"), &args)
+    };
+    let mut replay = Proc::start(d, "replay", &["replay", cfg_s, "--listen", &replay_ep]);
+    replay.wait_for("\"ready\"", Duration::from_secs(60));
+    let mut learner = Proc::start(d, "learner", &learner_args);
+    let mut a = rollout("a");
+    let mut b = rollout("b");
+    let ckpt8 = run.join("checkpoints/step-00000008");
+    wait_until(
+        "version 8",
+        Duration::from_secs(120),
+        || ckpt8.is_dir() && last_step(&run) >= 8,
+        &mut [&mut learner, &mut a, &mut b],
+    );
+    kill(&mut learner);
+    let aside = d.join("orphaned-checkpoints");
+    std::fs::create_dir_all(&aside).unwrap();
+    let mut orphaned_versions = Vec::new();
+    for e in std::fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if step > 5 {
+                std::fs::rename(e.path(), aside.join(&name)).unwrap();
+                orphaned_versions.push(step);
+            }
+        }
+    }
+    assert!(orphaned_versions.len() >= 3, "versions 6, 7 and 8 were published: {orphaned_versions:?}");
+    let mut learner = Proc::start(d, "learner-2", &learner_args);
+    assert!(
+        learner.wait(Duration::from_secs(240)).success(),
+        "the resumed learner failed:\n{}",
+        learner.log()
+    );
+    let log = learner.log();
+    assert!(
+        log.contains("resuming from the checkpoint of step 5") && log.contains("as run epoch 2"),
+        "{log}"
+    );
+    for p in [&mut a, &mut b, &mut replay] {
+        assert!(p.wait(Duration::from_secs(60)).success(), "{}:\n{}", p.name, p.log());
+    }
+
+    // What the orphaned versions sampled was stopped: dropped by the replay when the resumed
+    // learner's lineage reached it, refused when appended later, or dropped by the learner.
+    let stopped: serde_json::Value = replay
+        .log()
+        .lines()
+        .find(|l| l.contains("\"stopped\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    let evicted = stopped["stats"][0]["evicted_orphaned"].as_u64().unwrap();
+    let recs = records(&run);
+    let dropped: f64 =
+        learner_steps(&recs).iter().filter_map(|r| r[metrics::ORPHANED_DROPPED].as_f64()).sum();
+    eprintln!("orphaned groups: {evicted} dropped or refused by the replay, {dropped} by the learner");
+    assert!(evicted as f64 + dropped > 0.0, "no group of an orphaned version ever reached the replay");
+    assert_eq!(stopped["stats"][0]["learner_epoch"].as_u64(), Some(2));
+
+    // Every group the resumed learner trained on, checked against the weights that sampled it.
+    let lineage = sluice_core::Lineage::start(1).at(5).fork(2);
+    let trained: Vec<serde_json::Value> = std::fs::read_to_string(run.join("trained.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["epoch"] == 2)
+        .collect();
+    let steps_after: Vec<u64> = trained.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps_after, (6..=steps).collect::<Vec<_>>(), "one line per step of the resumed lineage");
+    let out = d.join("export.parquet");
+    sluice_replay::export(&run, &out).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&out).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut stored = std::collections::HashMap::new();
+    for batch in reader {
+        for g in sluice_core::trajectory::batch_to_groups(&batch.unwrap()).unwrap() {
+            stored.insert(g.group_id, g);
+        }
+    }
+    let mut models = std::collections::HashMap::new();
+    let (mut tokens, mut worst) = (0usize, 0f32);
+    for rec in &trained {
+        let learner_version = rec["version"].as_u64().unwrap();
+        let at = lineage.clone().at(learner_version);
+        for g in rec["groups"].as_array().unwrap() {
+            let [gid, epoch, version] = [0, 1, 2].map(|i| g[i].as_u64().unwrap());
+            let behavior = sluice_core::PolicyId::new(epoch, version);
+            let distance = at.distance(behavior);
+            assert!(
+                distance.is_some_and(|d| d <= 1),
+                "step {} trained group {gid} of {behavior} at {}: off the lineage or stale",
+                rec["step"],
+                at.now()
+            );
+            let group = stored.get(&gid).unwrap_or_else(|| panic!("group {gid} is not in the replay"));
+            for s in &group.samples {
+                assert_eq!(s.behavior_epoch, epoch);
+                let mut versions: Vec<u64> = s.token_versions.clone();
+                versions.sort_unstable();
+                versions.dedup();
+                for v in versions {
+                    let m = model_at(&mut models, &model, &run, v);
+                    let lp = rescored(&m, &s.prompt_tokens, &s.completion_tokens);
+                    for i in (0..lp.len()).filter(|&i| s.token_versions[i] == v && s.loss_mask[i] == 1) {
+                        worst = worst.max((lp[i] - s.behavior_logprobs[i]).abs());
+                        tokens += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{tokens} tokens checked against their versions' checkpoints; largest log-prob gap {worst:.2e}"
+    );
+    assert!(tokens > 0);
+    assert!(worst < 1e-3, "a token's log-prob is not its version's: gap {worst}");
+    // The check tells versions apart: the orphaned version 8 gives other log-probs than 5.
+    let five = model_at(&mut models, &model, &run, 5);
+    let eight =
+        sluice_model::Policy::<Cpu>::load(&aside.join("step-00000008"), &Default::default()).unwrap().model;
+    let s = &stored.values().next().unwrap().samples[0];
+    let gap = rescored(&five, &s.prompt_tokens, &s.completion_tokens)
+        .iter()
+        .zip(rescored(&eight, &s.prompt_tokens, &s.completion_tokens))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(gap > 1e-2, "versions 5 and 8 give log-probs within {gap}: the check could not tell them apart");
+}
