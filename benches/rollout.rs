@@ -141,7 +141,7 @@ async fn workers(
             &name,
             runner,
             policy.model.clone(),
-            0,
+            PolicyId::default(),
             vec![source(i as u64)],
         )
         .unwrap();

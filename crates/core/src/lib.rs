@@ -22,4 +22,4 @@ pub use hash::{fnv1a64, splitmix64};
 pub use net::{free_local_port, ZenohOptions};
 pub use settings::RlConfig;
 pub use trajectory::{zero_variance, Finish, Group, GroupSpan, Sample};
-pub use version::{admission_limit, is_admissible, Lineage, PolicyId, PolicyVersion};
+pub use version::{admission_limit, Lineage, PolicyId, PolicyVersion};

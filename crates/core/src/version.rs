@@ -4,12 +4,15 @@
 //! *Constraints.* An asynchronous learner trains on samples drawn by older policies; too old and
 //! the off-policy correction cannot save the update, and generating such samples wastes compute.
 //! *Solution.* One integer, the version (learner batches whose update was applied, however many
-//! optimizer epochs each took; initial weights are 0),
-//! and one bound, `max_staleness`. A sample is admissible while `learner - behavior <= max_staleness`;
-//! producers may start a group only while `started <= (v + max_staleness + 1) * groups_per_step`
-//! (AReaL's rule), so nothing is generated that is bound to go stale. `max_staleness = 0` is
-//! synchronous on-policy training through the same code. *Pros:* one knob with one meaning for
-//! every role. *Cons:* staleness is counted in steps, not wall time.
+//! optimizer epochs each took; initial weights are 0), named with the run epoch of the learner start
+//! that made it ([`PolicyId`]), and one bound, `max_staleness`. A sample is admissible while it is on
+//! the learner's [`Lineage`] and `learner - behavior <= max_staleness`; producers may start a group
+//! only while `started <= (v + max_staleness + 1) * groups_per_step` (AReaL's rule), so nothing is
+//! generated that is bound to go stale. `max_staleness = 0` is synchronous on-policy training
+//! through the same code. A learner resumed from a checkpoint behind the versions it had published
+//! starts a new epoch, and what the versions past its checkpoint sampled is orphaned: never trained
+//! on. *Pros:* one knob with one meaning for every role; a resume cannot pass data off as fresh.
+//! *Cons:* staleness is counted in steps, not wall time.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,11 +33,6 @@ impl std::fmt::Display for PolicyVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "v{}", self.0)
     }
-}
-
-/// Whether a sample produced by `behavior` may train the policy at `learner`.
-pub fn is_admissible(learner: PolicyVersion, behavior: PolicyVersion, max_staleness: u64) -> bool {
-    behavior.lag_behind(learner) <= max_staleness
 }
 
 /// The most groups that may have been started while the learner is at `learner`:
@@ -138,8 +136,8 @@ impl Lineage {
         (behavior.version <= until).then(|| self.version.saturating_sub(behavior.version))
     }
 
-    /// Whether data sampled by `behavior` may train the policy now: on this lineage and within
-    /// `max_staleness` ([`is_admissible`]).
+    /// Whether data sampled by `behavior` may train the policy now: on this lineage and at most
+    /// `max_staleness` versions behind (the one statement of the rule).
     pub fn admits(&self, behavior: PolicyId, max_staleness: u64) -> bool {
         self.distance(behavior).is_some_and(|d| d <= max_staleness)
     }
@@ -157,16 +155,19 @@ mod tests {
 
     #[test]
     fn synchronous_training_admits_only_the_current_version() {
-        assert!(is_admissible(PolicyVersion(5), PolicyVersion(5), 0));
-        assert!(!is_admissible(PolicyVersion(5), PolicyVersion(4), 0));
+        let at = |v| Lineage::start(1).at(v);
+        assert!(at(5).admits(PolicyId::new(1, 5), 0));
+        assert!(!at(5).admits(PolicyId::new(1, 4), 0));
     }
 
     #[test]
     fn staleness_bound_is_inclusive() {
-        assert!(is_admissible(PolicyVersion(10), PolicyVersion(8), 2));
-        assert!(!is_admissible(PolicyVersion(10), PolicyVersion(7), 2));
-        // A sample from the future (a learner that restarted from an older checkpoint) is not stale.
-        assert!(is_admissible(PolicyVersion(3), PolicyVersion(4), 0));
+        let at = |v| Lineage::start(1).at(v);
+        assert!(at(10).admits(PolicyId::new(1, 8), 2));
+        assert!(!at(10).admits(PolicyId::new(1, 7), 2));
+        // A version of the learner's epoch it has not reached yet (heard of by the holder of an
+        // older copy of the lineage) is not stale.
+        assert!(at(3).admits(PolicyId::new(1, 4), 0));
     }
 
     #[test]

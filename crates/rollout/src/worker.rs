@@ -199,9 +199,10 @@ impl<B: Backend> Worker<B> {
         self
     }
 
-    /// Appends one JSON line per batch the replay acknowledged (`{"worker", "group_ids"}`) to
-    /// `file`: an audit trail of what this worker handed over, checked against the replay's
-    /// contents by the fault test.
+    /// Appends one JSON line per batch the replay acknowledged (`{"worker", "group_ids",
+    /// "behavior"}`: the groups it stored and the `[epoch, version]` that sampled each) to `file`:
+    /// an audit trail of what this worker handed over, checked against the replay's contents by
+    /// the fault test.
     pub fn with_append_log(mut self, file: std::fs::File) -> Self {
         self.append_log = Some(file);
         self
@@ -405,12 +406,18 @@ impl<B: Backend> Worker<B> {
                     self.stats.groups_appended += groups.len() as u64 - orphaned;
                     if let Some(f) = &mut self.append_log {
                         use std::io::Write;
-                        let ids: Vec<u64> = groups
+                        let kept: Vec<&Group> =
+                            groups.iter().filter(|g| !ack.orphaned.contains(&g.group_id)).collect();
+                        let ids: Vec<u64> = kept.iter().map(|g| g.group_id).collect();
+                        let behavior: Vec<[u64; 2]> = kept
                             .iter()
-                            .map(|g| g.group_id)
-                            .filter(|id| !ack.orphaned.contains(id))
+                            .map(|g| {
+                                let b = g.samples.iter().map(|s| s.behavior()).min().unwrap_or_default();
+                                [b.epoch, b.version]
+                            })
                             .collect();
-                        let line = serde_json::json!({"worker": self.name, "group_ids": ids});
+                        let line =
+                            serde_json::json!({"worker": self.name, "group_ids": ids, "behavior": behavior});
                         if let Err(e) = writeln!(f, "{line}") {
                             tracing::warn!(worker = %self.name, "append log: {e}");
                         }
