@@ -642,3 +642,46 @@ fn a_fresh_worker_follows_a_learner_resumed_from_an_older_checkpoint() {
         service.stop();
     });
 }
+
+#[test]
+fn a_new_epochs_weights_wait_for_the_next_batch_so_a_sample_holds_one_epoch() {
+    // The worker generates with version 0 of epoch 0 when a resumed learner's weights (epoch 1)
+    // arrive mid-generation: a swap would put tokens of two learner starts in one sample, one of
+    // them possibly orphaned. They are taken when the next batch begins.
+    let rt = rt();
+    within(&rt, async {
+        let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+        let learner = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+        let worker = ZenohOptions::connect_to(ep).open().await.unwrap();
+        let publisher =
+            Publisher::start(&learner, PublisherConfig { shm: false, ..PublisherConfig::new("epoch") })
+                .await
+                .unwrap();
+        let sub_cfg =
+            SubscriberConfig { poll: Duration::from_millis(100), ..SubscriberConfig::new("epoch", "w0") };
+        let gate = StalenessGate::new(4, PolicyId::default());
+        let sub = Arc::new(Subscriber::start(&worker, sub_cfg, Destination::REPLICATED, gate).await.unwrap());
+        publisher.publish(Lineage::start(1).at(1), snapshot(&model(2))).await.unwrap().unwrap();
+        while sub.ready().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut runner =
+            Runner::new("epoch", "w0", rollout_config(12), rl(), tokenizer(), Vec::new()).unwrap();
+        let feed = SubscriberFeed::<Cpu>::new(sub.clone(), model_config(), Default::default());
+        // Offered from the 3rd decoding step of the first batch on.
+        let mut feed = FromStep { inner: feed, calls: 0, after: 3 };
+        let mut policy = Versioned { model: model(1), version: 0, epoch: 0 };
+        let mut sums = Sums(0);
+        let mut job =
+            || Job { task: sums.next_task().unwrap(), judge: sums_verifier(), stop_strings: Vec::new() };
+        let first = runner.run(&mut policy, &mut feed, &[job()]).await.unwrap();
+        assert_eq!(runner.stats().mid_generation_swaps, 0, "no swap across epochs mid-batch");
+        assert!(first[0]
+            .samples
+            .iter()
+            .all(|s| s.behavior() == PolicyId::default() && s.token_versions.iter().all(|&v| v == 0)));
+        let second = runner.run(&mut policy, &mut feed, &[job()]).await.unwrap();
+        assert_eq!(policy.id(), PolicyId::new(1, 1), "taken when the next batch began");
+        assert!(second[0].samples.iter().all(|s| s.behavior() == PolicyId::new(1, 1)));
+    });
+}
