@@ -198,8 +198,10 @@ impl Store {
     pub(crate) fn follow(&mut self, lineage: &Lineage) -> Result<(bool, bool)> {
         if lineage.epoch < self.learner.epoch {
             return Err(ReplayError::Invalid(format!(
-                "a learner of epoch {} asked for data, but the replay follows epoch {} (version {}): a \
-                 learner process of an earlier start is still running; stop it",
+                "a learner of epoch {} asked for data, but the replay follows epoch {} (version {}): either \
+                 a learner process of an earlier start is still running (stop it), or the run's \
+                 checkpoints and their EPOCH file were removed while its replay directory was kept \
+                 (remove both, or neither)",
                 lineage.epoch, self.learner.epoch, self.learner.version
             )));
         }
