@@ -191,9 +191,7 @@ fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
     let steps = 500;
     let cfg = config(d, &model, steps);
     let cfg_s = cfg.to_str().unwrap();
-    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
-    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
-    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+    let (replay_ep, learner_ep) = endpoints();
 
     let mut replay = Proc::start(d, "replay", &["replay", cfg_s, "--listen", &replay_ep]);
     replay.wait_for("\"ready\"", Duration::from_secs(60));
@@ -259,6 +257,32 @@ fn a_tiny_model_learns_through_replay_learner_and_rollout_processes() {
     );
 }
 
+/// Every group the run's replay holds, by id, read back through `sluice_replay::export` (a parquet
+/// file written into `scratch`).
+fn exported(run: &Path, scratch: &Path) -> std::collections::HashMap<u64, sluice_core::Group> {
+    let out = scratch.join("export.parquet");
+    sluice_replay::export(run, &out).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&out).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut stored = std::collections::HashMap::new();
+    for batch in reader {
+        for g in sluice_core::trajectory::batch_to_groups(&batch.unwrap()).unwrap() {
+            stored.insert(g.group_id, g);
+        }
+    }
+    stored
+}
+
+/// Loopback endpoints for a replay and a learner process, on free ports.
+fn endpoints() -> (String, String) {
+    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
+    (format!("tcp/127.0.0.1:{p_replay}"), format!("tcp/127.0.0.1:{p_learner}"))
+}
+
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, procs: &mut [&mut Proc]) {
     let t0 = Instant::now();
     while !done() {
@@ -294,9 +318,7 @@ fn killed_rollout_replay_and_learner_processes_lose_no_acknowledged_group() {
     std::fs::write(&cfg, text).unwrap();
     let cfg_s = cfg.to_str().unwrap();
     let run = d.join("run");
-    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
-    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
-    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+    let (replay_ep, learner_ep) = endpoints();
     let replay_args = ["replay", cfg_s, "--listen", &replay_ep];
     let learner_args = ["learner", cfg_s, "--listen", &learner_ep, "--connect", &replay_ep];
     let rollout = |name: &str| {
@@ -400,19 +422,8 @@ fn killed_rollout_replay_and_learner_processes_lose_no_acknowledged_group() {
             }
         }
     }
-    let out = d.join("export.parquet");
-    let (groups, _) = sluice_replay::export(&run, &out).unwrap();
-    let file = std::fs::File::open(&out).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut stored = std::collections::BTreeSet::new();
-    for batch in reader {
-        for g in sluice_core::trajectory::batch_to_groups(&batch.unwrap()).unwrap() {
-            stored.insert(g.group_id);
-        }
-    }
+    let stored: std::collections::BTreeSet<u64> = exported(&run, d).into_keys().collect();
+    let groups = stored.len();
     let lost: Vec<_> = acked.difference(&stored).filter(|id| !orphaned.contains(id)).collect();
     eprintln!(
         "{} groups acknowledged to workers ({} of orphaned versions), {groups} stored, lost {}",
@@ -473,9 +484,7 @@ fn a_learner_resumed_behind_its_published_versions_trains_only_on_samples_of_its
     std::fs::write(&cfg, text).unwrap();
     let cfg_s = cfg.to_str().unwrap();
     let run = d.join("run");
-    let (p_replay, p_learner) = (free_local_port().unwrap(), free_local_port().unwrap());
-    let replay_ep = format!("tcp/127.0.0.1:{p_replay}");
-    let learner_ep = format!("tcp/127.0.0.1:{p_learner}");
+    let (replay_ep, learner_ep) = endpoints();
     let learner_args = ["learner", cfg_s, "--listen", &learner_ep, "--connect", &replay_ep];
     let rollout = |name: &str| {
         let args = ["rollout", cfg_s, "--name", name, "--connect", &replay_ep, "--connect", &learner_ep];
@@ -548,20 +557,7 @@ fn a_learner_resumed_behind_its_published_versions_trains_only_on_samples_of_its
         .collect();
     let steps_after: Vec<u64> = trained.iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps_after, (6..=steps).collect::<Vec<_>>(), "one line per step of the resumed lineage");
-    let out = d.join("export.parquet");
-    sluice_replay::export(&run, &out).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&out).unwrap(),
-    )
-    .unwrap()
-    .build()
-    .unwrap();
-    let mut stored = std::collections::HashMap::new();
-    for batch in reader {
-        for g in sluice_core::trajectory::batch_to_groups(&batch.unwrap()).unwrap() {
-            stored.insert(g.group_id, g);
-        }
-    }
+    let stored = exported(&run, d);
     let mut models = std::collections::HashMap::new();
     let (mut tokens, mut worst) = (0usize, 0f32);
     for rec in &trained {
