@@ -12,6 +12,8 @@
 //! it waits for data. Workers start from the model on disk and move to the learner's weights
 //! through weight sync (the staleness gate holds them until they have them). When the learner
 //! reaches its step count it puts `sluice/{run}/done`, on which rollout and replay processes exit.
+//! Peers do not route for one another, so every process that hears `done` puts it again once:
+//! a worker whose link to the learner was down at that moment hears it from the replay.
 //! *Cons:* a `done` put is not stored: a process that joins after it waits for a signal.
 
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ use sluice_rollout::{Runner, Worker, WorkerStats};
 use sluice_weights_sync::{
     Destination, Publisher, PublisherConfig, StalenessGate, Subscriber, SubscriberConfig,
 };
-use zenoh::sample::SampleKind;
+use zenoh::sample::{Locality, SampleKind};
 
 use crate::config::RunConfig;
 use crate::env_spec::Purpose;
@@ -100,11 +102,26 @@ pub async fn until_stopped(session: &zenoh::Session, run: &str, stop: &AtomicBoo
         tokio::select! {
             r = &mut signal => return r,
             // The run's end, or the session closing under us: either way, stop.
-            _ = done.recv_async() => return Ok(()),
+            r = done.recv_async() => {
+                if let Ok(sample) = r {
+                    relay_done(session, run, sample.payload().to_bytes().into_owned()).await;
+                }
+                return Ok(());
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if stop.load(Ordering::Relaxed) { return Ok(()) }
             }
         }
+    }
+}
+
+/// Puts the run's `done` again, once, for this process's peers. Peers do not route for one
+/// another, so a worker whose link to the learner was down when it put `done` (reconnecting to a
+/// restarted learner, say) hears it from the replay or another peer it is linked to. Each process
+/// passes it on once, to remote peers only, and stops listening, so relays end.
+async fn relay_done(session: &zenoh::Session, run: &str, payload: Vec<u8>) {
+    if let Err(e) = session.put(keys::done(run), payload).allowed_destination(Locality::Remote).await {
+        tracing::warn!("passing on {}: {e}", keys::done(run));
     }
 }
 
@@ -379,4 +396,32 @@ macro_rules! with_device {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{free_local_port, ZenohOptions};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_linked_to_the_replay_only_hears_the_runs_end_through_it() {
+        // Peers do not route for one another: a worker whose link to the learner is down when the
+        // learner puts `done` (it was reconnecting to a restarted learner) hears it only if the
+        // replay, which it is linked to, passes it on. Before, such a worker waited for good.
+        let replay_ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+        let replay = ZenohOptions::listen_on(&replay_ep).open().await.unwrap();
+        let worker = ZenohOptions::connect_to(&replay_ep).open().await.unwrap();
+        let learner = ZenohOptions::connect_to(&replay_ep).open().await.unwrap();
+        let run = "relay";
+        let (r, w) = (replay.clone(), worker.clone());
+        let replay_role = tokio::spawn(async move { until_stopped(&r, run, &AtomicBool::new(false)).await });
+        let worker_role = tokio::spawn(async move { until_stopped(&w, run, &AtomicBool::new(false)).await });
+        // Both subscribers are declared and known to the learner's session before it puts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        learner.put(keys::done(run), "{}").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), replay_role).await.unwrap().unwrap().unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), worker_role).await;
+        assert!(heard.is_ok(), "the worker never heard that the run ended");
+        heard.unwrap().unwrap().unwrap();
+    }
 }
