@@ -29,6 +29,8 @@ pub struct RunConfig {
     pub model: ModelSection,
     /// How the roles reach each other.
     pub zenoh: ZenohSection,
+    /// Mutual TLS and access control by role (`docs/security.md`).
+    pub security: sluice_core::Security,
     /// The settings every role agrees on: group size, groups per step, staleness, temperature.
     pub rl: RlConfig,
     /// The replay store (per shard).
@@ -98,17 +100,24 @@ pub struct ZenohSection {
     pub listen: Vec<String>,
     /// Endpoints of peers or routers to connect to.
     pub connect: Vec<String>,
-    /// A zenoh JSON5 config file (TLS, user/password, routers) used instead of sluice's defaults.
+    /// A zenoh JSON5 config file (routers, tuning, more access control) used instead of sluice's
+    /// defaults; `listen`, `connect` and `[security]` still apply on top of it.
     pub config_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without `[security]` anyway (`--insecure`).
+    pub insecure: bool,
 }
 
-impl ZenohSection {
-    /// The session options these settings describe.
-    pub fn options(&self) -> sluice_core::ZenohOptions {
+impl RunConfig {
+    /// The zenoh session options of this run's roles: endpoints, TLS and the run's access control.
+    pub fn zenoh_options(&self) -> sluice_core::ZenohOptions {
+        let z = &self.zenoh;
         sluice_core::ZenohOptions {
-            listen: self.listen.clone(),
-            connect: self.connect.clone(),
-            config_file: self.config_file.clone(),
+            listen: z.listen.clone(),
+            connect: z.connect.clone(),
+            config_file: z.config_file.clone(),
+            security: self.security.clone(),
+            run: Some(self.run.name.clone()),
+            insecure: z.insecure,
         }
     }
 }
@@ -163,6 +172,7 @@ impl Default for RunConfig {
             run: RunSection::default(),
             model: ModelSection::default(),
             zenoh: ZenohSection::default(),
+            security: sluice_core::Security::default(),
             rl: RlConfig::default(),
             replay: ReplayConfig::default(),
             learner: LearnerConfig::default(),
@@ -243,6 +253,7 @@ impl RunConfig {
         if self.weights.shm && !cfg!(feature = "shm") {
             bail!("weights.shm = true needs sluice built with `--features shm`");
         }
+        self.security.enabled().map_err(|e| anyhow!("{e}"))?;
         self.rl.check()?;
         self.learner.check(&self.rl)?;
         self.rollout.check()?;

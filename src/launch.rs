@@ -24,6 +24,10 @@ pub struct RoleArgs {
     /// zenoh endpoint to connect to (repeatable), added to `zenoh.connect`.
     #[arg(long)]
     pub connect: Vec<String>,
+    /// Listen on a non-loopback address without TLS (`zenoh.insecure`): anyone who reaches it is
+    /// trusted with the run.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl RoleArgs {
@@ -33,6 +37,7 @@ impl RoleArgs {
         let mut cfg = RunConfig::load(config.map(|p| p.as_path()), &self.set)?;
         cfg.zenoh.listen.extend(self.listen.iter().cloned());
         cfg.zenoh.connect.extend(self.connect.iter().cloned());
+        cfg.zenoh.insecure |= self.insecure;
         let path = cfg.write_resolved()?;
         tracing::info!("resolved config written to {}", path.display());
         Ok(cfg)
@@ -46,7 +51,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `sluice run`: replay, learner and `run.rollout_workers` workers in this process.
 pub fn run(cfg: RunConfig) -> Result<()> {
     runtime()?.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let replay = ReplayRole::start(&cfg, &session).await?;
         let stop_learner = Arc::new(AtomicBool::new(false));
         roles::stop_on_signal(stop_learner.clone());
@@ -84,7 +89,7 @@ pub fn run(cfg: RunConfig) -> Result<()> {
 /// `sluice replay CONFIG`: the run's replay shards, until a signal or the run's end.
 pub fn replay(cfg: RunConfig) -> Result<()> {
     runtime()?.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let replay = ReplayRole::start(&cfg, &session).await?;
         let recovered: Vec<_> = replay.shards().iter().map(|s| s.recovery().clone()).collect();
         let ready = serde_json::json!({"event": "ready", "role": "replay", "run": cfg.run.name,
@@ -102,7 +107,7 @@ pub fn replay(cfg: RunConfig) -> Result<()> {
 /// `sluice learner CONFIG`: the learner, resuming from the run directory's newest checkpoint.
 pub fn learner(cfg: RunConfig) -> Result<()> {
     runtime()?.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let stop = Arc::new(AtomicBool::new(false));
         roles::stop_on_signal(stop.clone());
         let outcome = with_device!(cfg.run.device.as_str(), |_B, AD, device| {
@@ -129,7 +134,7 @@ pub fn rollout(cfg: RunConfig, name: Option<String>, append_log: Option<PathBuf>
         (0..cfg.run.rollout_workers).map(|i| format!("{base}-{i}")).collect()
     };
     runtime()?.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (session, run, stop) = (session.clone(), cfg.run.name.clone(), stop.clone());

@@ -3,6 +3,7 @@
 //! This package is the `sluice` command line and the launcher of the roles; the library part
 //! holds what the binary, its tests and examples share.
 
+pub mod certs;
 pub mod config;
 pub mod env_spec;
 pub mod eval;

@@ -80,6 +80,11 @@ enum Command {
     },
     /// Accuracy and pass@k of a model on held-out tasks.
     Eval(EvalArgs),
+    /// Certificates for a secure multi-host run (docs/security.md).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// PNG charts of a run's metrics (reward, accuracy, losses, KL, staleness, throughput) in
     /// RUN_DIR/plots.
     Plot {
@@ -121,6 +126,13 @@ struct EvalArgs {
     out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A run CA and one key and certificate per role (replay, learner, rollout, env, extras), the
+    /// role as the certificate's common name, and a user/password file.
+    Init(sluice::certs::InitArgs),
 }
 
 #[derive(Subcommand)]
@@ -285,6 +297,19 @@ fn main() -> Result<()> {
             anyhow::bail!("sluice replay: give a run config (sluice replay CONFIG.toml) or a subcommand")
         }
         Command::Eval(args) => run_eval(args)?,
+        Command::Certs { command: CertsCommand::Init(args) } => {
+            let w = sluice::certs::init(&args)?;
+            println!("run CA {} (keep ca.key off the hosts that run roles)", w.ca.display());
+            for (name, cert, key) in &w.identities {
+                println!("{name:<8} {} {}", cert.display(), key.display());
+            }
+            println!(
+                "user/password pairs {} (optional: security.users_file, security.user)",
+                w.users.display()
+            );
+            println!("\nA role's config, e.g. the learner's (each host gets ca.pem and its role's pair):\n");
+            print!("{}", sluice::certs::section(&w, "learner").unwrap_or_default());
+        }
         Command::Plot { dir } => {
             for path in sluice::plot::plot(&dir)? {
                 println!("{}", path.display());
@@ -322,7 +347,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let req = sluice::eval::EvalRequest { n, samples, temperature, split };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let r = with_device!(device, |B, _AD, dev| {
             sluice::eval::eval::<B>(&path, &spec, req, &cfg.rollout, &cfg.rl, &session, dev).await
         });

@@ -41,7 +41,7 @@ pub fn serve(serve: ServeArgs) -> Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let session = cfg.zenoh.options().open().await?;
+        let session = cfg.zenoh_options().open().await?;
         let service = ReplayService::start(&session, &cfg.run.name, shard.clone()).await?;
         let ready = serde_json::json!({
             "event": "ready",

@@ -8,6 +8,7 @@ pub mod hash;
 pub mod keys;
 pub mod metrics;
 mod net;
+pub mod security;
 mod settings;
 pub mod testing;
 pub mod trajectory;
@@ -20,6 +21,7 @@ pub use env::{
 pub use error::{Error, Result};
 pub use hash::{fnv1a64, splitmix64};
 pub use net::{free_local_port, ZenohOptions};
+pub use security::Security;
 pub use settings::RlConfig;
 pub use trajectory::{zero_variance, Finish, Group, GroupSpan, Sample};
 pub use version::{admission_limit, Lineage, PolicyId, PolicyVersion};

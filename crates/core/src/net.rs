@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::security::{self, Security};
 
 /// How a role joins the zenoh network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +19,12 @@ pub struct ZenohOptions {
     pub connect: Vec<String>,
     /// A zenoh JSON5 config file used as the base instead of sluice's defaults.
     pub config_file: Option<PathBuf>,
+    /// Mutual TLS and access control (`docs/security.md`); off when its paths are unset.
+    pub security: Security,
+    /// The run whose keys the access control names (with TLS; required then).
+    pub run: Option<String>,
+    /// Listen on a non-loopback address without TLS anyway (warned about at every start).
+    pub insecure: bool,
 }
 
 impl ZenohOptions {
@@ -56,6 +63,40 @@ impl ZenohOptions {
                 .insert_json5("connect/endpoints", &endpoints(&self.connect))
                 .map_err(|e| zerr(&format!("connect endpoints {:?}", self.connect), e))?;
         }
+        let listen = configured_endpoints(&config, "listen/endpoints");
+        if self.security.enabled()? {
+            self.security.apply(&mut config)?;
+            let run = self.run.as_deref().ok_or_else(|| {
+                Error::Zenoh("TLS is configured but the session names no run for its access control".into())
+            })?;
+            for e in listen.iter().chain(&configured_endpoints(&config, "connect/endpoints")) {
+                if security::protocol(e) != "tls" {
+                    return Err(Error::Zenoh(format!(
+                        "endpoint {e} is not TLS: with [security] every endpoint is tls/HOST:PORT"
+                    )));
+                }
+            }
+            let user_acl: Option<serde_json::Value> = config
+                .get_json("access_control")
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .filter(|v: &serde_json::Value| v.get("enabled") == Some(&serde_json::Value::Bool(true)));
+            let acl = security::access_control(run, user_acl.as_ref());
+            config
+                .insert_json5("access_control", &acl.to_string())
+                .map_err(|e| zerr("access_control generated from the role map", e))?;
+        } else if let Some(e) = listen.iter().find(|e| !security::is_loopback(e)) {
+            if !self.insecure {
+                return Err(Error::Zenoh(format!(
+                    "refusing to listen on {e} without TLS: anyone who reaches it could append, sample, \
+                     announce weights or end the run. Set up [security] (sluice certs init; \
+                     docs/security.md), listen on a loopback address, or pass --insecure"
+                )));
+            }
+            tracing::warn!(
+                "listening on {e} without TLS (--insecure): anyone who reaches it is trusted with the run"
+            );
+        }
         Ok(config)
     }
 
@@ -72,6 +113,29 @@ impl ZenohOptions {
             ))
         })
     }
+}
+
+/// The endpoints `config` holds at `key` for its mode (the value may be a list or a per-mode map).
+fn configured_endpoints(config: &zenoh::Config, key: &str) -> Vec<String> {
+    let Ok(text) = config.get_json(key) else { return Vec::new() };
+    let mut out = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    let mode = config.get_json("mode").ok().and_then(|m| serde_json::from_str::<String>(&m).ok());
+    let mode = mode.unwrap_or_else(|| "peer".into());
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(per_mode)) => {
+            per_mode.get(&mode).into_iter().for_each(|v| collect(v, &mut out))
+        }
+        Ok(v) => collect(&v, &mut out),
+        Err(_) => {}
+    }
+    out
 }
 
 /// A free TCP port on 127.0.0.1 (for tests and single-host runs that pick their own endpoints).
