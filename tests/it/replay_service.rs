@@ -32,12 +32,13 @@ impl Drop for Server {
     }
 }
 
-/// Serves shard `shard` of run `run` (two shards) from `dir`, listening on `port`.
-fn start_server(dir: &Path, run: &str, shard: u32, port: u16) -> Server {
+/// Serves shard `shard` of run `run` (two shards, groups of `group_size`) from `dir`, listening on
+/// `port`.
+fn start_server(dir: &Path, run: &str, shard: u32, port: u16, group_size: usize) -> Server {
     let config = dir.join(format!("{run}-{shard}.toml"));
     let text = format!(
         "[run]\nname = \"{run}\"\ndir = {dir:?}\nreplay_shards = 2\n\
-         [rl]\nmax_staleness = 1000\n\
+         [rl]\nmax_staleness = 1000\ngroup_size = {group_size}\n\
          [replay]\nsegment_rows = 256\n[replay.durability]\npolicy = \"group-commit\"\ninterval_ms = 2\n",
         dir = dir.display().to_string(),
     );
@@ -114,7 +115,7 @@ fn exported_group_rows(run_dir: &Path) -> BTreeMap<u64, usize> {
 fn sigkilled_replay_recovers_every_acknowledged_group_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = sluice_core::free_local_port().unwrap();
-    let mut server = start_server(dir.path(), "kill", 0, port);
+    let mut server = start_server(dir.path(), "kill", 0, port, 8);
     let rt = runtime();
     let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -151,7 +152,7 @@ fn sigkilled_replay_recovers_every_acknowledged_group_exactly_once() {
     server.child.kill().unwrap(); // SIGKILL, mid-stream
     server.child.wait().unwrap();
     let before_kill = acked.lock().unwrap().len();
-    let server2 = start_server(dir.path(), "kill", 0, port);
+    let server2 = start_server(dir.path(), "kill", 0, port, 8);
     let recovered = server2.ready["recovered"]["groups"].as_u64().unwrap();
     assert!(recovered as usize >= before_kill, "recovered {recovered} < {before_kill} acknowledged");
     wait_for(before_kill + 300);
@@ -173,15 +174,20 @@ fn sigkilled_replay_recovers_every_acknowledged_group_exactly_once() {
 }
 
 /// Whether the replay would accept this payload as an append (decided locally).
+/// What the replay takes: a valid batch of whole groups of 4 whose token ids are inside the
+/// default model's vocabulary.
 fn locally_valid(payload: &[u8]) -> bool {
-    trajectory::decode_ipc(payload).is_ok_and(|b| trajectory::validate_batch(&b).is_ok())
+    trajectory::decode_ipc(payload).is_ok_and(|b| {
+        trajectory::validate_batch(&b).is_ok_and(|spans| spans.iter().all(|s| s.rows.len() == 4))
+            && trajectory::check_token_ids(&b, 49152).is_ok()
+    })
 }
 
 #[test]
 fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let port = sluice_core::free_local_port().unwrap();
-    let mut server = start_server(dir.path(), "fuzz", 0, port);
+    let mut server = start_server(dir.path(), "fuzz", 0, port, 4);
     let rt = runtime();
     let c = rt.block_on(client(&[port], "fuzz", Duration::from_secs(30)));
     let valid =
@@ -225,7 +231,7 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
                 }
                 // Valid Arrow, wrong schema (a column dropped).
                 _ => {
-                    let b = groups_to_batch(&[group(3, 0, 2, 4)]).unwrap();
+                    let b = groups_to_batch(&[group(3, 0, 4, 4)]).unwrap();
                     let cols: Vec<usize> = (0..16).filter(|&c| c != rng.random_range(0..16)).collect();
                     (Op::Append, trajectory::encode_ipc(&[b.project(&cols).unwrap()]).unwrap())
                 }
@@ -242,11 +248,59 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
                 other => wrong_answers.push(format!("request {i} ({op:?}): {:?}", other.map(|_| "ok"))),
             }
         }
-        // 100 MB of garbage in one append.
+        // 100 MB of garbage in one append: over replay.max_request_bytes, refused undecoded.
         let big: Vec<u8> = (0..100usize << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let r = tokio::time::timeout(Duration::from_secs(120), c.request(0, Op::Append, big)).await.unwrap();
-        assert!(matches!(r, Err(ReplayError::Invalid(_))), "100 MB of garbage: {r:?}");
+        assert!(matches!(&r, Err(ReplayError::Invalid(m)) if m.contains("max_request_bytes")), "100 MB: {r:?}");
         expected_err += 1;
+
+        // Well-formed but hostile requests, each refused with an error naming what is wrong. The
+        // learner's real lineage first (a store that never heard from a learner takes any).
+        let learner = sluice_core::Lineage::start(1).at(3);
+        let req = |learner: sluice_core::Lineage, groups: u32, consumer: &str| SampleRequest {
+            sampler: Sampler::Fifo,
+            groups,
+            learner,
+            max_staleness: 1000,
+            consumer: consumer.into(),
+            drop_zero_variance: false,
+            dedup: false,
+            exclude: Vec::new(),
+        };
+        let drawn = c.sample(&req(learner.clone(), 2, "learner")).await.unwrap().group_ids();
+        assert!(!drawn.is_empty());
+        let refused = |what: &str, r: Result<Vec<u8>, ReplayError>, needle: &str| match r {
+            Err(ReplayError::Invalid(m)) if m.contains(needle) => {}
+            other => panic!("{what}: expected an error naming `{needle}`, got {other:?}"),
+        };
+        let json = |v: &SampleRequest| serde_json::to_vec(v).unwrap();
+        let hostile: Vec<(&str, Op, Vec<u8>, &str)> = vec![
+            ("learner version u64::MAX", Op::Sample, json(&req(learner.clone().at(u64::MAX), 1, "x")), "version 18446744073709551615 is more than 64 versions past version 3"),
+            ("learner epoch u64::MAX", Op::Sample, json(&req(sluice_core::Lineage::start(u64::MAX), 1, "x")), "more than 64 epochs past epoch 1"),
+            ("groups u32::MAX", Op::Sample, json(&req(learner.clone(), u32::MAX, "x")), "4294967295 groups"),
+            (
+                "an ack of the learner's groups",
+                Op::Ack,
+                serde_json::to_vec(&sluice_replay::AckRequest { consumer: "intruder".into(), group_ids: drawn.clone() }).unwrap(),
+                "delivered to another consumer",
+            ),
+            ("a worker name of 1 MB", Op::Tickets, serde_json::to_vec(&serde_json::json!({"worker": "w".repeat(1 << 20), "want": 1, "redeemed": 0})).unwrap(), "worker name of 1048576 bytes"),
+            ("a group of 3", Op::Append, trajectory::encode_ipc(&[groups_to_batch(&[group(90, 0, 3, 4)]).unwrap()]).unwrap(), "group 90 has 3 samples; the run's groups have 4"),
+            ("token ids outside the vocabulary", Op::Append, {
+                let mut g = group(91, 0, 4, 4);
+                g.samples[2].completion_tokens[1] = 1 << 30;
+                trajectory::encode_ipc(&[groups_to_batch(&[g]).unwrap()]).unwrap()
+            }, "token id 1073741824 at 1; the model's vocabulary has 49152 ids"),
+        ];
+        for (what, op, payload, needle) in hostile {
+            refused(what, c.request(0, op, payload).await, needle);
+            expected_err += 1;
+        }
+        // None of it moved the learner's lineage or took the learner's groups.
+        let stats = c.stats().await.unwrap().remove(0);
+        assert_eq!((stats.learner_epoch, stats.learner_version, stats.fifo_leased), (1, 3, drawn.len() as u64));
+        assert_eq!(stats.refused_acks, drawn.len() as u64);
+        c.ack("learner", &drawn).await.unwrap();
     });
     assert!(
         wrong_answers.is_empty(),
@@ -257,8 +311,13 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
     // Still alive, still serving, and it counted what it refused.
     assert!(server.child.try_wait().unwrap().is_none(), "the replay process died");
     let stats = rt.block_on(c.stats()).unwrap().remove(0);
-    assert_eq!(stats.rejected_payloads + stats.rejected_batches, expected_err, "{stats:?}");
-    let ack = rt.block_on(c.append(&[group(77, 0, 2, 4)])).unwrap();
+    let refused_acks = 1; // one request, refused whole
+    assert_eq!(
+        stats.rejected_payloads + stats.rejected_batches + stats.rejected_requests + refused_acks,
+        expected_err,
+        "{stats:?}"
+    );
+    let ack = rt.block_on(c.append(&[group(77, 0, 4, 4)])).unwrap();
     assert_eq!(ack.new_groups, 1);
     eprintln!("{expected_err} hostile payloads refused, {expected_ok} valid mutations accepted");
 }
@@ -267,8 +326,8 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
 fn two_shards_split_appends_and_merge_samples_under_the_staleness_bound() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [sluice_core::free_local_port().unwrap(), sluice_core::free_local_port().unwrap()];
-    let _s0 = start_server(dir.path(), "two", 0, ports[0]);
-    let _s1 = start_server(dir.path(), "two", 1, ports[1]);
+    let _s0 = start_server(dir.path(), "two", 0, ports[0], 4);
+    let _s1 = start_server(dir.path(), "two", 1, ports[1], 4);
     let rt = runtime();
     let c = rt.block_on(client(&ports, "two", Duration::from_secs(30)));
     rt.block_on(async {
@@ -340,8 +399,13 @@ fn exported_parquet_is_read_by_duckdb() {
     let mut reward = 0.0;
     for s in 0..2u32 {
         let shard_dir = run.join("replay").join(format!("shard-{s}"));
-        let shard =
-            sluice_replay::Shard::open(&shard_dir, s, Default::default(), Default::default()).unwrap();
+        let shard = sluice_replay::Shard::open(
+            &shard_dir,
+            s,
+            Default::default(),
+            sluice_core::RlConfig { group_size: 4, ..Default::default() },
+        )
+        .unwrap();
         let gs: Vec<Group> = (0..20).map(|i| group(s as u64 * 1000 + i, 0, 4, 10 + i as usize)).collect();
         reward += gs.iter().flat_map(|g| &g.samples).map(|x| x.reward as f64).sum::<f64>();
         shard.append(&groups_to_batch(&gs).unwrap()).unwrap();

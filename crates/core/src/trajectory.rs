@@ -505,6 +505,29 @@ pub fn validate_batch(batch: &RecordBatch) -> Result<Vec<GroupSpan>> {
     validate_columns(&Columns::new(batch)?, batch.num_rows())
 }
 
+/// Refuses a batch with a prompt or completion token id outside a vocabulary of `vocab` ids: the
+/// learner would index its embedding with it. The error names the row, group, column and token.
+pub fn check_token_ids(batch: &RecordBatch, vocab: u32) -> Result<()> {
+    let c = Columns::new(batch)?;
+    for row in 0..batch.num_rows() {
+        for (name, list) in [(col::PROMPT_TOKENS, c.prompt), (col::COMPLETION_TOKENS, c.completion)] {
+            let tokens = list.value(row);
+            if let Some((i, &t)) =
+                tokens.as_primitive::<UInt32Type>().values().iter().enumerate().find(|(_, &t)| t >= vocab)
+            {
+                return Err(Error::Row {
+                    row,
+                    group_id: c.group_id.value(row),
+                    reason: format!(
+                        "`{name}` holds token id {t} at {i}; the model's vocabulary has {vocab} ids"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> {
     let mut order: Vec<u64> = Vec::new();
     let mut by_group: std::collections::HashMap<u64, Vec<u32>> = std::collections::HashMap::new();

@@ -58,6 +58,14 @@ pub struct ReplayConfig {
     pub evict_unconsumed: bool,
     /// Seed of the samplers' random draws.
     pub seed: u64,
+    /// Most bytes of one request (an append's Arrow payload, a sample or ack request's JSON);
+    /// larger ones are refused before they are decoded.
+    pub max_request_bytes: u64,
+    /// How far ahead of the lineage this shard follows a sample request's may be, in versions and
+    /// in run epochs. A learner moves one version per step and one epoch per start, so a bigger
+    /// jump is a forged request (it would make every held group stale and admission unbounded)
+    /// and is refused. A store that never heard from a learner takes any lineage.
+    pub max_learner_jump: u64,
 }
 
 impl Default for ReplayConfig {
@@ -71,6 +79,8 @@ impl Default for ReplayConfig {
             ticket_lease_ms: 600_000,
             evict_unconsumed: false,
             seed: 0,
+            max_request_bytes: 64 << 20,
+            max_learner_jump: 64,
         }
     }
 }

@@ -42,7 +42,8 @@
 //! use sluice_replay::{AckRequest, ReplayConfig, SampleRequest, Sampler, Shard};
 //!
 //! let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
-//! let shard = Shard::open(&dir, 0, ReplayConfig::default(), RlConfig::default()).unwrap();
+//! let rl = RlConfig { group_size: 2, ..RlConfig::default() }; // groups must be of the run's size
+//! let shard = Shard::open(&dir, 0, ReplayConfig::default(), rl).unwrap();
 //! let sample = |i: u16, reward: f32| Sample {
 //!     run_id: "doc".into(), group_id: 1, sample_idx: i, task_id: "1+1".into(), source: "arithmetic".into(),
 //!     prompt_tokens: vec![1, 2], completion_tokens: vec![3, 4], loss_mask: vec![1, 1],

@@ -164,6 +164,7 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 fn dispatch(op: Op, shard: &Shard, payload: Vec<u8>) -> Result<Vec<u8>> {
+    shard.check_request_size(op.name(), payload.len())?;
     match op {
         Op::Append => json(&shard.append_ipc(payload)?),
         Op::Sample => {

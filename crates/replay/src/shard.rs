@@ -26,7 +26,12 @@ pub struct Shard {
     store: Mutex<Store>,
     wal: Wal,
     recovery: RecoveryReport,
+    /// The model's vocabulary size when known: appended token ids must be below it (0: unknown).
+    vocab: std::sync::atomic::AtomicU32,
 }
+
+/// The longest consumer or worker name a request may carry.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// Splits a validated batch into per-group entries, rows in `sample_idx` order. One `take` when
 /// the batch is not already in that order (or holds rows of other groups); each group is then a
@@ -99,7 +104,14 @@ impl Shard {
         store.stats_mut().recovery = Some(report.clone());
         let dead = store.take_dead_segments();
         wal.delete_segments(dead);
-        Ok(Shard { id, dir, _lock: lock, store: Mutex::new(store), wal, recovery: report })
+        let vocab = std::sync::atomic::AtomicU32::new(0);
+        Ok(Shard { id, dir, _lock: lock, store: Mutex::new(store), wal, recovery: report, vocab })
+    }
+
+    /// Refuses appended groups holding token ids at or above `vocab` (the model's vocabulary
+    /// size; the learner would index its embedding with them).
+    pub fn set_vocab_size(&self, vocab: u32) {
+        self.vocab.store(vocab, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The shard's number.
@@ -144,11 +156,11 @@ impl Shard {
     /// `encoded` is the batch's own IPC encoding when it arrived as one: logged as is when the
     /// batch needs no reordering and holds no duplicate, saving a re-encode.
     fn append_inner(&self, batch: &RecordBatch, encoded: Option<Vec<u8>>) -> Result<AppendAck> {
-        let spans = match trajectory::validate_batch(batch) {
+        let spans = match self.validate(batch) {
             Ok(s) => s,
             Err(e) => {
                 self.store().stats_mut().rejected_batches += 1;
-                return Err(ReplayError::Invalid(e.to_string()));
+                return Err(ReplayError::Invalid(e));
             }
         };
         let (spans, orphaned, wasted) = {
@@ -225,11 +237,64 @@ impl Shard {
         Ok(ack)
     }
 
+    /// The batch's groups, each whole, of the run's group size, and with token ids inside the
+    /// model's vocabulary; else what is wrong.
+    fn validate(&self, batch: &RecordBatch) -> std::result::Result<Vec<GroupSpan>, String> {
+        let spans = trajectory::validate_batch(batch).map_err(|e| e.to_string())?;
+        let group_size = self.store().rl().group_size;
+        if let Some(s) = spans.iter().find(|s| s.rows.len() != group_size) {
+            return Err(format!(
+                "group {} has {} samples; the run's groups have {group_size} (rl.group_size)",
+                s.group_id,
+                s.rows.len()
+            ));
+        }
+        let vocab = self.vocab.load(std::sync::atomic::Ordering::Relaxed);
+        if vocab > 0 {
+            trajectory::check_token_ids(batch, vocab).map_err(|e| e.to_string())?;
+        }
+        Ok(spans)
+    }
+
+    /// Refuses, and counts, a request for what no honest peer asks.
+    fn refuse(&self, why: String) -> ReplayError {
+        self.store().stats_mut().rejected_requests += 1;
+        ReplayError::Invalid(why)
+    }
+
+    /// Refuses a request payload over `replay.max_request_bytes` before it is decoded.
+    pub fn check_request_size(&self, op: &str, bytes: usize) -> Result<()> {
+        let max = self.store().config().max_request_bytes;
+        if bytes as u64 > max {
+            return Err(self
+                .refuse(format!("{op} request of {bytes} bytes is over replay.max_request_bytes = {max}")));
+        }
+        Ok(())
+    }
+
     /// Draws groups. Returns one batch (whole groups, in the order drawn) and what happened.
     pub fn sample(&self, req: &SampleRequest) -> Result<(RecordBatch, SampleInfo)> {
         if let Err(e) = req.sampler.check() {
             self.count_rejected_payload();
             return Err(e);
+        }
+        let most = {
+            let store = self.store();
+            (store.config().capacity_rows / store.rl().group_size.max(1) as u64).max(1)
+        };
+        if u64::from(req.groups) > most || req.exclude.len() as u64 > most {
+            return Err(self.refuse(format!(
+                "a sample request for {} groups excluding {}: this shard holds at most {most} groups \
+                 (replay.capacity_rows / rl.group_size)",
+                req.groups,
+                req.exclude.len()
+            )));
+        }
+        if req.consumer.len() > MAX_NAME_LEN {
+            return Err(self.refuse(format!(
+                "a consumer name of {} bytes (at most {MAX_NAME_LEN})",
+                req.consumer.len()
+            )));
         }
         let (sampled, lineage, version, wasted) = {
             let mut store = self.store();
@@ -272,7 +337,7 @@ impl Shard {
 
     /// Marks `fifo` deliveries consumed; returns once that is durable.
     pub fn ack(&self, req: &AckRequest) -> Result<AckReply> {
-        let (fresh, reply) = self.store().ack(&req.group_ids);
+        let (fresh, reply) = self.store().ack(&req.consumer, &req.group_ids)?;
         if !fresh.is_empty() {
             self.wal.meta(kind::ACK, &u64s(&fresh), true)?;
         }
@@ -310,6 +375,11 @@ impl Shard {
 
     /// Admission control: how many groups a producer may start.
     pub fn tickets(&self, req: &TicketRequest) -> Result<TicketReply> {
+        if req.worker.len() > MAX_NAME_LEN {
+            return Err(
+                self.refuse(format!("a worker name of {} bytes (at most {MAX_NAME_LEN})", req.worker.len()))
+            );
+        }
         let (reply, completed) = {
             let mut store = self.store();
             let reply = store.tickets(&req.worker, req.want, req.redeemed, Instant::now());
@@ -414,7 +484,8 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Rec
             match k {
                 kind::ACK => {
                     let ids: Vec<u64> = payload.chunks_exact(8).map(word).collect();
-                    report.acked += store.ack(&ids).1.acked as u64;
+                    // No lease survives a restart: nobody holds these, so any consumer may.
+                    report.acked += store.ack("", &ids).map_or(0, |(_, r)| r.acked as u64);
                 }
                 kind::VERSION => store.set_learner_version(word(&payload)),
                 kind::LINEAGE => match serde_json::from_slice(&payload) {
@@ -465,7 +536,8 @@ mod tests {
             exclude: Vec::new(),
         };
         {
-            let shard = Shard::open(&dir, 0, cfg.clone(), RlConfig::default()).unwrap();
+            let shard =
+                Shard::open(&dir, 0, cfg.clone(), RlConfig { group_size: 2, ..Default::default() }).unwrap();
             let gs: Vec<_> = (0..30).map(group).collect();
             shard.append(&trajectory::groups_to_batch(&gs).unwrap()).unwrap();
             shard.sample(&req(30)).unwrap();
@@ -482,7 +554,7 @@ mod tests {
             assert!(after < before, "meta.log shrank from {before} to {after} bytes");
             shard.close();
         }
-        let shard = Shard::open(&dir, 0, cfg, RlConfig::default()).unwrap();
+        let shard = Shard::open(&dir, 0, cfg, RlConfig { group_size: 2, ..Default::default() }).unwrap();
         assert_eq!(shard.recovery().acked, 25);
         assert_eq!(shard.recovery().learner_version, 4);
         let (batch, _) = shard.sample(&req(30)).unwrap();
@@ -499,7 +571,7 @@ mod tests {
             rand::random::<u32>()
         ));
         let cfg = ReplayConfig { durability: Durability::Fsync, ..Default::default() };
-        let rl = RlConfig { groups_per_step: 2, max_staleness: 1, ..Default::default() };
+        let rl = RlConfig { group_size: 2, groups_per_step: 2, max_staleness: 1, ..Default::default() };
         let group = |gid: u64, v: u64| {
             let mut g = crate::testing::two_sample_group(gid, v);
             g.samples.iter_mut().for_each(|s| s.behavior_epoch = 1);

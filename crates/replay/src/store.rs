@@ -93,6 +93,9 @@ pub struct Store {
     pending: BTreeSet<u64>,
     /// `fifo` groups delivered and waiting for their ack.
     leased: HashMap<u64, Lease>,
+    /// Who last held the lease of a group whose lease ended unacknowledged (expired, or a new
+    /// epoch took it back): only that consumer may still acknowledge it.
+    last_holder: HashMap<u64, String>,
     /// Groups whose append is being made durable: counted against capacity, refused as duplicates.
     reserved: HashMap<u64, (u64, u64)>,
     rows: u64,
@@ -129,6 +132,7 @@ impl Store {
             consumed: BTreeSet::new(),
             pending: BTreeSet::new(),
             leased: HashMap::new(),
+            last_holder: HashMap::new(),
             reserved: HashMap::new(),
             rows: 0,
             bytes: 0,
@@ -196,6 +200,7 @@ impl Store {
     /// refused: a learner process of an earlier start is still asking for data. Returns whether
     /// the version moved and whether a new epoch began.
     pub(crate) fn follow(&mut self, lineage: &Lineage) -> Result<(bool, bool)> {
+        self.check_reachable(lineage)?;
         if lineage.epoch < self.learner.epoch {
             return Err(ReplayError::Invalid(format!(
                 "a learner of epoch {} asked for data, but the replay follows epoch {} (version {}): either \
@@ -217,6 +222,45 @@ impl Store {
         Ok((moved, false))
     }
 
+    /// Refuses a lineage no learner can have reached from the one followed: ancestry out of order,
+    /// or a version or epoch more than `max_learner_jump` ahead (a learner moves one version per
+    /// step and one epoch per start). Such a request would make every held group stale and
+    /// admission unbounded, and the store persists what it follows. A store that never heard from
+    /// a learner (epoch 0) takes any well-formed lineage.
+    fn check_reachable(&mut self, lineage: &Lineage) -> Result<()> {
+        let ordered = lineage.ancestry.windows(2).all(|w| w[0].0 < w[1].0)
+            && lineage.ancestry.last().is_none_or(|&(e, _)| e < lineage.epoch);
+        let (cur, jump) = (&self.learner, self.cfg.max_learner_jump);
+        let why = if !ordered {
+            Some(format!(
+                "its ancestry {:?} is not in epoch order before epoch {}",
+                lineage.ancestry, lineage.epoch
+            ))
+        } else if cur.epoch == 0 {
+            None
+        } else if lineage.epoch > cur.epoch.saturating_add(jump) {
+            Some(format!("epoch {} is more than {jump} epochs past epoch {}", lineage.epoch, cur.epoch))
+        } else if lineage.version > cur.version.saturating_add(jump) {
+            Some(format!(
+                "version {} is more than {jump} versions past version {}",
+                lineage.version, cur.version
+            ))
+        } else {
+            None
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => {
+                self.stats.rejected_requests += 1;
+                Err(ReplayError::Invalid(format!(
+                    "refusing a sample request's learner lineage (epoch {}, version {}): {why}, which this \
+                     shard follows; no learner can have got there (replay.max_learner_jump = {jump})",
+                    lineage.epoch, lineage.version
+                )))
+            }
+        }
+    }
+
     /// A resumed learner's first request: groups sampled by weights it orphaned are dropped, the
     /// groups leased to the learner that died come back to the `fifo` stream at once (its
     /// checkpoint did not cover them), and admission is counted again from where the resumed
@@ -224,8 +268,10 @@ impl Store {
     /// were still to come, so that workers may start `(max_staleness + 1)` steps' worth beyond
     /// what is held, as they could before.
     fn start_epoch(&mut self) {
-        let leased: Vec<u64> = self.leased.drain().map(|(s, _)| s).collect();
-        self.pending.extend(leased);
+        for (seq, lease) in self.leased.drain() {
+            self.pending.insert(seq);
+            self.last_holder.insert(seq, lease.consumer);
+        }
         self.drop_orphans();
         let expected =
             self.learner.version.saturating_mul(self.rl.groups_per_step as u64) + self.pending.len() as u64;
@@ -268,6 +314,11 @@ impl Store {
 
     pub(crate) fn set_wasted(&mut self, n: u64) {
         self.wasted = self.wasted.max(n);
+    }
+
+    /// The run's shared settings.
+    pub(crate) fn rl(&self) -> &RlConfig {
+        &self.rl
     }
 
     pub(crate) fn stats_mut(&mut self) -> &mut Stats {
@@ -354,7 +405,30 @@ impl Store {
 
     /// Marks groups consumed (a consumer's ack, or persisted acks at recovery). Returns the ids
     /// newly consumed (what to persist) and the reply.
-    pub(crate) fn ack(&mut self, group_ids: &[u64]) -> (Vec<u64>, AckReply) {
+    /// Marks groups consumed. Refused whole, and counted, when any of them was delivered to (is
+    /// leased by, or last was) another consumer: a consumer acknowledges what it drew. A group
+    /// never delivered since this process started has no holder and may be acknowledged by any
+    /// consumer (recovery replays acks that way; see `docs/security.md`).
+    pub(crate) fn ack(&mut self, consumer: &str, group_ids: &[u64]) -> Result<(Vec<u64>, AckReply)> {
+        let holder = |s: &Self, seq: u64| -> Option<String> {
+            s.leased.get(&seq).map(|l| l.consumer.clone()).or_else(|| s.last_holder.get(&seq).cloned())
+        };
+        let foreign: Vec<(u64, String)> = group_ids
+            .iter()
+            .filter_map(|gid| self.by_group.get(gid).map(|&seq| (*gid, seq)))
+            .filter_map(|(gid, seq)| holder(self, seq).filter(|h| h != consumer).map(|h| (gid, h)))
+            .collect();
+        if !foreign.is_empty() {
+            self.stats.refused_acks += foreign.len() as u64;
+            let shown: Vec<String> =
+                foreign.iter().take(5).map(|(g, h)| format!("{g} (delivered to {h:?})")).collect();
+            return Err(ReplayError::Invalid(format!(
+                "{consumer:?} acknowledged {} groups delivered to another consumer: {}{}; nothing was acknowledged",
+                foreign.len(),
+                shown.join(", "),
+                if foreign.len() > 5 { ", ..." } else { "" }
+            )));
+        }
         let mut fresh = Vec::new();
         let mut reply = AckReply::default();
         for &gid in group_ids {
@@ -362,6 +436,7 @@ impl Store {
                 Some(&seq) => {
                     self.pending.remove(&seq);
                     self.leased.remove(&seq);
+                    self.last_holder.remove(&seq);
                     if self.consumed.insert(seq) {
                         fresh.push(gid);
                     }
@@ -370,7 +445,7 @@ impl Store {
             }
         }
         reply.acked = fresh.len() as u32;
-        (fresh, reply)
+        Ok((fresh, reply))
     }
 
     /// Evicts one group: the stalest stale one, else the oldest consumed one (or the oldest of all
@@ -407,6 +482,7 @@ impl Store {
         self.consumed.remove(&seq);
         self.pending.remove(&seq);
         self.leased.remove(&seq);
+        self.last_holder.remove(&seq);
         self.rows -= e.rows;
         self.bytes -= e.bytes;
         if let Some(live) = self.segment_live.get_mut(&e.segment) {
@@ -436,7 +512,9 @@ impl Store {
             let expired: Vec<u64> =
                 self.leased.iter().filter(|(_, l)| l.deadline <= now).map(|(&s, _)| s).collect();
             for seq in expired {
-                self.leased.remove(&seq);
+                if let Some(lease) = self.leased.remove(&seq) {
+                    self.last_holder.insert(seq, lease.consumer);
+                }
                 self.pending.insert(seq);
                 info.redelivered += 1;
             }
@@ -640,7 +718,7 @@ mod tests {
             store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() }, RlConfig::default());
         let t0 = Instant::now();
         assert_eq!(store.sample(&fifo(3), t0).unwrap().group_ids, vec![0, 1, 2]);
-        store.ack(&[1]);
+        store.ack("c", &[1]).unwrap();
         // Before the lease ends nothing but group 3 is left.
         assert_eq!(store.sample(&fifo(3), t0 + Duration::from_millis(999)).unwrap().group_ids, vec![3]);
         // After it, the unacknowledged 0 and 2 come back (3 is still leased).
@@ -731,5 +809,65 @@ mod tests {
             store.sample(&SampleRequest { learner: Lineage::start(1).at(9), ..fifo(1) }, t0).unwrap_err();
         assert!(err.to_string().contains("epoch 1 asked for data, but the replay follows epoch 2"), "{err}");
         assert_eq!(store.learner_version(), 5);
+    }
+
+    #[test]
+    fn a_lineage_no_learner_can_have_reached_is_refused_and_changes_nothing() {
+        // Before, one request with version u64::MAX made every held group stale and admission
+        // unbounded, and the store persisted it.
+        let rl = RlConfig { group_size: 2, groups_per_step: 2, max_staleness: 1, ..Default::default() };
+        let mut store = Store::new(ReplayConfig::default(), rl);
+        let t0 = Instant::now();
+        let e1 = Lineage::start(1);
+        // A store that never heard from a learner takes any lineage: a resumed learner may come
+        // to a fresh replay directory far along.
+        store.sample(&SampleRequest { learner: e1.clone().at(500), ..fifo(0) }, t0).unwrap();
+        insert(&mut store, crate::testing::two_sample_group(1, 500));
+        let forged = [
+            e1.clone().at(u64::MAX),
+            e1.clone().at(565),
+            Lineage::start(u64::MAX),
+            e1.clone().at(500).fork(66),
+            Lineage { epoch: 3, version: 500, ancestry: vec![(2, 1), (1, 1)] },
+        ];
+        for learner in forged {
+            let err = store.sample(&SampleRequest { learner: learner.clone(), ..fifo(1) }, t0).unwrap_err();
+            assert!(err.to_string().contains("no learner can have got there"), "{learner:?}: {err}");
+        }
+        assert_eq!(store.stats().rejected_requests, 5);
+        assert_eq!((store.lineage().epoch, store.learner_version()), (1, 500), "nothing moved");
+        assert_eq!(store.len(), 1, "nothing was evicted as stale");
+        assert_eq!(store.tickets("w", 5000, 0, t0).granted, 1004, "admission stays (500 + 1 + 1) * 2");
+        // The real learner's next steps, and a resume, are within reach.
+        store.sample(&SampleRequest { learner: e1.clone().at(564), ..fifo(0) }, t0).unwrap();
+        store.sample(&SampleRequest { learner: e1.at(560).fork(3), ..fifo(0) }, t0).unwrap();
+        assert_eq!(store.lineage().epoch, 3);
+    }
+
+    #[test]
+    fn only_the_consumer_a_group_was_delivered_to_may_acknowledge_it() {
+        let mut store =
+            Store::new(ReplayConfig { fifo_lease_ms: 0, ..Default::default() }, RlConfig::default());
+        let t0 = Instant::now();
+        for gid in 0..3 {
+            insert(&mut store, crate::testing::two_sample_group(gid, 0));
+        }
+        let got =
+            store.sample(&SampleRequest { groups: 2, consumer: "learner".into(), ..fifo(2) }, t0).unwrap();
+        assert_eq!(got.group_ids, vec![0, 1]);
+        // Another consumer's ack of the learner's groups is refused whole and counted, group 2
+        // (never delivered, so nobody holds it) included.
+        let err = store.ack("intruder", &[2, 0, 1]).unwrap_err().to_string();
+        assert!(err.contains("\"intruder\" acknowledged 2 groups delivered to another consumer: 0"), "{err}");
+        assert_eq!(store.stats().refused_acks, 2);
+        assert_eq!(store.stats().consumed, 0, "nothing was acknowledged");
+        // The lease ends (fifo_lease_ms = 0) and the groups go back to the stream: still only the
+        // learner may acknowledge them.
+        let again =
+            store.sample(&SampleRequest { groups: 1, consumer: "learner".into(), ..fifo(1) }, t0).unwrap();
+        assert_eq!(again.info.redelivered, 2);
+        assert!(store.ack("intruder", &[1]).is_err());
+        let (fresh, reply) = store.ack("learner", &[0, 1]).unwrap();
+        assert_eq!((fresh, reply.acked), (vec![0, 1], 2));
     }
 }

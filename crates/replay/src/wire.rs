@@ -172,6 +172,14 @@ pub struct Stats {
     pub rejected_batches: u64,
     /// Payloads refused before they were a batch (not Arrow, truncated, wrong schema, bad JSON).
     pub rejected_payloads: u64,
+    /// Requests refused for what they asked (well-formed but impossible or hostile): a sample of
+    /// more groups than the shard can hold, a learner lineage no learner can have reached, a
+    /// payload over `replay.max_request_bytes`, a name too long.
+    #[serde(default)]
+    pub rejected_requests: u64,
+    /// Groups whose acknowledgement was refused: delivered to another consumer.
+    #[serde(default)]
+    pub refused_acks: u64,
     /// Appends refused for lack of space.
     pub backpressured: u64,
     /// Groups evicted because they went stale.

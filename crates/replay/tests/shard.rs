@@ -20,9 +20,9 @@ fn cfg() -> ReplayConfig {
     ReplayConfig { durability: Durability::OsBuffer, seed: 7, ..Default::default() }
 }
 
-/// The shared settings the tests below assume: at most 2 versions stale, 8 groups per step.
+/// The shared settings the tests below assume: groups of 4, at most 2 versions stale, 8 groups per step.
 fn rl() -> RlConfig {
-    RlConfig { max_staleness: 2, groups_per_step: 8, ..RlConfig::default() }
+    RlConfig { group_size: 4, max_staleness: 2, groups_per_step: 8, ..RlConfig::default() }
 }
 
 fn req(sampler: Sampler, groups: u32, learner_version: u64, max_staleness: u64) -> SampleRequest {
@@ -56,7 +56,7 @@ fn append(shard: &Shard, gs: &[sluice_core::Group]) {
 fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
-    let good = group(1, 0, &[0.0, 1.0], 4);
+    let good = group(1, 0, &[0.0, 1.0, 0.0, 1.0], 4);
     type Mutation = Box<dyn Fn(&mut sluice_core::Group)>;
     let cases: Vec<(&str, Mutation)> = vec![
         ("reward is NaN", Box::new(|g| g.samples[1].reward = f32::NAN)),
@@ -83,7 +83,7 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
         ),
     ];
     for (want, mutate) in cases {
-        let mut bad = group(2, 0, &[0.0, 1.0], 4);
+        let mut bad = group(2, 0, &[0.0, 1.0, 0.0, 1.0], 4);
         mutate(&mut bad);
         // The good group comes first: it must not be stored either.
         let batch = groups_to_batch(&[good.clone(), bad]).unwrap();
@@ -92,7 +92,7 @@ fn invalid_batches_are_refused_whole_with_the_row_and_reason() {
         let msg = err.to_string();
         assert!(msg.contains(want), "expected `{want}` in `{msg}`");
         assert!(msg.contains("(group 2)") || msg.contains("group 2"), "{msg}");
-        assert!(msg.contains("row 2") || msg.contains("row 3"), "the failing row is named: {msg}");
+        assert!(msg.contains("row 4") || msg.contains("row 5"), "the failing row is named: {msg}");
         assert_eq!(shard.stats().groups, 0, "nothing of a refused batch is stored");
     }
     // A batch with a different schema.
@@ -138,17 +138,15 @@ fn appending_a_group_twice_stores_it_once() {
 fn rows_of_a_group_come_back_in_sample_order_whatever_order_they_were_sent_in() {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
-    let mut g = group(5, 0, &[0.1, 0.2, 0.3], 4);
+    let mut g = group(5, 0, &[0.1, 0.2, 0.3, 0.4], 4);
     g.samples.reverse();
-    let mut other = group(6, 0, &[1.0, 0.0], 4);
-    other.samples.swap(0, 1);
+    let mut other = group(6, 0, &[1.0, 0.0, 1.0, 0.0], 4);
+    other.samples.swap(0, 3);
     // Interleave rows of the two groups.
     let mut rows = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         rows.push((g.clone(), i));
-        if i < 2 {
-            rows.push((other.clone(), i));
-        }
+        rows.push((other.clone(), i));
     }
     let batch = {
         let parts: Vec<RecordBatch> = rows
@@ -167,8 +165,8 @@ fn rows_of_a_group_come_back_in_sample_order_whatever_order_they_were_sent_in() 
     let (out, _) = shard.sample(&req(Sampler::Fifo, 2, 0, 0)).unwrap();
     let decoded = trajectory::batch_to_groups(&out).unwrap();
     assert_eq!(decoded[0].group_id, 5);
-    assert_eq!(decoded[0].samples.iter().map(|s| s.reward).collect::<Vec<_>>(), vec![0.1, 0.2, 0.3]);
-    assert_eq!(decoded[1].samples.iter().map(|s| s.sample_idx).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(decoded[0].samples.iter().map(|s| s.reward).collect::<Vec<_>>(), vec![0.1, 0.2, 0.3, 0.4]);
+    assert_eq!(decoded[1].samples.iter().map(|s| s.sample_idx).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
 }
 
 #[test]
@@ -214,7 +212,7 @@ fn sampler_shard(dir: &std::path::Path) -> Shard {
     for id in 0..10u64 {
         let r = id as f32 / 10.0;
         let version = [0, 0, 1, 1, 2, 2, 3, 3, 3, 3][id as usize];
-        append(&shard, &[group(id, version, &[r - 0.05, r + 0.05], 4)]);
+        append(&shard, &[group(id, version, &[r - 0.05, r + 0.05, r - 0.05, r + 0.05], 4)]);
     }
     shard
 }
@@ -295,7 +293,7 @@ fn multi_group_draws_are_distinct_whole_groups() {
             let got = trajectory::batch_to_groups(&batch).unwrap();
             assert_eq!(got.len(), 7);
             assert_eq!(info.groups, 7);
-            assert!(got.iter().all(|g| g.samples.len() == 2), "whole groups");
+            assert!(got.iter().all(|g| g.samples.len() == 4), "whole groups");
             assert_eq!(
                 got.iter().map(|g| g.group_id).collect::<HashSet<_>>().len(),
                 7,
@@ -310,8 +308,8 @@ fn fifo_delivers_each_group_once_until_acked_and_filters_apply() {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), 0, cfg(), rl()).unwrap();
     append(&shard, &groups(0..4, 0));
-    append(&shard, &[group(4, 0, &[1.0, 1.0, 1.0], 4)]); // zero variance
-    let mut dup = group(5, 0, &[0.0, 1.0, 0.5], 4);
+    append(&shard, &[group(4, 0, &[1.0, 1.0, 1.0, 1.0], 4)]); // zero variance
+    let mut dup = group(5, 0, &[0.0, 1.0, 0.5, 0.25], 4);
     dup.samples[2].completion_tokens = dup.samples[0].completion_tokens.clone();
     append(&shard, &[dup]);
     let mut r = req(Sampler::Fifo, 3, 0, 0);
@@ -324,7 +322,7 @@ fn fifo_delivers_each_group_once_until_acked_and_filters_apply() {
     assert_eq!(ids(&b), vec![3, 5], "group 4 has zero reward variance");
     assert_eq!(info.zero_variance_dropped, 1);
     assert_eq!(info.duplicate_rows_dropped, 1);
-    assert_eq!(b.num_rows(), 4 + 2);
+    assert_eq!(b.num_rows(), 4 + 3);
     let (c, _) = shard.sample(&r).unwrap();
     assert_eq!(c.num_rows(), 0, "everything is delivered or leased");
     let ack = shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![0, 1, 2, 99] }).unwrap();
@@ -348,7 +346,7 @@ fn eviction_takes_stale_groups_first_then_consumed_then_pushes_back() {
     // The learner reaches version 2: version-0 groups are stale.
     let (b, _) = shard.sample(&req(Sampler::Fifo, 2, 2, 1)).unwrap();
     assert_eq!(ids(&b), vec![2, 3]);
-    shard.ack(&AckRequest { consumer: "l".into(), group_ids: vec![2, 3] }).unwrap();
+    shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![2, 3] }).unwrap();
     append(&shard, &groups(6..8, 2));
     let held: HashSet<u64> = shard.group_ids().into_iter().collect();
     assert_eq!(held, HashSet::from([2, 3, 4, 5, 6, 7]), "stale 0 and 1 went first");
@@ -407,7 +405,9 @@ fn every_acknowledged_group_and_ack_survives_a_restart() {
                 append(&shard, &groups(i * 2..i * 2 + 2, 1));
             }
             let (b, _) = shard.sample(&req(Sampler::Fifo, 10, 1, 0)).unwrap();
-            shard.ack(&AckRequest { consumer: "l".into(), group_ids: ids(&b)[..6].to_vec() }).unwrap();
+            shard
+                .ack(&AckRequest { consumer: "learner-0".into(), group_ids: ids(&b)[..6].to_vec() })
+                .unwrap();
             // Dropped without close: the writer flushes what it was given, as on SIGKILL the OS does.
         }
         // Wait for the roller to have produced at least one segment.
