@@ -324,7 +324,10 @@ pub async fn rollout<B: Backend>(
     let policy = Policy::<B>::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
     let mut handles = Vec::new();
     for name in names {
-        let sub_cfg = SubscriberConfig::new(run.clone(), name.clone());
+        let sub_cfg = SubscriberConfig {
+            expected_tensors: Some(policy.model.config().tensor_shapes()),
+            ..SubscriberConfig::new(run.clone(), name.clone())
+        };
         let gate = StalenessGate::new(cfg.rl.max_staleness, PolicyId::default());
         let sub = Subscriber::start(session, sub_cfg, Destination::REPLICATED, gate).await?;
         let runner = Runner::new(

@@ -47,6 +47,10 @@ pub struct SubscriberConfig {
     pub request_timeout: Duration,
     /// How often the publisher's latest version is asked for (join, reconnect, lost announces).
     pub poll: Duration,
+    /// The model's tensors (checkpoint name, shape) when known: a manifest that lists others is
+    /// refused before anything is allocated for it (a hostile or mistaken publisher could claim
+    /// any size).
+    pub expected_tensors: Option<Vec<(String, Vec<usize>)>>,
 }
 
 impl SubscriberConfig {
@@ -59,6 +63,7 @@ impl SubscriberConfig {
             chunk_retries: 3,
             request_timeout: Duration::from_secs(10),
             poll: Duration::from_secs(1),
+            expected_tensors: None,
         }
     }
 }
@@ -344,6 +349,9 @@ impl Inner {
                 target.digest
             )));
         }
+        if let Some(expected) = &self.cfg.expected_tensors {
+            check_tensors(&manifest, expected).map_err(Failure::Integrity)?;
+        }
         let placement = self.dest.place(&manifest).map_err(|e| Failure::Integrity(e.to_string()))?;
         let buffers: Arc<Vec<Mutex<Vec<u8>>>> =
             Arc::new(self.staging(&placement).into_iter().map(Mutex::new).collect());
@@ -419,5 +427,75 @@ impl Inner {
             }
             self.stats().chunk_refetches += 1;
         }
+    }
+}
+
+/// Whether `manifest` lists exactly the model's tensors, each with its shape; else what differs
+/// (with the bytes the manifest claims, counted without overflow).
+fn check_tensors(manifest: &Manifest, expected: &[(String, Vec<usize>)]) -> std::result::Result<(), String> {
+    let elem = manifest.transfer_dtype.size() as u128;
+    let claimed: u128 = manifest
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().fold(elem, |acc, &d| acc.saturating_mul(d as u128)))
+        .fold(0u128, u128::saturating_add);
+    let want: std::collections::BTreeMap<&str, &Vec<usize>> =
+        expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let first_wrong = manifest.tensors.iter().find(|t| want.get(t.name.as_str()) != Some(&&t.shape));
+    if manifest.tensors.len() == expected.len() && first_wrong.is_none() {
+        return Ok(());
+    }
+    let which = match first_wrong {
+        Some(t) => match want.get(t.name.as_str()) {
+            Some(shape) => format!("tensor {} of shape {:?} (the model's is {shape:?})", t.name, t.shape),
+            None => format!("tensor {}, which the model does not have", t.name),
+        },
+        None => format!("{} tensors (the model has {})", manifest.tensors.len(), expected.len()),
+    };
+    Err(format!(
+        "manifest of version {} does not fit the model: {which}; it claims {claimed} bytes; nothing was allocated",
+        manifest.id()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::TensorEntry;
+    use crate::DType;
+
+    #[test]
+    fn a_manifest_claiming_two_tebibytes_is_refused_before_anything_is_allocated() {
+        let entry = |name: &str, shape: Vec<usize>| TensorEntry {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            layouts: Vec::new(),
+        };
+        let expected = vec![("a".to_string(), vec![2, 2]), ("b".to_string(), vec![3])];
+        let manifest = |tensors| Manifest {
+            epoch: 1,
+            version: 7,
+            transfer_dtype: DType::Bf16,
+            tensors,
+            chunks: Vec::new(),
+            digest: 0,
+        };
+        assert!(
+            check_tensors(&manifest(vec![entry("b", vec![3]), entry("a", vec![2, 2])]), &expected).is_ok()
+        );
+        let huge = manifest(vec![entry("a", vec![1 << 20, 1 << 20]), entry("b", vec![3])]);
+        let e = check_tensors(&huge, &expected).unwrap_err();
+        assert!(
+            e.contains("tensor a of shape [1048576, 1048576]") && e.contains("claims 2199023255558 bytes"),
+            "{e}"
+        );
+        // Shapes whose product overflows are counted without wrapping.
+        let wrapping = manifest(vec![entry("a", vec![usize::MAX, usize::MAX]), entry("b", vec![3])]);
+        assert!(check_tensors(&wrapping, &expected).unwrap_err().contains("does not fit the model"));
+        let extra = manifest(vec![entry("a", vec![2, 2]), entry("b", vec![3]), entry("c", vec![1])]);
+        assert!(check_tensors(&extra, &expected)
+            .unwrap_err()
+            .contains("tensor c, which the model does not have"));
     }
 }
