@@ -15,7 +15,7 @@ use sluice_model::{Cpu, Llama, ModelConfig, Tokenizer};
 const ALPHABET: &str = "abcdefgh say:";
 
 /// A random 2-layer Llama with a char-level tokenizer, saved as an HF directory.
-fn tiny_model(dir: &Path) -> PathBuf {
+pub(crate) fn tiny_model(dir: &Path) -> PathBuf {
     let tok = Tokenizer::char_level(ALPHABET).unwrap();
     let cfg = ModelConfig::tiny_llama(tok.vocab_size(), vec![1]);
     let path = dir.join("tiny");
@@ -25,7 +25,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
     path
 }
 
-fn config(dir: &Path, model: &Path, steps: u64) -> PathBuf {
+pub(crate) fn config(dir: &Path, model: &Path, steps: u64) -> PathBuf {
     let text = format!(
         r#"
 [run]
@@ -87,14 +87,14 @@ n = 64
 }
 
 /// A child process killed when dropped, its output in `{dir}/{name}.log`.
-struct Proc {
-    child: Child,
-    name: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) name: String,
     log: PathBuf,
 }
 
 impl Proc {
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    pub(crate) fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -112,12 +112,12 @@ impl Proc {
         Proc { child, name: name.into(), log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for the process to exit by itself; panics with its log after `limit`.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let t0 = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -139,7 +139,7 @@ impl Proc {
     }
 
     /// Waits until its log contains `needle`.
-    fn wait_for(&mut self, needle: &str, limit: Duration) {
+    pub(crate) fn wait_for(&mut self, needle: &str, limit: Duration) {
         let t0 = Instant::now();
         while !self.log().contains(needle) {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -158,12 +158,12 @@ impl Drop for Proc {
     }
 }
 
-fn records(run: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn records(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn learner_steps(recs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+pub(crate) fn learner_steps(recs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     recs.iter().filter(|r| r["role"] == "learner" && r.get("event").is_none()).collect()
 }
 
@@ -283,7 +283,12 @@ fn endpoints() -> (String, String) {
     (format!("tcp/127.0.0.1:{p_replay}"), format!("tcp/127.0.0.1:{p_learner}"))
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, procs: &mut [&mut Proc]) {
+pub(crate) fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+    procs: &mut [&mut Proc],
+) {
     let t0 = Instant::now();
     while !done() {
         for p in procs.iter_mut() {
@@ -296,7 +301,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, procs
     }
 }
 
-fn last_step(run: &Path) -> u64 {
+pub(crate) fn last_step(run: &Path) -> u64 {
     learner_steps(&records(run)).last().map_or(0, |r| r["step"].as_u64().unwrap())
 }
 

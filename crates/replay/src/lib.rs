@@ -83,7 +83,7 @@ pub use durable::RecoveryReport;
 pub use error::{ReplayError, Result};
 pub use export::{export, shard_dirs};
 pub use sampler::{spec as sampler_spec, Sampler};
-pub use service::{Op, ReplayService, MAX_IN_FLIGHT};
+pub use service::{frame_sample, unframe_sample, Op, ReplayService, MAX_IN_FLIGHT};
 pub use shard::Shard;
 pub use store::Store;
 pub use wire::{
