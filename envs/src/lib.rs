@@ -26,5 +26,5 @@ pub use error::{EnvsError, Result};
 pub use jsonl::{JsonlConfig, JsonlSource};
 pub use knights_knaves::KnightsKnavesVerifier;
 pub use letters::{Letters, LettersConfig, LettersVerifier};
-pub use remote::{serve, RemoteEnv, RemoteTasks, Served};
+pub use remote::{serve, serve_with, RemoteEnv, RemoteTasks, ServeConfig, Served};
 pub use split::{split_of, split_one_in, Split, HELD_OUT_ONE_IN};

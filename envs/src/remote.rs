@@ -15,7 +15,9 @@
 //!
 //! `Task` is the JSON form of [`sluice_core::Task`] (`id`, `source`, `prompt` as a string or a
 //! list of `{role, content}`, `answer`, `metadata`). The server owns the episode state under the
-//! id it returned from `reset`; `step` on an unknown id is an error.
+//! id it returned from `reset`; `step` on an unknown id is an error. Ids are 128 random bits, so a
+//! peer cannot step or close another's episode by guessing; an episode left untouched for
+//! [`ServeConfig::episode_ttl`] (a worker that died mid-episode) is closed and forgotten.
 //!
 //! # Design
 //! *Constraints.* The caller ([`crate`]'s users: the rollout worker) already runs every env call
@@ -28,9 +30,8 @@
 //! *Cons:* one round trip per call (sub-millisecond on loopback, negligible next to a model turn).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sluice_core::{keys, BoxFuture, Env, EnvError, Episode, StepResult, Task, TaskSource};
@@ -230,11 +231,26 @@ pub struct Served {
 /// An episode the server holds between calls.
 type SharedEpisode = Arc<tokio::sync::Mutex<Box<dyn Episode>>>;
 
+/// How a served environment keeps its episodes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// An episode untouched this long (its worker died or gave up without `close`) is closed and
+    /// forgotten when the next episode starts.
+    pub episode_ttl: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { episode_ttl: Duration::from_secs(600) }
+    }
+}
+
 struct ServerState {
     env: Arc<dyn Env>,
     tasks: Option<Mutex<Box<dyn TaskSource>>>,
-    episodes: tokio::sync::Mutex<HashMap<String, SharedEpisode>>,
-    next: AtomicU64,
+    /// Open episodes by id, with when each was last used.
+    episodes: tokio::sync::Mutex<HashMap<String, (SharedEpisode, Instant)>>,
+    cfg: ServeConfig,
 }
 
 /// Serves `env` (and `tasks`, if given) as `name` of `run` on `session`.
@@ -245,14 +261,22 @@ pub async fn serve(
     env: Arc<dyn Env>,
     tasks: Option<Box<dyn TaskSource>>,
 ) -> Result<Served, EnvError> {
+    serve_with(session, run, name, env, tasks, ServeConfig::default()).await
+}
+
+/// [`serve`] with `cfg`.
+pub async fn serve_with(
+    session: &zenoh::Session,
+    run: &str,
+    name: &str,
+    env: Arc<dyn Env>,
+    tasks: Option<Box<dyn TaskSource>>,
+    cfg: ServeConfig,
+) -> Result<Served, EnvError> {
     keys::check_name("run", run).map_err(|e| EnvError(e.to_string()))?;
     keys::check_name("environment", name).map_err(|e| EnvError(e.to_string()))?;
-    let state = Arc::new(ServerState {
-        env,
-        tasks: tasks.map(Mutex::new),
-        episodes: Default::default(),
-        next: AtomicU64::new(0),
-    });
+    let state =
+        Arc::new(ServerState { env, tasks: tasks.map(Mutex::new), episodes: Default::default(), cfg });
     // zenoh calls back on its own threads: the handlers run on the caller's runtime.
     let rt = tokio::runtime::Handle::current();
     let mut queryables = Vec::new();
@@ -304,18 +328,23 @@ async fn handle(state: &ServerState, op: &str, body: &[u8]) -> Result<serde_json
         "reset" => {
             let msg: TaskMsg = serde_json::from_slice(body).map_err(parse_err)?;
             let task = msg.task.ok_or("reset needs a task")?;
+            expire(state).await;
             let (episode, observation) = state.env.reset(&task).await.map_err(|e| e.0)?;
-            let id = format!("{}-{}", task.id, state.next.fetch_add(1, Ordering::Relaxed));
-            state.episodes.lock().await.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(episode)));
+            let id = format!("{:032x}", rand::random::<u128>());
+            let episode = Arc::new(tokio::sync::Mutex::new(episode));
+            state.episodes.lock().await.insert(id.clone(), (episode, Instant::now()));
             Ok(serde_json::json!({"episode": id, "observation": observation}))
         }
         "step" => {
             let msg: StepMsg = serde_json::from_slice(body).map_err(parse_err)?;
-            let ep = state.episodes.lock().await.get(&msg.episode).cloned();
+            let ep = state.episodes.lock().await.get_mut(&msg.episode).map(|(ep, used)| {
+                *used = Instant::now();
+                ep.clone()
+            });
             let ep = ep.ok_or_else(|| format!("unknown episode {:?}", msg.episode))?;
             let r = ep.lock().await.step(&msg.action).await.map_err(|e| e.0)?;
             if r.done {
-                if let Some(ep) = state.episodes.lock().await.remove(&msg.episode) {
+                if let Some((ep, _)) = state.episodes.lock().await.remove(&msg.episode) {
                     ep.lock().await.close().await;
                 }
             }
@@ -323,12 +352,30 @@ async fn handle(state: &ServerState, op: &str, body: &[u8]) -> Result<serde_json
         }
         "close" => {
             let msg: CloseMsg = serde_json::from_slice(body).map_err(parse_err)?;
-            if let Some(ep) = state.episodes.lock().await.remove(&msg.episode) {
+            if let Some((ep, _)) = state.episodes.lock().await.remove(&msg.episode) {
                 ep.lock().await.close().await;
             }
             Ok(serde_json::json!({}))
         }
         _ => Err(format!("unknown operation {op}")),
+    }
+}
+
+/// Closes and forgets the episodes untouched for the configured time.
+async fn expire(state: &ServerState) {
+    let ttl = state.cfg.episode_ttl;
+    let expired: Vec<(String, SharedEpisode)> = {
+        let mut episodes = state.episodes.lock().await;
+        let old: Vec<String> = episodes
+            .iter()
+            .filter(|(_, (_, used))| used.elapsed() >= ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        old.into_iter().filter_map(|id| episodes.remove(&id).map(|(ep, _)| (id, ep))).collect()
+    };
+    for (id, ep) in expired {
+        tracing::info!("closing episode {id}: untouched for {ttl:?}");
+        ep.lock().await.close().await;
     }
 }
 
@@ -381,6 +428,53 @@ mod tests {
             let other = RemoteEnv::new(client.clone(), "r", "other", Duration::from_millis(300)).unwrap();
             let e = other.reset(&task).await.err().unwrap().to_string();
             assert!(e.contains("sluice/r/env/other/reset"), "{e}");
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn episode_ids_are_unguessable_and_abandoned_episodes_expire() {
+        // Before, ids were `{task id}-{counter}`: any peer could step or close another's episode,
+        // and an episode whose worker died stayed open for good.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+            let server = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+            let client = ZenohOptions::connect_to(ep).open().await.unwrap();
+            let tasks = Arithmetic::new(ArithmeticConfig::default()).unwrap();
+            let env = Arc::new(Calculator::new(CalculatorConfig::default()));
+            let cfg = ServeConfig { episode_ttl: Duration::from_millis(300) };
+            let _served = serve_with(&server, "r", "calc", env, Some(Box::new(tasks)), cfg).await.unwrap();
+            let remote = RemoteEnv::new(client.clone(), "r", "calc", Duration::from_secs(5)).unwrap();
+            remote.wait_until_served(Duration::from_secs(20)).await.unwrap();
+            let task = remote.tasks().next_task().unwrap();
+            let link = remote.link.clone();
+            let reset = |task: &Task| {
+                let link = link.clone();
+                let task = task.clone();
+                async move {
+                    let r: ResetReply = link.call("reset", &TaskMsg { task: Some(task) }).await.unwrap();
+                    r.episode
+                }
+            };
+            let ids = [reset(&task).await, reset(&task).await];
+            for id in &ids {
+                assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+                assert!(!id.contains(&task.id), "{id} names the task");
+            }
+            assert_ne!(ids[0], ids[1]);
+            let step = |id: &str| StepMsg { episode: id.to_string(), action: "<calc>1+1</calc>".into() };
+            let guess = format!("{}-0", task.id);
+            let e = link.call::<serde_json::Value>("step", &step(&guess)).await.unwrap_err().to_string();
+            assert!(e.contains("unknown episode"), "{e}");
+            // Episode 1 is used, episode 0 abandoned; past the ttl the next reset closes episode 0.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            link.call::<serde_json::Value>("step", &step(&ids[1])).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reset(&task).await;
+            let e = link.call::<serde_json::Value>("step", &step(&ids[0])).await.unwrap_err().to_string();
+            assert!(e.contains("unknown episode"), "the abandoned episode expired: {e}");
+            link.call::<serde_json::Value>("step", &step(&ids[1])).await.unwrap();
         })
         .await
         .unwrap();

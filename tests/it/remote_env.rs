@@ -126,3 +126,21 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
         .unwrap();
     });
 }
+
+#[test]
+fn python_episode_ids_are_unguessable_and_abandoned_episodes_expire() {
+    // Before, the SDK's ids were `{task id}-{counter}` and an episode whose worker died stayed open.
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/episode_ids.py");
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let out = Command::new("python3").arg(&script).arg(&ep).env("PYTHONPATH", &pydeps).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -24,9 +24,10 @@ The wire protocol (JSON over zenoh queryables under ``sluice/{run}/env/{name}/{t
 is documented in ``envs/src/remote.rs``; this module is the whole Python side of it.
 """
 
-import itertools
 import json
+import secrets
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -89,13 +90,16 @@ def zenoh_config(connect=None, listen=None, config_file=None):
 class Server:
     """Serves an environment class until ``close()``; ``wait()`` blocks until then."""
 
-    def __init__(self, env_cls, name, run, session, tasks=None, workers=16):
+    def __init__(self, env_cls, name, run, session, tasks=None, workers=16, episode_ttl=600.0):
         self._env_cls = env_cls
         self._tasks = iter(tasks) if tasks is not None else None
         self._tasks_lock = threading.Lock()
+        # Open episodes: id -> [env, last use]. Ids are 128 random bits (a peer cannot guess
+        # another's); an episode untouched for ``episode_ttl`` seconds (its worker died) is closed
+        # when the next one starts.
         self._episodes = {}
         self._lock = threading.Lock()
-        self._ids = itertools.count()
+        self._episode_ttl = episode_ttl
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._closed = threading.Event()
         self._session = session
@@ -132,20 +136,32 @@ class Server:
         with self._tasks_lock:
             return {"task": next(self._tasks, None)}
 
+    def _expire(self):
+        now = time.monotonic()
+        with self._lock:
+            old = [e for e, (_, used) in self._episodes.items() if now - used >= self._episode_ttl]
+            envs = [self._episodes.pop(e)[0] for e in old]
+        for env in envs:
+            env.close()
+
     def _reset(self, request):
+        self._expire()
         env = self._env_cls()
         observation = env.reset(request["task"]) or ""
-        episode = f"{request['task'].get('id', '')}-{next(self._ids)}"
+        episode = secrets.token_hex(16)
         with self._lock:
-            self._episodes[episode] = env
+            self._episodes[episode] = [env, time.monotonic()]
         return {"episode": episode, "observation": str(observation)}
 
     def _step(self, request):
         episode = request["episode"]
         with self._lock:
-            env = self._episodes.get(episode)
-        if env is None:
+            entry = self._episodes.get(episode)
+            if entry is not None:
+                entry[1] = time.monotonic()
+        if entry is None:
             raise KeyError(f"unknown episode {episode!r}")
+        env = entry[0]
         result = env.step(request["action"])
         if not isinstance(result, dict) or "done" not in result:
             raise TypeError(f"step must return observe(...) or done(...), not {result!r}")
@@ -155,9 +171,9 @@ class Server:
 
     def _close(self, request):
         with self._lock:
-            env = self._episodes.pop(request["episode"], None)
-        if env is not None:
-            env.close()
+            entry = self._episodes.pop(request["episode"], None)
+        if entry is not None:
+            entry[0].close()
         return {}
 
     def wait(self):
@@ -170,10 +186,15 @@ class Server:
         self._closed.set()
 
 
-def serve(env_cls, name, run, connect=None, listen=None, tasks=None, config_file=None, workers=16, block=True):
-    """Serves ``env_cls`` as environment ``name`` of ``run``; blocks unless ``block=False``."""
+def serve(
+    env_cls, name, run, connect=None, listen=None, tasks=None, config_file=None, workers=16, block=True,
+    episode_ttl=600.0,
+):
+    """Serves ``env_cls`` as environment ``name`` of ``run``; blocks unless ``block=False``.
+
+    An episode untouched for ``episode_ttl`` seconds is closed when the next one starts."""
     session = zenoh.open(zenoh_config(connect, listen, config_file))
-    server = Server(env_cls, name, run, session, tasks=tasks, workers=workers)
+    server = Server(env_cls, name, run, session, tasks=tasks, workers=workers, episode_ttl=episode_ttl)
     if block:
         try:
             server.wait()
