@@ -8,6 +8,8 @@
 //! weights-peer subscribe --connect EP --run R --worker NAME [--layout replicated|tp2] [--fuse]
 //!                        [--until V] [--dump DIR] [--no-shm] [--parallel N]
 //! both:                  [--zenoh 'key=json5;key=json5'] (any zenoh setting) [--chunk-bytes B]
+//!                        [--insecure] (listen beyond loopback without TLS: a probe of a trusted
+//!                        network; the run's roles use `[security]`, docs/security.md)
 //! ```
 //! Every event is one JSON line on stdout.
 
@@ -72,6 +74,7 @@ fn emit(value: serde_json::Value) {
 }
 
 async fn open(args: &Args, opts: ZenohOptions) -> AnyResult<zenoh::Session> {
+    let opts = ZenohOptions { insecure: args.flag("insecure"), ..opts };
     let mut config = opts.to_config()?;
     let shm = if args.flag("no-shm") { "false" } else { "true" };
     config
