@@ -2,8 +2,9 @@
 //!
 //! A peer on explicit endpoints, multicast scouting off: a zenoh peer otherwise listens on every
 //! interface and scouts the LAN, which is never what a training run wants. A user's own zenoh
-//! config file (TLS, user/password, routers) replaces these defaults; `listen`/`connect` given on
-//! the command line are still applied on top of it.
+//! config file (routers, tuning, more access control) replaces these defaults; `listen`/`connect`
+//! and [`Security`] (mutual TLS and the run's access control, `crate::security`) are still applied
+//! on top of it. Without TLS, only loopback addresses may listen unless `insecure` is set.
 
 use std::path::PathBuf;
 
