@@ -93,11 +93,15 @@ pub struct RemoteSpec {
     pub env: String,
     /// Limit of one call, in seconds.
     pub timeout_s: f64,
+    /// How long a worker waits for the environment while nobody serves it (not started yet, or
+    /// restarting after a crash), saying so every few seconds, before the run stops with an error
+    /// naming it; in seconds.
+    pub wait_s: f64,
 }
 
 impl Default for RemoteSpec {
     fn default() -> Self {
-        RemoteSpec { env: String::new(), timeout_s: 30.0 }
+        RemoteSpec { env: String::new(), timeout_s: 30.0, wait_s: 180.0 }
     }
 }
 
@@ -161,6 +165,9 @@ impl EnvSpec {
             }
             EnvSpec::Calculator(c) => c.tasks.check()?,
             EnvSpec::Remote(r) if r.env.is_empty() => bail!("`env` (the served name) is required"),
+            EnvSpec::Remote(r) if !(r.wait_s >= 0.0 && r.wait_s.is_finite()) => {
+                bail!("wait_s {} must be >= 0", r.wait_s)
+            }
             EnvSpec::Remote(r) if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) => {
                 bail!("timeout_s {} must be > 0", r.timeout_s)
             }
@@ -224,7 +231,7 @@ impl EnvSpec {
                 let env = RemoteEnv::new(session.clone(), run, &r.env, Duration::from_secs_f64(r.timeout_s))
                     .map_err(|e| anyhow!("envs `{name}`: {e}"))?;
                 EnvSource {
-                    tasks: Box::new(env.tasks()),
+                    tasks: Box::new(env.tasks_waiting(Duration::from_secs_f64(r.wait_s))),
                     judge: Judge::Env(Arc::new(env)),
                     stop_strings: vec![],
                 }

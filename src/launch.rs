@@ -57,12 +57,22 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         roles::stop_on_signal(stop_learner.clone());
         let stop_workers = Arc::new(AtomicBool::new(false));
         let names: Vec<String> = (0..cfg.run.rollout_workers).map(|i| format!("w{i}")).collect();
+        // Workers that fail (a remote environment nobody serves) stop the run: the learner would
+        // otherwise wait for their data for good.
+        let worker_failure = Arc::new(std::sync::Mutex::new(None::<String>));
         let workers = {
             let (cfg, session, stop) = (cfg.clone(), session.clone(), stop_workers.clone());
+            let (failure, stop_learner) = (worker_failure.clone(), stop_learner.clone());
             tokio::spawn(async move {
-                with_device!(cfg.run.device.as_str(), |B, _AD, device| {
+                let r = with_device!(cfg.run.device.as_str(), |B, _AD, device| {
                     roles::rollout::<B>(&cfg, &session, &names, stop, None, device).await
-                })
+                });
+                if let Err(e) = &r {
+                    eprintln!("stopping: the rollout workers failed: {e:#}");
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+                    stop_learner.store(true, Ordering::Relaxed);
+                }
+                r
             })
         };
         let outcome = with_device!(cfg.run.device.as_str(), |_B, AD, device| {
@@ -72,7 +82,7 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         // Workers end their current batch; past a grace period the batch is dropped (its groups
         // were never acknowledged, so nothing accepted is lost).
         match tokio::time::timeout(Duration::from_secs(20), workers).await {
-            Ok(Ok(Err(e))) => tracing::warn!("rollout: {e:#}"),
+            Ok(Ok(Err(_))) => {} // reported when it happened, and returned below
             Ok(Err(e)) => tracing::warn!("rollout task: {e}"),
             Ok(Ok(Ok(_))) | Err(_) => {}
         }
@@ -82,6 +92,9 @@ pub fn run(cfg: RunConfig) -> Result<()> {
             println!("{line}");
         }
         let _ = session.close().await;
+        if let Some(e) = worker_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            anyhow::bail!("the run stopped at step {}: {e}", outcome.step);
+        }
         anyhow::Ok(())
     })
 }

@@ -85,6 +85,7 @@ impl Link {
         let key = keys::env(&self.run, &self.name, op);
         let payload =
             serde_json::to_vec(body).map_err(|e| EnvError(format!("{key}: encoding the request: {e}")))?;
+        let t0 = tokio::time::Instant::now();
         let replies = self
             .session
             .get(&key)
@@ -92,10 +93,14 @@ impl Link {
             .timeout(self.timeout)
             .await
             .map_err(|e| EnvError(format!("{key}: {e}")))?;
-        let reply = replies
-            .recv_async()
-            .await
-            .map_err(|_| EnvError(format!("{key}: no environment answered within {:?}", self.timeout)))?;
+        let reply = replies.recv_async().await.map_err(|_| {
+            // zenoh ends a query at once when no queryable matches it.
+            if t0.elapsed() < self.timeout {
+                EnvError(format!("{key}: {NOBODY_SERVES}"))
+            } else {
+                EnvError(format!("{key}: no environment answered within {:?}", self.timeout))
+            }
+        })?;
         match reply.result() {
             Ok(sample) => {
                 let bytes = sample.payload().to_bytes();
@@ -113,6 +118,15 @@ impl Link {
         }
     }
 }
+
+/// What a call reports when no server of the environment is reachable.
+const NOBODY_SERVES: &str = "nobody serves this environment (no server of that name is reachable)";
+
+/// How long a remote task source waits for an absent environment by default.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(180);
+
+/// How often a waiting task source says so.
+const WAIT_REPORT: Duration = Duration::from_secs(5);
 
 /// An environment served by another process.
 #[derive(Clone)]
@@ -141,9 +155,16 @@ impl RemoteEnv {
         }
     }
 
-    /// Its tasks, drawn one query at a time.
+    /// Its tasks, drawn one query at a time, waiting up to [`DEFAULT_PATIENCE`] for an absent
+    /// server.
     pub fn tasks(&self) -> RemoteTasks {
-        RemoteTasks { link: self.link.clone() }
+        self.tasks_waiting(DEFAULT_PATIENCE)
+    }
+
+    /// Its tasks, waiting up to `patience` for a server that is not there (not started yet, or
+    /// restarting after a crash) before the source fails ([`TaskSource::failure`]).
+    pub fn tasks_waiting(&self, patience: Duration) -> RemoteTasks {
+        RemoteTasks { link: self.link.clone(), patience, failure: None }
     }
 }
 
@@ -202,6 +223,8 @@ impl Episode for RemoteEpisode {
 /// The tasks of a remote environment.
 pub struct RemoteTasks {
     link: Arc<Link>,
+    patience: Duration,
+    failure: Option<String>,
 }
 
 impl TaskSource for RemoteTasks {
@@ -209,18 +232,66 @@ impl TaskSource for RemoteTasks {
         &self.link.name
     }
 
+    /// The server's next task. While nobody answers (a server not started yet, or restarting),
+    /// waits, saying so every few seconds with the key it waits on; past `patience` the source
+    /// fails with a message naming the environment. An error the server replies ends it too.
     fn next_task(&mut self) -> Option<Task> {
+        if self.failure.is_some() {
+            return None;
+        }
         let link = self.link.clone();
-        let ask = async move { link.call::<TaskMsg>("task", &serde_json::json!({})).await };
-        let result = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(ask));
-        match result {
-            Ok(m) => m.task,
+        let patience = self.patience;
+        let ask = async move {
+            let t0 = tokio::time::Instant::now();
+            let mut told = t0;
+            loop {
+                match link.call::<TaskMsg>("task", &serde_json::json!({})).await {
+                    Ok(m) => return Ok(m.task),
+                    Err(e) if is_absent(&e) => {
+                        if t0.elapsed() >= patience {
+                            return Err(format!(
+                                "environment `{}`: nobody answered {} for {patience:?}. Check that its \
+                                 server runs, serves the name `{}` for the run `{}`, and connects to \
+                                 this process's zenoh endpoints (envs[].wait_s sets how long to wait)",
+                                link.name,
+                                keys::env(&link.run, &link.name, "task"),
+                                link.name,
+                                link.run
+                            ));
+                        }
+                        if told.elapsed() >= WAIT_REPORT || told == t0 {
+                            tracing::warn!(
+                                "waiting for environment `{}`: {e} ({:.0?} of {patience:?})",
+                                link.name,
+                                t0.elapsed()
+                            );
+                            told = tokio::time::Instant::now();
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(format!("environment `{}`: {e}", link.name)),
+                }
+            }
+        };
+        match tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(ask)) {
+            Ok(task) => task,
             Err(e) => {
-                tracing::warn!("remote task source {}: {e}", self.link.name);
+                tracing::error!("{e}");
+                self.failure = Some(e);
                 None
             }
         }
     }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+}
+
+/// Whether a call failed for want of a server (none reachable, or none answered in time) rather
+/// than by the server's error reply.
+fn is_absent(e: &EnvError) -> bool {
+    e.0.ends_with(NOBODY_SERVES) || e.0.contains(": no environment answered within ")
 }
 
 /// A Rust environment served to other processes; dropping it stops serving.

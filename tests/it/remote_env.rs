@@ -144,3 +144,130 @@ fn python_episode_ids_are_unguessable_and_abandoned_episodes_expire() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A tiny random model over [`ALPHABET`] saved as an HF directory, and a `sluice run` config that
+/// trains it `steps` steps against the remote environment `env` (waited for up to `wait_s`).
+fn remote_run(dir: &Path, env: &str, wait_s: f64, steps: u64) -> std::path::PathBuf {
+    let tok = Tokenizer::char_level(ALPHABET).unwrap();
+    let model_dir = dir.join("tiny");
+    let model = Llama::<sluice_model::Cpu>::random(&model_config(tok.vocab_size()), 7, &Default::default());
+    sluice_model::save_model(&model, &model_dir).unwrap();
+    tok.save(&model_dir).unwrap();
+    let text = format!(
+        r#"
+[run]
+name = "py"
+dir = "{run}"
+
+[model]
+path = "{model}"
+
+[[envs]]
+name = "remote"
+env = "{env}"
+timeout_s = 5.0
+wait_s = {wait_s}
+
+[rl]
+group_size = 4
+groups_per_step = 2
+max_staleness = 1
+temperature = 1.0
+max_completion_tokens = 16
+
+[learner]
+total_steps = {steps}
+
+[rollout]
+tasks_per_batch = 2
+max_new_tokens = 2
+max_turns = 2
+chat_template = false
+
+[rollout.curriculum]
+kind = "fixed"
+weights = [1.0]
+"#,
+        run = dir.join("run").display(),
+        model = model_dir.display(),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `sluice run CONFIG --listen EP`, its output in `dir/run.log`.
+fn sluice_run(dir: &Path, config: &Path, ep: &str) -> KillOnDrop {
+    let log = std::fs::File::create(dir.join("run.log")).unwrap();
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(config)
+            .args(["--listen", ep])
+            .env("RUST_LOG", "sluice=info,sluice_envs=info,sluice_rollout=info,warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits up to `limit` for `child` to exit (a plain test thread: blocking sleeps are right).
+#[allow(clippy::disallowed_methods)]
+fn exit_within(child: &mut KillOnDrop, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_run_whose_environment_nobody_serves_stops_with_its_name() {
+    // Before, the worker read the failed `task` query as an exhausted source and stopped, and the
+    // learner waited for data for good: no step, no error, no exit.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_run(dir.path(), "ghost", 3.0, 3);
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let mut run = sluice_run(dir.path(), &cfg, &ep);
+    let status = exit_within(&mut run, Duration::from_secs(90));
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the run did not stop:\n{log}"));
+    assert!(!status.success(), "the run succeeded:\n{log}");
+    assert!(log.contains("environment `ghost`: nobody answered sluice/py/env/ghost/task for 3s"), "{log}");
+    assert!(log.contains("waiting for environment `ghost`"), "it said it was waiting:\n{log}");
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // a plain test thread: blocking sleeps are right
+fn a_python_environment_started_after_the_run_is_waited_for_and_used() {
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_run(dir.path(), "letters", 120.0, 4);
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let mut run = sluice_run(dir.path(), &cfg, &ep);
+    // The order the docs' example invites: the run first, the environment 10 s later.
+    std::thread::sleep(Duration::from_secs(10));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/python/examples/letters.py");
+    let _env_process = KillOnDrop(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--run", "py", "--connect", &ep])
+            .env("PYTHONPATH", &pydeps)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = exit_within(&mut run, Duration::from_secs(180));
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the run did not finish:\n{log}"));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("waiting for environment `letters`"), "it said it was waiting:\n{log}");
+    assert!(log.contains("step 4:"), "{log}");
+}

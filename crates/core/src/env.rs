@@ -83,8 +83,13 @@ pub struct Task {
 pub trait TaskSource: Send {
     /// The source's name (every task it yields carries it).
     fn name(&self) -> &str;
-    /// The next task; `None` once a finite source is exhausted.
+    /// The next task; `None` once a finite source is exhausted (or has failed: [`Self::failure`]).
     fn next_task(&mut self) -> Option<Task>;
+    /// Why the source gives no more tasks when that is a failure rather than the end of a finite
+    /// source (a remote environment that never answered); a worker stops with it as an error.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A reward with its named parts.

@@ -32,6 +32,14 @@ pub enum RolloutError {
     /// zenoh failed.
     #[error("zenoh: {0}")]
     Zenoh(String),
+    /// A task source failed (not simply ran out): a remote environment nobody serves.
+    #[error("task source {task_source}: {reason}")]
+    Source {
+        /// The source.
+        task_source: String,
+        /// What went wrong, naming what to check.
+        reason: String,
+    },
     /// A bug: an invariant of the worker broke.
     #[error("internal: {0}")]
     Internal(String),

@@ -313,7 +313,7 @@ impl<B: Backend> Worker<B> {
             if !self.wait_for_gate().await? {
                 return Ok(());
             }
-            let drawn = self.draw(granted as usize);
+            let drawn = self.draw(granted as usize)?;
             if drawn.is_empty() {
                 tracing::info!(worker = %self.name, "every task source is exhausted");
                 return Ok(());
@@ -360,8 +360,9 @@ impl<B: Backend> Worker<B> {
         Ok(true)
     }
 
-    /// Up to `n` tasks, each from the source the curriculum picks (exhausted sources skipped).
-    fn draw(&mut self, n: usize) -> Vec<(usize, Job)> {
+    /// Up to `n` tasks, each from the source the curriculum picks (exhausted sources skipped); an
+    /// error when a source failed rather than ran out ([`sluice_core::TaskSource::failure`]).
+    fn draw(&mut self, n: usize) -> Result<Vec<(usize, Job)>> {
         let mut out = Vec::with_capacity(n);
         let mut attempts = 0usize;
         while out.len() < n && !self.exhausted.iter().all(|&e| e) && attempts < 1000 * n {
@@ -377,12 +378,18 @@ impl<B: Backend> Worker<B> {
                     Job { task, judge: src.judge.clone(), stop_strings: src.stop_strings.clone() },
                 )),
                 None => {
+                    if let Some(why) = src.tasks.failure() {
+                        return Err(RolloutError::Source {
+                            task_source: src.tasks.name().to_string(),
+                            reason: why,
+                        });
+                    }
                     tracing::info!(source = %src.tasks.name(), "task source exhausted");
                     self.exhausted[s] = true;
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Counts `n` finished groups as unsent (the worker stops before the replay took them).
