@@ -91,8 +91,6 @@ impl Default for CalculatorSpec {
 pub struct RemoteSpec {
     /// The name it is served under (`sluice/{run}/env/{env}/...`).
     pub env: String,
-    /// Limit of one call, in seconds.
-    pub timeout_s: f64,
     /// How long a worker waits for the environment while nobody serves it (not started yet, or
     /// restarting after a crash), saying so every few seconds, before the run stops with an error
     /// naming it; in seconds.
@@ -101,7 +99,7 @@ pub struct RemoteSpec {
 
 impl Default for RemoteSpec {
     fn default() -> Self {
-        RemoteSpec { env: String::new(), timeout_s: 30.0, wait_s: 180.0 }
+        RemoteSpec { env: String::new(), wait_s: 180.0 }
     }
 }
 
@@ -168,16 +166,21 @@ impl EnvSpec {
             EnvSpec::Remote(r) if !(r.wait_s >= 0.0 && r.wait_s.is_finite()) => {
                 bail!("wait_s {} must be >= 0", r.wait_s)
             }
-            EnvSpec::Remote(r) if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) => {
-                bail!("timeout_s {} must be > 0", r.timeout_s)
-            }
             _ => {}
         }
         Ok(())
     }
 
     /// Builds the source; `session` and `run` reach remote environments.
-    pub fn build(&self, purpose: Purpose, session: &zenoh::Session, run: &str) -> Result<EnvSource> {
+    /// `env_timeout` (`rollout.env_timeout_s`, the one limit of an environment call) also bounds a
+    /// remote environment's query.
+    pub fn build(
+        &self,
+        purpose: Purpose,
+        session: &zenoh::Session,
+        run: &str,
+        env_timeout: Duration,
+    ) -> Result<EnvSource> {
         let (split, name) = (purpose.split(), self.name());
         let err = |e: sluice_envs::EnvsError| anyhow!("envs `{name}`: {e}");
         let verifier = |tasks: Box<dyn sluice_core::TaskSource>, v: Arc<dyn sluice_core::Verifier>| {
@@ -228,7 +231,7 @@ impl EnvSpec {
                 }
             }
             EnvSpec::Remote(r) => {
-                let env = RemoteEnv::new(session.clone(), run, &r.env, Duration::from_secs_f64(r.timeout_s))
+                let env = RemoteEnv::new(session.clone(), run, &r.env, env_timeout)
                     .map_err(|e| anyhow!("envs `{name}`: {e}"))?;
                 EnvSource {
                     tasks: Box::new(env.tasks_waiting(Duration::from_secs_f64(r.wait_s))),

@@ -8,7 +8,7 @@
 //! split is taken to hold no more, and the result says how many were asked for.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
@@ -128,9 +128,10 @@ pub async fn eval<B: Backend>(
     // Evaluation's own draw: `samples` per task at its temperature (0: greedy).
     let draw = RlConfig { group_size: samples, temperature, ..*rl };
     let batch = cfg.tasks_per_batch.max(1);
+    let env_timeout = Duration::from_secs_f64(cfg.env_timeout_s);
     let mut runner =
         Runner::new("eval", "eval", cfg, draw, policy.tokenizer.clone(), policy.stop_token_ids())?;
-    let mut source = spec.build(Purpose::Eval(split), session, "eval")?;
+    let mut source = spec.build(Purpose::Eval(split), session, "eval", env_timeout)?;
     let mut current = Versioned { model: policy.model, version: 0, epoch: 0 };
     let (mut correct, mut rewards, mut passed, mut tasks) = (Vec::new(), Vec::new(), 0usize, 0usize);
     let mut seen = std::collections::HashSet::new();

@@ -342,7 +342,9 @@ pub async fn rollout<B: Backend>(
         let sources = cfg
             .envs
             .iter()
-            .map(|e| e.build(Purpose::Train(mix), session, run))
+            .map(|e| {
+                e.build(Purpose::Train(mix), session, run, Duration::from_secs_f64(cfg.rollout.env_timeout_s))
+            })
             .collect::<Result<Vec<_>>>()?;
         let replay =
             ReplayClient::new(session.clone(), ClientConfig::new(run.clone(), cfg.run.replay_shards))?;

@@ -165,7 +165,6 @@ path = "{model}"
 [[envs]]
 name = "remote"
 env = "{env}"
-timeout_s = 5.0
 wait_s = {wait_s}
 
 [rl]
@@ -183,6 +182,7 @@ tasks_per_batch = 2
 max_new_tokens = 2
 max_turns = 2
 chat_template = false
+env_timeout_s = 5.0
 
 [rollout.curriculum]
 kind = "fixed"
