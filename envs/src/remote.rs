@@ -9,13 +9,16 @@
 //! | op | request | reply |
 //! |---|---|---|
 //! | `task` | `{}` | `{"task": Task}`, or `{"task": null}` when the source is exhausted |
-//! | `reset` | `{"task": Task}` | `{"episode": "ID", "observation": "..."}` |
+//! | `reset` | `{"task": Task}` | `{"episode": "ID", "observation": "...", "server": "ZID"}` |
 //! | `step` | `{"episode": "ID", "action": "..."}` | `{"observation": str?, "reward": {"total", "parts"}?, "done": bool, "info": any}` |
 //! | `close` | `{"episode": "ID"}` | `{}` |
 //!
 //! `Task` is the JSON form of [`sluice_core::Task`] (`id`, `source`, `prompt` as a string or a
 //! list of `{role, content}`, `answer`, `metadata`). The server owns the episode state under the
-//! id it returned from `reset`; `step` on an unknown id is an error. Ids are 128 random bits, so a
+//! id it returned from `reset`; `step` on an unknown id is an error. Each server also answers every
+//! operation under its own keys, `sluice/{run}/env/{name}/server/{ZID}/{op}`, and the worker steps
+//! and closes an episode there: with two servers under one name an episode stays with the one that
+//! reset it. Ids are 128 random bits, so a
 //! peer cannot step or close another's episode by guessing; an episode left untouched for
 //! [`ServeConfig::episode_ttl`] (a worker that died mid-episode) is closed and forgotten.
 //!
@@ -48,6 +51,11 @@ struct ResetReply {
     episode: String,
     #[serde(default)]
     observation: String,
+    /// The server's zenoh id: the episode's `step` and `close` go to its own keys
+    /// (`server/{id}/{op}`), so with two servers under one name an episode stays with the one that
+    /// reset it. Absent from servers that predate it (their episodes use the shared keys).
+    #[serde(default)]
+    server: Option<String>,
 }
 
 /// A `step` request.
@@ -176,7 +184,8 @@ impl Env for RemoteEnv {
     fn reset<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<sluice_core::Started, EnvError>> {
         Box::pin(async move {
             let r: ResetReply = self.link.call("reset", &TaskMsg { task: Some(task.clone()) }).await?;
-            let episode = RemoteEpisode { link: self.link.clone(), id: r.episode, open: true };
+            let episode =
+                RemoteEpisode { link: self.link.clone(), id: r.episode, server: r.server, open: true };
             Ok((Box::new(episode) as Box<dyn Episode>, r.observation))
         })
     }
@@ -185,7 +194,19 @@ impl Env for RemoteEnv {
 struct RemoteEpisode {
     link: Arc<Link>,
     id: String,
+    /// The zenoh id of the server that reset it.
+    server: Option<String>,
     open: bool,
+}
+
+impl RemoteEpisode {
+    /// `op` of the server that holds this episode.
+    fn op(&self, op: &str) -> String {
+        match &self.server {
+            Some(server) => format!("server/{server}/{op}"),
+            None => op.to_string(),
+        }
+    }
 }
 
 impl Episode for RemoteEpisode {
@@ -193,7 +214,7 @@ impl Episode for RemoteEpisode {
         Box::pin(async move {
             let r: StepResult = self
                 .link
-                .call("step", &StepMsg { episode: self.id.clone(), action: action.to_string() })
+                .call(&self.op("step"), &StepMsg { episode: self.id.clone(), action: action.to_string() })
                 .await?;
             if let Some(rw) = &r.reward {
                 if !rw.total.is_finite() {
@@ -210,8 +231,10 @@ impl Episode for RemoteEpisode {
             // A finished episode is closed by the server itself; only open ones are told.
             if self.open {
                 self.open = false;
-                if let Err(e) =
-                    self.link.call::<serde_json::Value>("close", &CloseMsg { episode: self.id.clone() }).await
+                if let Err(e) = self
+                    .link
+                    .call::<serde_json::Value>(&self.op("close"), &CloseMsg { episode: self.id.clone() })
+                    .await
                 {
                     tracing::debug!("closing remote episode {}: {e}", self.id);
                 }
@@ -322,6 +345,8 @@ struct ServerState {
     /// Open episodes by id, with when each was last used.
     episodes: tokio::sync::Mutex<HashMap<String, (SharedEpisode, Instant)>>,
     cfg: ServeConfig,
+    /// This server's zenoh id: its own keys, and what `reset` tells the worker.
+    server: String,
 }
 
 /// Serves `env` (and `tasks`, if given) as `name` of `run` on `session`.
@@ -346,13 +371,24 @@ pub async fn serve_with(
 ) -> Result<Served, EnvError> {
     keys::check_name("run", run).map_err(|e| EnvError(e.to_string()))?;
     keys::check_name("environment", name).map_err(|e| EnvError(e.to_string()))?;
-    let state =
-        Arc::new(ServerState { env, tasks: tasks.map(Mutex::new), episodes: Default::default(), cfg });
+    let state = Arc::new(ServerState {
+        env,
+        tasks: tasks.map(Mutex::new),
+        episodes: Default::default(),
+        cfg,
+        server: session.zid().to_string(),
+    });
     // zenoh calls back on its own threads: the handlers run on the caller's runtime.
     let rt = tokio::runtime::Handle::current();
     let mut queryables = Vec::new();
-    for op in ["task", "reset", "step", "close"] {
-        let key = keys::env(run, name, op);
+    // Every operation under the shared key, and under this server's own (`server/{zid}/{op}`),
+    // where the episodes it resets are stepped and closed.
+    let own = |op: &str| format!("server/{}/{op}", state.server);
+    let keyed: Vec<(&'static str, String)> = ["task", "reset", "step", "close"]
+        .into_iter()
+        .flat_map(|op| [(op, keys::env(run, name, op)), (op, keys::env(run, name, &own(op)))])
+        .collect();
+    for (op, key) in keyed {
         let state = state.clone();
         let rt = rt.clone();
         let q = session
@@ -404,7 +440,7 @@ async fn handle(state: &ServerState, op: &str, body: &[u8]) -> Result<serde_json
             let id = format!("{:032x}", rand::random::<u128>());
             let episode = Arc::new(tokio::sync::Mutex::new(episode));
             state.episodes.lock().await.insert(id.clone(), (episode, Instant::now()));
-            Ok(serde_json::json!({"episode": id, "observation": observation}))
+            Ok(serde_json::json!({"episode": id, "observation": observation, "server": state.server}))
         }
         "step" => {
             let msg: StepMsg = serde_json::from_slice(body).map_err(parse_err)?;
@@ -487,7 +523,7 @@ mod tests {
             assert_eq!(r.reward.unwrap().total, 1.1);
             // The server dropped the finished episode: stepping it again is an error naming it.
             let e = ep.step("again").await.unwrap_err().to_string();
-            assert!(e.contains("unknown episode") && e.contains("sluice/r/env/calc/step"), "{e}");
+            assert!(e.contains("unknown episode") && e.contains("sluice/r/env/calc/server/"), "{e}");
 
             // A reset the env refuses comes back as an env error with its reason.
             let mut bad = task.clone();
@@ -546,6 +582,41 @@ mod tests {
             let e = link.call::<serde_json::Value>("step", &step(&ids[0])).await.unwrap_err().to_string();
             assert!(e.contains("unknown episode"), "the abandoned episode expired: {e}");
             link.call::<serde_json::Value>("step", &step(&ids[1])).await.unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_two_servers_under_one_name_each_episode_stays_with_the_one_that_reset_it() {
+        // Before, calls were split between the servers: an episode reset on one was stepped on the
+        // other (`unknown episode`).
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+            let worker = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
+            let a = ZenohOptions::connect_to(ep.clone()).open().await.unwrap();
+            let b = ZenohOptions::connect_to(ep).open().await.unwrap();
+            let tasks =
+                || Box::new(Arithmetic::new(ArithmeticConfig::default()).unwrap()) as Box<dyn TaskSource>;
+            let env = || Arc::new(Calculator::new(CalculatorConfig::default()));
+            let _a = serve(&a, "r", "calc", env(), Some(tasks())).await.unwrap();
+            let _b = serve(&b, "r", "calc", env(), Some(tasks())).await.unwrap();
+            let remote = RemoteEnv::new(worker.clone(), "r", "calc", Duration::from_secs(5)).unwrap();
+            remote.wait_until_served(Duration::from_secs(20)).await.unwrap();
+            let task = remote.tasks().next_task().unwrap();
+            let mut servers = std::collections::HashSet::new();
+            for _ in 0..40 {
+                let (mut episode, _) = remote.reset(&task).await.unwrap();
+                for _ in 0..3 {
+                    let r = episode.step("<calc>2+2</calc>").await.unwrap();
+                    assert_eq!(r.observation.as_deref(), Some("<result>4</result>"));
+                }
+                episode.close().await;
+                let r: ResetReply =
+                    remote.link.call("reset", &TaskMsg { task: Some(task.clone()) }).await.unwrap();
+                servers.insert(r.server.unwrap());
+            }
+            assert_eq!(servers.len(), 2, "both servers took episodes: {servers:?}");
         })
         .await
         .unwrap();

@@ -36,7 +36,9 @@ def main(endpoint):
     client = zenoh.open(sluice_env.zenoh_config(connect=endpoint))
     time.sleep(0.5)
     task = {"id": "task-7", "source": "t", "prompt": "p", "answer": 1, "metadata": {}}
-    ids = [call(client, "reset", {"task": task})[1]["episode"] for _ in range(2)]
+    replies = [call(client, "reset", {"task": task})[1] for _ in range(2)]
+    assert all(r["server"] == str(server_session.info.zid()) for r in replies), replies
+    ids = [r["episode"] for r in replies]
     for i in ids:
         assert len(i) == 32 and all(c in "0123456789abcdef" for c in i), i
         assert "task-7" not in i, i

@@ -104,9 +104,13 @@ class Server:
         self._closed = threading.Event()
         self._session = session
         self._queryables = []
+        # Every operation under the shared key and under this server's own, where the episodes it
+        # resets are stepped and closed: with two servers under one name, an episode stays with
+        # the one that reset it.
+        self._server = str(session.info.zid())
         for op in ("task", "reset", "step", "close"):
-            key = f"sluice/{run}/env/{name}/{op}"
-            self._queryables.append(session.declare_queryable(key, self._callback(op)))
+            for key in (f"sluice/{run}/env/{name}/{op}", f"sluice/{run}/env/{name}/server/{self._server}/{op}"):
+                self._queryables.append(session.declare_queryable(key, self._callback(op)))
 
     def _callback(self, op):
         def on_query(query):
@@ -151,7 +155,7 @@ class Server:
         episode = secrets.token_hex(16)
         with self._lock:
             self._episodes[episode] = [env, time.monotonic()]
-        return {"episode": episode, "observation": str(observation)}
+        return {"episode": episode, "observation": str(observation), "server": self._server}
 
     def _step(self, request):
         episode = request["episode"]
