@@ -457,3 +457,26 @@ fn exported_parquet_is_read_by_duckdb() {
         }
     }
 }
+
+#[test]
+fn export_writes_to_a_bare_file_name_in_the_current_directory() {
+    // Before, `--out FILE.parquet` failed with ": No such file or directory" (the parent of a bare
+    // name is "", which it tried to sync).
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let shard_dir = run.join("replay").join("shard-0");
+    let rl = sluice_core::RlConfig { group_size: 4, ..Default::default() };
+    let shard = sluice_replay::Shard::open(&shard_dir, 0, Default::default(), rl).unwrap();
+    shard.append(&groups_to_batch(&[group(1, 0, 4, 3)]).unwrap()).unwrap();
+    shard.close();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["replay", "export", "--dir"])
+        .arg(&run)
+        .args(["--out", "bare.parquet"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let batches = sluice_replay::durable::read_parquet(&dir.path().join("bare.parquet")).unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+}

@@ -170,10 +170,9 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     file.sync_all().map_err(ReplayError::io(&tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(ReplayError::io(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    // A bare file name's parent is "": the current directory.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(dir)
 }
 
 /// Reads every batch of a parquet file.
