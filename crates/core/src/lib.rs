@@ -1,6 +1,6 @@
 //! Shared vocabulary of sluice: the settings every role agrees on, policy versions and staleness,
-//! the trajectory schema (Arrow), the environment API, zenoh key expressions and session setup,
-//! metric names.
+//! the trajectory schema (Arrow), the environment API, zenoh key expressions and session setup
+//! (mutual TLS, access control by role), metric names.
 
 pub mod env;
 mod error;
