@@ -39,6 +39,39 @@ pub struct Summary {
     pub workers_joined: u64,
     /// See `workers_joined`.
     pub workers_left: u64,
+    /// Groups trained on, and groups dropped before their step for zero reward spread.
+    pub groups: f64,
+    /// See `groups`.
+    pub flat_dropped: f64,
+    /// Consecutive steps, up to the last, whose draw was mostly flat groups ([`FLAT_STEP`]).
+    pub flat_streak: u64,
+}
+
+/// A step whose draw was at least this share of flat (zero reward spread) groups counts toward
+/// the hint that the task may be too hard, too easy, or its reward constant.
+pub const FLAT_STEP: f64 = 0.8;
+
+/// Consecutive such steps before the hint is printed (once per streak).
+pub const FLAT_STREAK_HINT: u64 = 5;
+
+/// The progress line's note on dynamic sampling: how many groups were drawn per group trained,
+/// when flat groups were dropped.
+pub fn flat_note(trained: f64, dropped: f64) -> String {
+    if dropped <= 0.0 {
+        return String::new();
+    }
+    format!(" | {dropped:.0} flat groups dropped ({:.0} drawn for {trained:.0} trained)", dropped + trained)
+}
+
+/// The hint printed when [`FLAT_STREAK_HINT`] steps in a row drew mostly flat groups.
+pub fn flat_hint(streak: u64) -> String {
+    format!(
+        "the last {streak} steps drew at least {:.0}% groups with no reward spread (every sample of a group \
+         scored the same), which GRPO cannot learn from and drops: the task may be too hard for the model \
+         (all wrong), too easy (all right), or the reward constant. learner.max_zero_variance_dropped bounds \
+         how many are drawn per step",
+        FLAT_STEP * 100.0
+    )
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -73,6 +106,14 @@ impl Summary {
         if !self.accuracies.is_empty() {
             let (a0, a1) = Self::ends(&self.accuracies, k);
             out.push(format!("accuracy: first {k} steps {a0:.3}, last {k} steps {a1:.3}"));
+        }
+        if self.flat_dropped > 0.0 {
+            out.push(format!(
+                "dynamic sampling: {:.0} flat groups dropped for {:.0} trained ({:.1} drawn per trained)",
+                self.flat_dropped,
+                self.groups,
+                (self.flat_dropped + self.groups) / self.groups.max(1.0)
+            ));
         }
         out.push(format!(
             "staleness: mean {:.2}; rollout workers joined {}, left {}",
@@ -188,12 +229,32 @@ impl Report {
                 s.accuracies.extend(get(metrics::ACCURACY));
                 s.staleness.extend(get(metrics::STALENESS_MEAN));
                 let acc = get(metrics::ACCURACY).map(|a| format!(" acc {a:.2}")).unwrap_or_default();
+                let (trained, dropped) =
+                    (get(metrics::GROUPS).unwrap_or(0.0), get(metrics::ZERO_VARIANCE_DROPPED).unwrap_or(0.0));
+                s.groups += trained;
+                s.flat_dropped += dropped;
+                let hint = if dropped >= FLAT_STEP * (dropped + trained) && dropped > 0.0 {
+                    s.flat_streak += 1;
+                    s.flat_streak == FLAT_STREAK_HINT
+                } else {
+                    s.flat_streak = 0;
+                    false
+                };
                 let msg = format!(
-                    "reward {:.3}{acc} | staleness {:.2} | {:.2} samples/s",
+                    "reward {:.3}{acc} | staleness {:.2} | {:.2} samples/s{}",
                     get(metrics::REWARD_MEAN).unwrap_or(f64::NAN),
                     get(metrics::STALENESS_MEAN).unwrap_or(0.0),
-                    s.samples / s.seconds.max(1e-9)
+                    s.samples / s.seconds.max(1e-9),
+                    flat_note(trained, dropped)
                 );
+                if hint {
+                    let line = flat_hint(FLAT_STREAK_HINT);
+                    if inner.bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        inner.bar.println(&line);
+                    }
+                }
                 inner.bar.set_position(step);
                 if inner.bar.is_hidden() {
                     // Not a terminal: one plain line per step instead of the bar.
@@ -358,6 +419,31 @@ mod tests {
         assert!((50.0..60.0).contains(&wall), "the clock continues from step 5's 50 s: {wall}");
         let aside = std::fs::read_to_string(dir.path().join("metrics.orphaned.jsonl"))?;
         assert_eq!(aside.lines().count(), 4, "steps 6 and 7, the report, the torn line: {aside}");
+        Ok(())
+    }
+
+    #[test]
+    fn dropped_flat_groups_are_said_per_step_in_the_summary_and_with_a_hint_when_they_persist() -> Result<()>
+    {
+        // Before, a run that drew ~66 groups per step to train 2 said nothing of it.
+        let dir = tempfile::tempdir()?;
+        let report = Report::open(dir.path(), 0, 10)?;
+        for step in 1..=6u64 {
+            report.write(&json!({"role": "learner", "step": step, "version": step,
+                metrics::GROUPS: 2.0, metrics::ZERO_VARIANCE_DROPPED: 64.0, metrics::SAMPLES: 16.0}))?;
+        }
+        let summary = report.finish();
+        assert_eq!(summary.flat_streak, 6);
+        let lines = summary.lines(dir.path()).join("\n");
+        assert!(
+            lines.contains(
+                "dynamic sampling: 384 flat groups dropped for 12 trained (33.0 drawn per trained)"
+            ),
+            "{lines}"
+        );
+        assert_eq!(flat_note(2.0, 64.0), " | 64 flat groups dropped (66 drawn for 2 trained)");
+        assert_eq!(flat_note(4.0, 0.0), "");
+        assert!(flat_hint(5).contains("the task may be too hard"));
         Ok(())
     }
 }
