@@ -186,22 +186,17 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_mutual_tls_only_the_learner_may_sample_and_strangers_cannot_connect() {
         let dir = tempfile::tempdir().unwrap();
-        let w = init(&InitArgs {
-            run: "r".into(),
-            out: dir.path().join("a"),
-            extras: vec![],
-            hosts: vec![],
-            days: 1,
-        })
-        .unwrap();
-        let other = init(&InitArgs {
-            run: "r".into(),
-            out: dir.path().join("b"),
-            extras: vec![],
-            hosts: vec![],
-            days: 1,
-        })
-        .unwrap();
+        let ca = |out: &str| {
+            init(&InitArgs {
+                run: "r".into(),
+                out: dir.path().join(out),
+                extras: vec![],
+                hosts: vec![],
+                days: 1,
+            })
+            .unwrap()
+        };
+        let (w, other) = (ca("a"), ca("b"));
         let port = sluice_core::free_local_port().unwrap();
         let ep = vec![format!("tls/127.0.0.1:{port}")];
         let replay = options(&w, "replay", &ep, &[]).open().await.unwrap();

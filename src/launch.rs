@@ -58,18 +58,16 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         let stop_workers = Arc::new(AtomicBool::new(false));
         let names: Vec<String> = (0..cfg.run.rollout_workers).map(|i| format!("w{i}")).collect();
         // Workers that fail (a remote environment nobody serves) stop the run: the learner would
-        // otherwise wait for their data for good.
-        let worker_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        // otherwise wait for their data for good. Their error is returned once they are joined.
         let workers = {
             let (cfg, session, stop) = (cfg.clone(), session.clone(), stop_workers.clone());
-            let (failure, stop_learner) = (worker_failure.clone(), stop_learner.clone());
+            let stop_learner = stop_learner.clone();
             tokio::spawn(async move {
                 let r = with_device!(cfg.run.device.as_str(), |B, _AD, device| {
                     roles::rollout::<B>(&cfg, &session, &names, stop, None, device).await
                 });
                 if let Err(e) = &r {
                     eprintln!("stopping: the rollout workers failed: {e:#}");
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
                     stop_learner.store(true, Ordering::Relaxed);
                 }
                 r
@@ -81,19 +79,22 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         stop_workers.store(true, Ordering::Relaxed);
         // Workers end their current batch; past a grace period the batch is dropped (its groups
         // were never acknowledged, so nothing accepted is lost).
-        match tokio::time::timeout(Duration::from_secs(20), workers).await {
-            Ok(Ok(Err(_))) => {} // reported when it happened, and returned below
-            Ok(Err(e)) => tracing::warn!("rollout task: {e}"),
-            Ok(Ok(Ok(_))) | Err(_) => {}
-        }
+        let worker_failure = match tokio::time::timeout(Duration::from_secs(20), workers).await {
+            Ok(Ok(Err(e))) => Some(e),
+            Ok(Err(e)) => {
+                tracing::warn!("rollout task: {e}");
+                None
+            }
+            Ok(Ok(Ok(_))) | Err(_) => None,
+        };
         replay.stop().await;
         let outcome = outcome?;
         for line in outcome.summary.lines(&cfg.run.dir) {
             println!("{line}");
         }
         let _ = session.close().await;
-        if let Some(e) = worker_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            anyhow::bail!("the run stopped at step {}: {e}", outcome.step);
+        if let Some(e) = worker_failure {
+            anyhow::bail!("the run stopped at step {}: {e:#}", outcome.step);
         }
         anyhow::Ok(())
     })

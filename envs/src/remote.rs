@@ -84,15 +84,40 @@ struct Link {
     timeout: Duration,
 }
 
+/// Why a call failed: no server answered (none reachable, or none in time), or something else
+/// (the server's error reply, an unreadable reply).
+enum CallError {
+    Absent(EnvError),
+    Failed(EnvError),
+}
+
+impl From<CallError> for EnvError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Absent(e) | CallError::Failed(e) => e,
+        }
+    }
+}
+
 impl Link {
     async fn call<T: for<'de> Deserialize<'de>>(
         &self,
         op: &str,
         body: &impl Serialize,
     ) -> Result<T, EnvError> {
+        Ok(self.try_call(op, body).await?)
+    }
+
+    /// [`Link::call`], saying whether a failure was for want of a server.
+    async fn try_call<T: for<'de> Deserialize<'de>>(
+        &self,
+        op: &str,
+        body: &impl Serialize,
+    ) -> Result<T, CallError> {
+        let failed = |m: String| CallError::Failed(EnvError(m));
         let key = keys::env(&self.run, &self.name, op);
         let payload =
-            serde_json::to_vec(body).map_err(|e| EnvError(format!("{key}: encoding the request: {e}")))?;
+            serde_json::to_vec(body).map_err(|e| failed(format!("{key}: encoding the request: {e}")))?;
         let t0 = tokio::time::Instant::now();
         let replies = self
             .session
@@ -100,20 +125,20 @@ impl Link {
             .payload(payload)
             .timeout(self.timeout)
             .await
-            .map_err(|e| EnvError(format!("{key}: {e}")))?;
+            .map_err(|e| failed(format!("{key}: {e}")))?;
         let reply = replies.recv_async().await.map_err(|_| {
             // zenoh ends a query at once when no queryable matches it.
-            if t0.elapsed() < self.timeout {
-                EnvError(format!("{key}: {NOBODY_SERVES}"))
+            CallError::Absent(EnvError(if t0.elapsed() < self.timeout {
+                format!("{key}: nobody serves this environment (no server of that name is reachable)")
             } else {
-                EnvError(format!("{key}: no environment answered within {:?}", self.timeout))
-            }
+                format!("{key}: no environment answered within {:?}", self.timeout)
+            }))
         })?;
         match reply.result() {
             Ok(sample) => {
                 let bytes = sample.payload().to_bytes();
                 serde_json::from_slice(&bytes).map_err(|e| {
-                    EnvError(format!("{key}: unreadable reply {:?}: {e}", String::from_utf8_lossy(&bytes)))
+                    failed(format!("{key}: unreadable reply {:?}: {e}", String::from_utf8_lossy(&bytes)))
                 })
             }
             Err(err) => {
@@ -121,14 +146,11 @@ impl Link {
                 let msg = serde_json::from_slice::<ErrorMsg>(&bytes)
                     .map(|m| m.error)
                     .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-                Err(EnvError(format!("{key}: {msg}")))
+                Err(failed(format!("{key}: {msg}")))
             }
         }
     }
 }
-
-/// What a call reports when no server of the environment is reachable.
-const NOBODY_SERVES: &str = "nobody serves this environment (no server of that name is reachable)";
 
 /// How long a remote task source waits for an absent environment by default.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(180);
@@ -268,9 +290,9 @@ impl TaskSource for RemoteTasks {
             let t0 = tokio::time::Instant::now();
             let mut told = t0;
             loop {
-                match link.call::<TaskMsg>("task", &serde_json::json!({})).await {
+                match link.try_call::<TaskMsg>("task", &serde_json::json!({})).await {
                     Ok(m) => return Ok(m.task),
-                    Err(e) if is_absent(&e) => {
+                    Err(CallError::Absent(e)) => {
                         if t0.elapsed() >= patience {
                             return Err(format!(
                                 "environment `{}`: nobody answered {} for {patience:?}. Check that its \
@@ -292,7 +314,7 @@ impl TaskSource for RemoteTasks {
                         }
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    Err(e) => return Err(format!("environment `{}`: {e}", link.name)),
+                    Err(CallError::Failed(e)) => return Err(format!("environment `{}`: {e}", link.name)),
                 }
             }
         };
@@ -309,12 +331,6 @@ impl TaskSource for RemoteTasks {
     fn failure(&self) -> Option<String> {
         self.failure.clone()
     }
-}
-
-/// Whether a call failed for want of a server (none reachable, or none answered in time) rather
-/// than by the server's error reply.
-fn is_absent(e: &EnvError) -> bool {
-    e.0.ends_with(NOBODY_SERVES) || e.0.contains(": no environment answered within ")
 }
 
 /// A Rust environment served to other processes; dropping it stops serving.

@@ -28,6 +28,20 @@ impl Drop for KillOnDrop {
 
 const ALPHABET: &str = "abcde say:<no>";
 
+/// The Python `letters` example served for run `py`, connected to `ep`.
+fn letters_env(ep: &str, pydeps: &Path) -> KillOnDrop {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/python/examples/letters.py");
+    KillOnDrop(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--run", "py", "--connect", ep])
+            .env("PYTHONPATH", pydeps)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn model_config(vocab: usize) -> ModelConfig {
     ModelConfig::tiny_llama(vocab, vec![])
 }
@@ -43,16 +57,7 @@ fn a_rust_learner_trains_against_a_python_environment_served_over_zenoh() {
         tokio::time::timeout(Duration::from_secs(300), async {
             let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
             let session = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/python/examples/letters.py");
-            let _env_process = KillOnDrop(
-                Command::new("python3")
-                    .arg(&script)
-                    .args(["--run", "py", "--connect", &ep])
-                    .env("PYTHONPATH", &pydeps)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
+            let _env_process = letters_env(&ep, &pydeps);
             let remote = RemoteEnv::new(session.clone(), "py", "letters", Duration::from_secs(10)).unwrap();
             remote.wait_until_served(Duration::from_secs(60)).await.expect("the python env never answered");
 
@@ -254,16 +259,7 @@ fn a_python_environment_started_after_the_run_is_waited_for_and_used() {
     let mut run = sluice_run(dir.path(), &cfg, &ep);
     // The order the docs' example invites: the run first, the environment 10 s later.
     std::thread::sleep(Duration::from_secs(10));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/python/examples/letters.py");
-    let _env_process = KillOnDrop(
-        Command::new("python3")
-            .arg(&script)
-            .args(["--run", "py", "--connect", &ep])
-            .env("PYTHONPATH", &pydeps)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _env_process = letters_env(&ep, &pydeps);
     let status = exit_within(&mut run, Duration::from_secs(180));
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
     let status = status.unwrap_or_else(|| panic!("the run did not finish:\n{log}"));
