@@ -96,7 +96,7 @@ pub fn run(cfg: RunConfig) -> Result<()> {
         if let Some(e) = worker_failure {
             anyhow::bail!("the run stopped at step {}: {e:#}", outcome.step);
         }
-        anyhow::Ok(())
+        outcome.check_budget()
     })
 }
 
@@ -134,7 +134,7 @@ pub fn learner(cfg: RunConfig) -> Result<()> {
             "step": outcome.step});
         println!("{done}");
         let _ = session.close().await;
-        anyhow::Ok(())
+        outcome.check_budget()
     })
 }
 

@@ -147,6 +147,13 @@ enum ReplayCommand {
         /// Output parquet file.
         #[arg(long)]
         out: PathBuf,
+        /// Add `prompt_text` and `completion_text`: the tokens decoded with the run's tokenizer
+        /// (`RUN_DIR/tokenizer`, or `--tokenizer`).
+        #[arg(long)]
+        text: bool,
+        /// The tokenizer for `--text`: a model directory, a checkpoint, or a known model name.
+        #[arg(long)]
+        tokenizer: Option<String>,
     },
 }
 
@@ -316,9 +323,36 @@ fn main() -> Result<()> {
             }
         }
         Command::Replay { command: Some(ReplayCommand::Serve(args)), .. } => replay_role::serve(args)?,
-        Command::Replay { command: Some(ReplayCommand::Export { dir, out }), .. } => {
-            let (groups, rows) = sluice_replay::export(&dir, &out)
-                .with_context(|| format!("exporting the replay store under {}", dir.display()))?;
+        Command::Replay { command: Some(ReplayCommand::Export { dir, out, text, tokenizer }), .. } => {
+            let tokenizer = match (text, tokenizer) {
+                (false, None) => None,
+                (false, Some(_)) => anyhow::bail!("--tokenizer is for --text"),
+                (true, Some(t)) => Some(fetch::resolve_model(&t)?),
+                (true, None) => {
+                    let run_tok = dir.join("tokenizer");
+                    anyhow::ensure!(
+                        run_tok.join("tokenizer.json").exists(),
+                        "--text: {} holds no tokenizer (a run directory has one in tokenizer/ once its \
+                         learner started); give --tokenizer MODEL",
+                        dir.display()
+                    );
+                    Some(run_tok)
+                }
+            };
+            let tokenizer = tokenizer
+                .map(|p| {
+                    sluice_model::Tokenizer::from_dir(&p)
+                        .with_context(|| format!("loading the tokenizer of {}", p.display()))
+                })
+                .transpose()?;
+            let decode = |ids: &[u32]| {
+                tokenizer
+                    .as_ref()
+                    .map_or(Ok(String::new()), |t| t.decode(ids, false).map_err(|e| e.to_string()))
+            };
+            let (groups, rows) =
+                sluice_replay::export_with(&dir, &out, tokenizer.is_some().then_some(&decode as _))
+                    .with_context(|| format!("exporting the replay store under {}", dir.display()))?;
             println!("{groups} groups, {rows} rows -> {}", out.display());
         }
     }

@@ -45,6 +45,39 @@ pub struct Summary {
     pub flat_dropped: f64,
     /// Consecutive steps, up to the last, whose draw was mostly flat groups ([`FLAT_STEP`]).
     pub flat_streak: u64,
+    /// Failed episodes among the groups the learner drew (never trained on).
+    pub failed_episodes: f64,
+    /// Each rollout worker's latest environment failure counts: timeouts, panics, errors.
+    pub env_failures: std::collections::BTreeMap<String, [f64; 3]>,
+    /// The first failure message of each kind (`timeout`, `panic`, `error`) a worker reported.
+    pub env_first_failure: std::collections::BTreeMap<String, String>,
+}
+
+/// The summary's lines on environment failures; none when there were none.
+fn failure_lines(s: &Summary) -> Vec<String> {
+    let mut totals = [0.0; 3];
+    for counts in s.env_failures.values() {
+        for (t, c) in totals.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    if totals.iter().sum::<f64>() == 0.0 && s.failed_episodes == 0.0 {
+        return Vec::new();
+    }
+    let [timeouts, panics, errors] = totals;
+    let drawn = if s.failed_episodes > 0.0 {
+        format!("; {:.0} failed episodes drawn by the learner's steps (never trained on)", s.failed_episodes)
+    } else {
+        String::new()
+    };
+    let mut out = vec![format!(
+        "environment failures: {errors:.0} errors, {timeouts:.0} timeouts, {panics:.0} panics in the rollout \
+         workers{drawn}"
+    )];
+    for (kind, first) in &s.env_first_failure {
+        out.push(format!("  first {kind}: {first}"));
+    }
+    out
 }
 
 /// A step whose draw was at least this share of flat (zero reward spread) groups counts toward
@@ -102,11 +135,14 @@ impl Summary {
             self.samples,
             self.samples / self.seconds.max(1e-9)
         )];
-        out.push(format!("reward: first {k} steps {r0:.3}, last {k} steps {r1:.3}"));
+        if !self.rewards.is_empty() {
+            out.push(format!("reward: first {k} steps {r0:.3}, last {k} steps {r1:.3}"));
+        }
         if !self.accuracies.is_empty() {
             let (a0, a1) = Self::ends(&self.accuracies, k);
             out.push(format!("accuracy: first {k} steps {a0:.3}, last {k} steps {a1:.3}"));
         }
+        out.extend(failure_lines(self));
         if self.flat_dropped > 0.0 {
             out.push(format!(
                 "dynamic sampling: {:.0} flat groups dropped for {:.0} trained ({:.1} drawn per trained)",
@@ -218,6 +254,20 @@ impl Report {
         match (role, map.get("event").and_then(Value::as_str)) {
             (_, Some("worker_joined")) => inner.summary.workers_joined += 1,
             (_, Some("worker_left")) => inner.summary.workers_left += 1,
+            ("rollout", None) => {
+                let s = &mut inner.summary;
+                let worker = map.get("worker").and_then(Value::as_str).unwrap_or("").to_string();
+                let counts = ["rollout/env_timeouts", "rollout/env_panics", "rollout/env_errors"]
+                    .map(|k| get(k).unwrap_or(0.0));
+                s.env_failures.insert(worker, counts);
+                for (k, v) in map {
+                    if let (Some(kind), Some(msg)) =
+                        (k.strip_prefix("rollout/env_first_failure/"), v.as_str())
+                    {
+                        s.env_first_failure.entry(kind.to_string()).or_insert_with(|| msg.to_string());
+                    }
+                }
+            }
             ("learner", None) => {
                 let s = &mut inner.summary;
                 s.steps += 1;
@@ -233,6 +283,10 @@ impl Report {
                     (get(metrics::GROUPS).unwrap_or(0.0), get(metrics::ZERO_VARIANCE_DROPPED).unwrap_or(0.0));
                 s.groups += trained;
                 s.flat_dropped += dropped;
+                let failed = get(metrics::FAILED_EPISODES).unwrap_or(0.0);
+                s.failed_episodes += failed;
+                let failed_note =
+                    if failed > 0.0 { format!(" | {failed:.0} failed episodes") } else { String::new() };
                 let hint = if dropped >= FLAT_STEP * (dropped + trained) && dropped > 0.0 {
                     s.flat_streak += 1;
                     s.flat_streak == FLAT_STREAK_HINT
@@ -241,7 +295,7 @@ impl Report {
                     false
                 };
                 let msg = format!(
-                    "reward {:.3}{acc} | staleness {:.2} | {:.2} samples/s{}",
+                    "reward {:.3}{acc} | staleness {:.2} | {:.2} samples/s{}{failed_note}",
                     get(metrics::REWARD_MEAN).unwrap_or(f64::NAN),
                     get(metrics::STALENESS_MEAN).unwrap_or(0.0),
                     s.samples / s.seconds.max(1e-9),
@@ -370,7 +424,7 @@ pub fn rollout_record(worker: &str, step: u64, stats: &Value) -> Value {
                     flatten(&key, v, out);
                 }
             }
-            Value::Number(_) => {
+            Value::Number(_) | Value::String(_) => {
                 out.insert(prefix.trim_end_matches('/').to_string(), v.clone());
             }
             _ => {}
@@ -444,6 +498,37 @@ mod tests {
         assert_eq!(flat_note(2.0, 64.0), " | 64 flat groups dropped (66 drawn for 2 trained)");
         assert_eq!(flat_note(4.0, 0.0), "");
         assert!(flat_hint(5).contains("the task may be too hard"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_summary_says_which_environment_failures_there_were_with_the_first_of_each_kind() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let report = Report::open(dir.path(), 0, 10)?;
+        let clean = report.finish().lines(dir.path()).join("\n");
+        assert!(!clean.contains("environment failures"), "{clean}");
+        // Worker reports are cumulative: the latest of each worker counts.
+        for (errors, first) in [(3, "step failed: ValueError: bad"), (5, "step failed: later")] {
+            let stats = json!({"rollout": {"samples": 8}, "env_timeouts": 1, "env_panics": 0,
+                "env_errors": errors, "env_first_failure": {"error": first, "timeout": "step timed out after 5s"}});
+            report.write(&rollout_record("w0", 1, &stats))?;
+        }
+        report.write(&rollout_record(
+            "w1",
+            1,
+            &json!({"env_timeouts": 0, "env_panics": 0, "env_errors": 2}),
+        ))?;
+        report.write(&json!({"role": "learner", "step": 1, "version": 1, metrics::FAILED_EPISODES: 6.0}))?;
+        let lines = report.finish().lines(dir.path()).join("\n");
+        assert!(
+            lines.contains(
+                "environment failures: 7 errors, 1 timeouts, 0 panics in the rollout workers; 6 failed episodes \
+                 drawn by the learner's steps (never trained on)"
+            ),
+            "{lines}"
+        );
+        assert!(lines.contains("first error: step failed: ValueError: bad"), "{lines}");
+        assert!(lines.contains("first timeout: step timed out after 5s"), "{lines}");
         Ok(())
     }
 }

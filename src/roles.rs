@@ -168,6 +168,23 @@ pub struct LearnerOutcome {
     pub step: u64,
     /// The summary of this process's part of the run.
     pub summary: Summary,
+    /// Why the run stopped before its last step, when the environments spent the error budget
+    /// (the caller prints the summary, then fails with it).
+    pub budget_spent: Option<String>,
+}
+
+impl LearnerOutcome {
+    /// An error when the run stopped on the environment error budget.
+    pub fn check_budget(&self) -> Result<()> {
+        match &self.budget_spent {
+            Some(why) => anyhow::bail!(
+                "the run stopped at step {}: {why}. The summary above lists the environment failures by \
+                 kind with the first message of each; the rollout workers' logs have the rest",
+                self.step
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Writes the tokenizer files of `policy` where checkpoints copy them from.
@@ -252,13 +269,19 @@ pub async fn learner<B: AutodiffBackend>(
         w.abort();
     }
     let _ = token.undeclare().await;
-    result?;
+    let budget_spent = match result {
+        Err(e @ sluice_learner::LearnerError::EnvFailures(_)) => Some(e.to_string()),
+        r => {
+            r?;
+            None
+        }
+    };
     let step = learner.state().step;
     if step >= lc.total_steps {
         let state = serde_json::to_vec(learner.state())?;
         session.put(keys::done(run), state).await.map_err(zerr(keys::done(run)))?;
     }
-    Ok(LearnerOutcome { resumed_from, step, summary: report.finish() })
+    Ok(LearnerOutcome { resumed_from, step, summary: report.finish(), budget_spent })
 }
 
 /// Records workers joining and leaving (their liveliness tokens).

@@ -18,7 +18,9 @@
 //! id it returned from `reset`; `step` on an unknown id is an error. Each server also answers every
 //! operation under its own keys, `sluice/{run}/env/{name}/server/{ZID}/{op}`, and the worker steps
 //! and closes an episode there: with two servers under one name an episode stays with the one that
-//! reset it. Ids are 128 random bits, so a
+//! reset it. Servers declare their queryables complete, so that a `task` or `reset` on the shared
+//! key reaches one server, not all (zenoh's best-matching target): one server takes the name's
+//! calls while it is there, and another takes over when it goes. Ids are 128 random bits, so a
 //! peer cannot step or close another's episode by guessing; an episode left untouched for
 //! [`ServeConfig::episode_ttl`] (a worker that died mid-episode) is closed and forgotten.
 //!
@@ -407,8 +409,12 @@ pub async fn serve_with(
     for (op, key) in keyed {
         let state = state.clone();
         let rt = rt.clone();
+        // Complete: a query on the shared key (zenoh's default target, best matching) goes to one
+        // complete queryable, so a reset starts one episode and a task is drawn once even with
+        // several servers under the name.
         let q = session
             .declare_queryable(&key)
+            .complete(true)
             .callback(move |query| {
                 let state = state.clone();
                 rt.spawn(async move {
@@ -606,7 +612,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_two_servers_under_one_name_each_episode_stays_with_the_one_that_reset_it() {
         // Before, calls were split between the servers: an episode reset on one was stepped on the
-        // other (`unknown episode`).
+        // other (`unknown episode`); then every reset reached both servers (one episode each, the
+        // first reply taken, the other left open) and every task was drawn from both.
         tokio::time::timeout(Duration::from_secs(60), async {
             let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
             let worker = ZenohOptions::listen_on(ep.clone()).open().await.unwrap();
@@ -620,19 +627,40 @@ mod tests {
             let remote = RemoteEnv::new(worker.clone(), "r", "calc", Duration::from_secs(5)).unwrap();
             remote.wait_until_served(Duration::from_secs(20)).await.unwrap();
             let task = remote.tasks().next_task().unwrap();
-            let mut servers = std::collections::HashSet::new();
-            for _ in 0..40 {
-                let (mut episode, _) = remote.reset(&task).await.unwrap();
-                for _ in 0..3 {
-                    let r = episode.step("<calc>2+2</calc>").await.unwrap();
-                    assert_eq!(r.observation.as_deref(), Some("<result>4</result>"));
+            let resets = |n: usize| {
+                let remote = remote.clone();
+                let task = task.clone();
+                async move {
+                    let mut servers = std::collections::HashSet::new();
+                    for _ in 0..n {
+                        let (mut episode, _) = remote.reset(&task).await.unwrap();
+                        for _ in 0..3 {
+                            let r = episode.step("<calc>2+2</calc>").await.unwrap();
+                            assert_eq!(r.observation.as_deref(), Some("<result>4</result>"));
+                        }
+                        episode.close().await;
+                        let replies = remote
+                            .link
+                            .session
+                            .get(keys::env("r", "calc", "reset"))
+                            .payload(serde_json::to_vec(&TaskMsg { task: Some(task.clone()) }).unwrap())
+                            .await
+                            .unwrap();
+                        let mut answered = 0;
+                        while let Ok(reply) = replies.recv_async().await {
+                            let r: ResetReply =
+                                serde_json::from_slice(&reply.result().unwrap().payload().to_bytes())
+                                    .unwrap();
+                            servers.insert(r.server.unwrap());
+                            answered += 1;
+                        }
+                        assert_eq!(answered, 1, "a reset started an episode on each server");
+                    }
+                    servers
                 }
-                episode.close().await;
-                let r: ResetReply =
-                    remote.link.call("reset", &TaskMsg { task: Some(task.clone()) }).await.unwrap();
-                servers.insert(r.server.unwrap());
-            }
-            assert_eq!(servers.len(), 2, "both servers took episodes: {servers:?}");
+            };
+            let served = resets(40).await;
+            assert_eq!(served.len(), 1, "one server takes the name's calls while it is there: {served:?}");
         })
         .await
         .unwrap();

@@ -42,6 +42,55 @@ fn letters_env(ep: &str, pydeps: &Path) -> KillOnDrop {
     )
 }
 
+/// `tests/python/unruly_letters.py --mode MODE` for run `py`, connected to `ep`; its stdout and
+/// stderr go to `dir/{tag}.out` and `dir/{tag}.err`.
+fn unruly_env(dir: &Path, ep: &str, pydeps: &Path, mode: &str, tag: &str) -> KillOnDrop {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/unruly_letters.py");
+    let file = |ext: &str| std::fs::File::create(dir.join(format!("{tag}.{ext}"))).unwrap();
+    KillOnDrop(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--run", "py", "--connect", ep, "--mode", mode])
+            .env("PYTHONPATH", pydeps)
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The learner's records of `metrics.jsonl` in `run`, summed over steps for `key`.
+fn learner_total(run: &Path, key: &str) -> f64 {
+    read(run.join("metrics.jsonl"))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["role"] == "learner")
+        .filter_map(|r| r[key].as_f64())
+        .sum()
+}
+
+/// The environment failures the rollout workers reported last, all kinds together.
+fn worker_failures(run: &Path) -> f64 {
+    let mut last = std::collections::BTreeMap::new();
+    for r in read(run.join("metrics.jsonl"))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        if r["role"] == "rollout" {
+            let n: f64 = ["rollout/env_timeouts", "rollout/env_panics", "rollout/env_errors"]
+                .iter()
+                .filter_map(|k| r[*k].as_f64())
+                .sum();
+            last.insert(r["worker"].as_str().unwrap_or("").to_string(), n);
+        }
+    }
+    last.values().sum()
+}
+
 fn model_config(vocab: usize) -> ModelConfig {
     ModelConfig::tiny_llama(vocab, vec![])
 }
@@ -266,4 +315,105 @@ fn a_python_environment_started_after_the_run_is_waited_for_and_used() {
     assert!(status.success(), "{log}");
     assert!(log.contains("waiting for environment `letters`"), "it said it was waiting:\n{log}");
     assert!(log.contains("step 4:"), "{log}");
+}
+
+#[test]
+fn a_python_environment_whose_every_step_raises_stops_the_run_with_a_summary() {
+    // Before, such a run went on with exit code 0 and a normal summary, and the env printed a full
+    // traceback per episode.
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_run(dir.path(), "letters", 120.0, 20);
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let mut run = sluice_run(dir.path(), &cfg, &ep);
+    let _env_process = unruly_env(dir.path(), &ep, &pydeps, "raise", "env");
+    let status = exit_within(&mut run, Duration::from_secs(180));
+    let log = read(dir.path().join("run.log"));
+    let status = status.unwrap_or_else(|| panic!("the run did not stop:\n{log}"));
+    assert!(!status.success(), "the run succeeded:\n{log}");
+    assert!(
+        log.contains(
+            "environment error budget spent: every episode of the last 6 groups drawn (3 steps' worth) failed"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("environment failures: "), "the summary lists the failures:\n{log}");
+    assert!(log.contains("first error: step failed: ") && log.contains("ValueError: cannot judge"), "{log}");
+    let err = read(dir.path().join("env.err"));
+    assert_eq!(err.matches("Traceback (most recent call last)").count(), 1, "one traceback:\n{err}");
+    assert!(err.contains("sluice_env: step ValueError: the first of its kind"), "{err}");
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // a plain test thread: blocking sleeps are right
+fn a_python_environment_killed_mid_episode_and_restarted_serves_the_rest_of_the_run() {
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_run(dir.path(), "letters", 120.0, 8);
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let mut run = sluice_run(dir.path(), &cfg, &ep);
+    // It answers 12 steps, then holds every step it gets: episodes are in flight when it dies.
+    let mut env = unruly_env(dir.path(), &ep, &pydeps, "hang:12", "env");
+    let t0 = std::time::Instant::now();
+    while !read(dir.path().join("env.out")).contains("hanging") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the env never got a 13th step:\n{}",
+            read(dir.path().join("run.log"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.0.kill().unwrap(); // SIGKILL
+    env.0.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _again = letters_env(&ep, &pydeps);
+    let status = exit_within(&mut run, Duration::from_secs(180));
+    let log = read(dir.path().join("run.log"));
+    let status = status.unwrap_or_else(|| panic!("the run did not finish:\n{log}"));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("step 8:"), "{log}");
+    assert!(log.contains("waiting for environment `letters`"), "it waited for the restart:\n{log}");
+    let run_dir = dir.path().join("run");
+    let (lost, counted) = (learner_total(&run_dir, "data/failed_episodes"), worker_failures(&run_dir));
+    eprintln!("episodes lost in the crash: {counted} counted by the workers, {lost} drawn (and not trained on) by the learner");
+    assert!(counted >= 1.0, "the episodes in flight were not counted as failures:\n{log}");
+    assert!(lost >= 1.0 && lost <= counted, "{lost} failed episodes drawn, {counted} counted:\n{log}");
+    assert!(log.contains("environment failures: "), "the summary says so:\n{log}");
+}
+
+#[test]
+fn two_python_servers_under_one_name_keep_each_episode_on_the_server_that_reset_it() {
+    let Some(pydeps) = common::python_package("eclipse-zenoh==1.10.2", "zenoh", "zenoh-1.10.2") else {
+        common::skip("python3 with pip is not available to install eclipse-zenoh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = remote_run(dir.path(), "letters", 120.0, 6);
+    let ep = format!("tcp/127.0.0.1:{}", free_local_port().unwrap());
+    let mut run = sluice_run(dir.path(), &cfg, &ep);
+    let _a = unruly_env(dir.path(), &ep, &pydeps, "count", "a");
+    let _b = unruly_env(dir.path(), &ep, &pydeps, "count", "b");
+    let status = exit_within(&mut run, Duration::from_secs(180));
+    let log = read(dir.path().join("run.log"));
+    let status = status.unwrap_or_else(|| panic!("the run did not finish:\n{log}"));
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        worker_failures(&dir.path().join("run")),
+        0.0,
+        "an episode was stepped on the wrong server:\n{log}"
+    );
+    assert!(!log.contains("environment failures"), "{log}");
+    let resets = |tag: &str| read(dir.path().join(format!("{tag}.out"))).matches("reset").count();
+    let (a, b) = (resets("a"), resets("b"));
+    eprintln!("resets: server a {a}, server b {b}");
+    // Each reset reaches one server (before, every reset started an episode on both, and every
+    // task was drawn from both): the one zenoh picks takes the name's calls while it is there.
+    assert!(a + b >= 48, "6 steps of 2 groups of 4 need at least 48 episodes: {a} + {b} resets");
+    assert_eq!(a.min(b), 0, "resets reached both servers: {a} and {b}");
 }

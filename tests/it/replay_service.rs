@@ -281,7 +281,7 @@ fn hostile_payloads_get_error_replies_and_the_service_keeps_serving() {
             (
                 "an ack of the learner's groups",
                 Op::Ack,
-                serde_json::to_vec(&sluice_replay::AckRequest { consumer: "intruder".into(), group_ids: drawn.clone() }).unwrap(),
+                serde_json::to_vec(&sluice_replay::AckRequest { consumer: "intruder".into(), group_ids: drawn.clone(), dropped: false }).unwrap(),
                 "delivered to another consumer",
             ),
             ("a worker name of 1 MB", Op::Tickets, serde_json::to_vec(&serde_json::json!({"worker": "w".repeat(1 << 20), "want": 1, "redeemed": 0})).unwrap(), "worker name of 1048576 bytes"),
@@ -479,4 +479,62 @@ fn export_writes_to_a_bare_file_name_in_the_current_directory() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let batches = sluice_replay::durable::read_parquet(&dir.path().join("bare.parquet")).unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+}
+
+#[test]
+fn export_with_text_decodes_prompts_and_completions_with_the_runs_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let tok = sluice_model::Tokenizer::char_level("abcdefghijklmnopqrstuvwxyz +=?").unwrap();
+    std::fs::create_dir_all(run.join("tokenizer")).unwrap();
+    tok.save(&run.join("tokenizer")).unwrap();
+    let mut g = group(1, 0, 2, 3);
+    for (i, s) in g.samples.iter_mut().enumerate() {
+        s.prompt_tokens = tok.encode("what is a+a?", false).unwrap();
+        s.completion_tokens = tok.encode(["two", "three"][i], false).unwrap();
+        let n = s.completion_tokens.len();
+        (s.loss_mask, s.behavior_logprobs, s.token_versions) = (vec![1; n], vec![-0.5; n], vec![0; n]);
+    }
+    let shard_dir = run.join("replay").join("shard-0");
+    let rl = sluice_core::RlConfig { group_size: 2, ..Default::default() };
+    let shard = sluice_replay::Shard::open(&shard_dir, 0, Default::default(), rl).unwrap();
+    shard.append(&groups_to_batch(std::slice::from_ref(&g)).unwrap()).unwrap();
+    shard.close();
+    let export = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["replay", "export", "--dir"])
+            .arg(&run)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = export(&["--out", "text.parquet", "--text"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = std::fs::File::open(dir.path().join("text.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.map(|b| b.unwrap()).next().unwrap();
+    let text = |name: &str| -> Vec<String> {
+        let col = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let col = col.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        col.iter().map(|v| v.unwrap_or_default().to_string()).collect()
+    };
+    let prompt = tok.decode(&g.samples[0].prompt_tokens, false).unwrap();
+    assert_eq!(text("prompt_text"), vec![prompt.clone(), prompt]);
+    assert_eq!(text("completion_text"), vec!["two", "three"]);
+    // Every column of the trajectory schema is still there, before the two.
+    let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().to_string()).collect();
+    let want = trajectory::trajectory_schema().fields().len();
+    assert_eq!(names.len(), want + 2);
+    // Without a tokenizer to find, --text says where it looked.
+    std::fs::remove_dir_all(run.join("tokenizer")).unwrap();
+    let out = export(&["--out", "x.parquet", "--text"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds no tokenizer") && err.contains("--tokenizer"),
+        "{err}"
+    );
 }

@@ -153,9 +153,12 @@ fn a_run_over_mutual_tls_trains_while_an_intruder_is_refused_everything() {
         let stats = ask(&worker, "stats", Vec::new()).await;
         assert!(matches!(stats.as_slice(), [Ok(_)]), "a rollout's stats request: {stats:?}");
         assert!(ask(&worker, "sample", valid.clone()).await.is_empty(), "a rollout certificate sampled");
-        let ack =
-            serde_json::to_vec(&AckRequest { consumer: "learner".into(), group_ids: (0..64).collect() })
-                .unwrap();
+        let ack = serde_json::to_vec(&AckRequest {
+            consumer: "learner".into(),
+            group_ids: (0..64).collect(),
+            dropped: false,
+        })
+        .unwrap();
         assert!(ask(&worker, "ack", ack).await.is_empty(), "a rollout certificate acknowledged");
         worker
             .put(
@@ -216,8 +219,12 @@ fn a_run_over_mutual_tls_trains_while_an_intruder_is_refused_everything() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(!drawn.is_empty(), "the intruder never drew a group");
-        let ack =
-            serde_json::to_vec(&AckRequest { consumer: "someone-else".into(), group_ids: drawn }).unwrap();
+        let ack = serde_json::to_vec(&AckRequest {
+            consumer: "someone-else".into(),
+            group_ids: drawn,
+            dropped: false,
+        })
+        .unwrap();
         refused(
             "an ack of another consumer's groups",
             ask(&rogue, "ack", ack).await,

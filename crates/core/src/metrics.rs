@@ -91,6 +91,11 @@ pub const ZERO_VARIANCE_DROPPED: &str = "data/zero_variance_dropped";
 pub const FAILED_SAMPLES: &str = "data/failed_samples";
 /// Groups dropped before the step because fewer than two of their samples were valid.
 pub const FAILED_GROUPS_DROPPED: &str = "data/failed_groups_dropped";
+/// Failed episodes among every group drawn for the step, trained or dropped (what the error
+/// budget, `learner.max_failed_fraction`, counts).
+pub const FAILED_EPISODES: &str = "data/failed_episodes";
+/// `data/failed_episodes` over the episodes of every group drawn for the step.
+pub const FAILED_FRACTION: &str = "data/failed_fraction";
 /// Sample requests it took to fill the batch.
 pub const SAMPLE_REQUESTS: &str = "data/sample_requests";
 /// Groups sampled by weights this learner's lineage orphaned (a resume threw those versions

@@ -376,6 +376,8 @@ pub struct GroupSpan {
     pub mean_reward: f64,
     /// Whether the rewards are all equal ([`zero_variance`]).
     pub zero_variance: bool,
+    /// Its failed episodes (`finish = error`).
+    pub failed: u32,
     /// Estimated bytes the group occupies in memory.
     pub bytes: u64,
 }
@@ -655,6 +657,7 @@ fn validate_columns(c: &Columns<'_>, num_rows: usize) -> Result<Vec<GroupSpan>> 
             newest_version: versions.iter().copied().max().unwrap_or(0),
             behavior_epoch,
             mean_reward,
+            failed: (rows.len() - valid.len()) as u32,
             zero_variance: zero_variance(valid),
             bytes,
             rows,

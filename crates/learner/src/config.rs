@@ -163,6 +163,15 @@ pub struct LearnerConfig {
     /// batch is filled with them (they carry no GRPO gradient, but the run does not
     /// wait for ever once the policy has solved, or collapsed on, its tasks). 0: no bound.
     pub max_zero_variance_dropped: usize,
+    /// The environment error budget, with `max_failed_steps`: the run stops when more than this
+    /// fraction of the episodes drawn for a step failed (`finish = error`: the env raised, timed
+    /// out or crashed) in `max_failed_steps` steps in a row. 1: no bound on the fraction.
+    pub max_failed_fraction: f64,
+    /// Steps in a row over `max_failed_fraction` before the run stops; the run also stops once
+    /// every episode of this many steps' worth of groups in a row failed (such steps never fill).
+    /// A crashed environment server fails the episodes it held, which seldom spans more than a
+    /// step. 0: no error budget.
+    pub max_failed_steps: u32,
     /// Advantage estimator.
     pub advantage: AdvantageConfig,
     /// Clip ranges.
@@ -211,6 +220,8 @@ impl Default for LearnerConfig {
             sampler: Sampler::Fifo,
             drop_zero_variance: None,
             max_zero_variance_dropped: 64,
+            max_failed_fraction: 0.5,
+            max_failed_steps: 3,
             advantage: AdvantageConfig::default(),
             clip: ClipConfig::default(),
             reduction: Reduction::SeqMeanTokenMean,
@@ -327,6 +338,12 @@ impl LearnerConfig {
                      max_staleness + 1, or the workers' data goes stale before the next publish",
                     self.sync_every, rl.max_staleness
                 ),
+            );
+        }
+        if !(self.max_failed_fraction > 0.0 && self.max_failed_fraction <= 1.0) {
+            return bad(
+                "learner.max_failed_fraction",
+                format!("{} must be in (0, 1]", self.max_failed_fraction),
             );
         }
         if self.keep_checkpoints == 0 {

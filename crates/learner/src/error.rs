@@ -52,6 +52,10 @@ pub enum LearnerError {
     /// Weight sync failed.
     #[error("weight sync: {0}")]
     Sync(#[from] sluice_weights_sync::SyncError),
+    /// The environments failed more than the error budget allows (`learner.max_failed_fraction`,
+    /// `learner.max_failed_steps`): the run stops rather than train on what is left.
+    #[error("environment error budget spent: {0}")]
+    EnvFailures(String),
     /// A background task died.
     #[error("background task failed: {0}")]
     Task(String),

@@ -69,6 +69,7 @@ pub struct Learner<B: AutodiffBackend> {
     owed: Vec<u64>,
     stop: Arc<AtomicBool>,
     poll: Duration,
+    budget: FailureBudget,
 }
 
 impl<B: AutodiffBackend> Learner<B> {
@@ -108,6 +109,7 @@ impl<B: AutodiffBackend> Learner<B> {
             owed,
             stop: Arc::new(AtomicBool::new(false)),
             poll: Duration::from_millis(50),
+            budget: FailureBudget::default(),
         }
     }
 
@@ -389,6 +391,8 @@ impl<B: AutodiffBackend> Learner<B> {
         let mut taken: HashSet<u64> = HashSet::new();
         let (mut requests, mut dropped, mut duplicates, mut failed) = (0u64, 0u64, 0u64, 0u64);
         let mut orphaned = 0u64;
+        let (mut episodes, mut failed_episodes) = (0u64, 0u64);
+        let mut untrained = Vec::new();
         while groups.len() < want {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -408,6 +412,8 @@ impl<B: AutodiffBackend> Learner<B> {
             let (batch, info) = source.sample(&req).await?;
             requests += 1;
             dropped += info.zero_variance_dropped;
+            episodes += info.zero_variance_rows;
+            failed_episodes += info.zero_variance_failed;
             let drawn = if batch.num_rows() == 0 {
                 Vec::new()
             } else {
@@ -423,9 +429,16 @@ impl<B: AutodiffBackend> Learner<B> {
                 }
                 let too_few_valid = g.too_few_valid();
                 let orphan = g.samples.iter().any(|s| lineage.orphans(s.behavior()));
+                if !orphan {
+                    let failures = g.samples.iter().filter(|s| s.failed()).count();
+                    episodes += g.samples.len() as u64;
+                    failed_episodes += failures as u64;
+                    self.budget.drawn(failures == g.samples.len(), cfg, want)?;
+                }
                 if orphan || too_few_valid || drop_zero && dropped < max_dropped && g.zero_variance() {
                     // Sampled by weights a resume threw away, no baseline (failed episodes), or no
-                    // GRPO signal; consumed all the same.
+                    // GRPO signal: consumed at once, untrained (no update to wait for a checkpoint
+                    // of), and wasted for admission, so producers replace them.
                     if orphan {
                         orphaned += 1;
                     } else if too_few_valid {
@@ -433,25 +446,76 @@ impl<B: AutodiffBackend> Learner<B> {
                     } else {
                         dropped += 1;
                     }
-                    if self.held.insert(g.group_id) {
-                        self.state.unacked.push(g.group_id);
-                    }
+                    untrained.push(g.group_id);
                     continue;
                 }
                 taken.insert(g.group_id);
                 groups.push(g);
             }
+            if !untrained.is_empty() {
+                source.ack_dropped(&cfg.consumer, &untrained).await?;
+                untrained.clear();
+            }
             if groups.len() < want && got == 0 {
                 tokio::time::sleep(self.poll).await;
             }
         }
+        self.budget.filled(failed_episodes, episodes, cfg)?;
         let mut data = StepStats::default();
+        data.values.insert(metrics::FAILED_EPISODES, failed_episodes as f64);
+        data.values.insert(metrics::FAILED_FRACTION, failed_episodes as f64 / episodes.max(1) as f64);
         data.values.insert(metrics::SAMPLE_REQUESTS, requests as f64);
         data.values.insert(metrics::ZERO_VARIANCE_DROPPED, dropped as f64);
         data.values.insert(metrics::DUPLICATES_SKIPPED, duplicates as f64);
         data.values.insert(metrics::FAILED_GROUPS_DROPPED, failed as f64);
         data.values.insert(metrics::ORPHANED_DROPPED, orphaned as f64);
         Ok(Some((groups, data)))
+    }
+}
+
+/// The environment error budget's running counts (`learner.max_failed_fraction` and
+/// `learner.max_failed_steps`; `docs/environments.md`, "Failures").
+#[derive(Debug, Default)]
+struct FailureBudget {
+    /// Steps in a row in which more than the fraction of the drawn episodes failed.
+    steps_over: u32,
+    /// Groups drawn in a row, across steps, every episode of which failed.
+    groups_all_failed: u64,
+}
+
+impl FailureBudget {
+    /// Counts a drawn group; an error once every episode of `max_failed_steps` steps' worth of
+    /// groups in a row failed (such a step never fills, so this is checked as groups come).
+    fn drawn(&mut self, all_failed: bool, cfg: &LearnerConfig, groups_per_step: usize) -> Result<()> {
+        self.groups_all_failed = if all_failed { self.groups_all_failed + 1 } else { 0 };
+        let limit = u64::from(cfg.max_failed_steps) * groups_per_step as u64;
+        if cfg.max_failed_steps > 0 && self.groups_all_failed >= limit {
+            return Err(LearnerError::EnvFailures(format!(
+                "every episode of the last {} groups drawn ({} steps' worth) failed; \
+                 learner.max_failed_steps = {}",
+                self.groups_all_failed, cfg.max_failed_steps, cfg.max_failed_steps
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a filled step of `drawn` episodes, `failed` of which failed; an error once
+    /// `max_failed_steps` steps in a row went over the fraction.
+    fn filled(&mut self, failed: u64, drawn: u64, cfg: &LearnerConfig) -> Result<()> {
+        let over = failed as f64 > cfg.max_failed_fraction * drawn as f64;
+        self.steps_over = if over { self.steps_over + 1 } else { 0 };
+        if cfg.max_failed_steps > 0 && self.steps_over >= cfg.max_failed_steps {
+            return Err(LearnerError::EnvFailures(format!(
+                "more than {:.0}% of the episodes drawn for each of the last {} steps failed \
+                 ({failed} of {drawn} in the last); learner.max_failed_fraction = {}, \
+                 learner.max_failed_steps = {}",
+                cfg.max_failed_fraction * 100.0,
+                self.steps_over,
+                cfg.max_failed_fraction,
+                cfg.max_failed_steps
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -474,5 +538,46 @@ fn in_place<T>(f: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(f)
         }
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_budget_tolerates_a_bad_step_and_stops_a_failing_run() {
+        let cfg = LearnerConfig { max_failed_fraction: 0.5, max_failed_steps: 3, ..Default::default() };
+        let mut b = FailureBudget::default();
+        // A crash: one step's draw loses two whole groups, then the run goes on.
+        for all_failed in [true, true, false, false] {
+            b.drawn(all_failed, &cfg, 2).unwrap();
+        }
+        b.filled(8, 16, &cfg).unwrap();
+        // Two steps over the fraction, then one at it: the streak ends.
+        b.filled(9, 16, &cfg).unwrap();
+        b.filled(16, 16, &cfg).unwrap();
+        b.filled(8, 16, &cfg).unwrap();
+        b.filled(9, 16, &cfg).unwrap();
+        b.filled(10, 16, &cfg).unwrap();
+        let e = b.filled(12, 16, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("more than 50% of the episodes drawn for each of the last 3 steps failed (12 of 16"),
+            "{e}"
+        );
+        // Every episode failing: the step never fills; three steps' worth of groups stops it.
+        let mut b = FailureBudget::default();
+        for _ in 0..5 {
+            b.drawn(true, &cfg, 2).unwrap();
+        }
+        let e = b.drawn(true, &cfg, 2).unwrap_err().to_string();
+        assert!(e.contains("every episode of the last 6 groups drawn (3 steps' worth) failed"), "{e}");
+        // 0 turns the budget off.
+        let off = LearnerConfig { max_failed_steps: 0, ..cfg };
+        let mut b = FailureBudget::default();
+        for _ in 0..100 {
+            b.drawn(true, &off, 2).unwrap();
+            b.filled(16, 16, &off).unwrap();
+        }
     }
 }

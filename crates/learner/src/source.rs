@@ -15,6 +15,12 @@ pub trait GroupSource: Send + Sync {
     ) -> impl std::future::Future<Output = Result<(RecordBatch, SampleInfo)>> + Send;
     /// Marks groups consumed by `consumer`.
     fn ack(&self, consumer: &str, group_ids: &[u64]) -> impl std::future::Future<Output = Result<()>> + Send;
+    /// Marks groups consumed that `consumer` drops untrained ([`AckRequest::dropped`]).
+    fn ack_dropped(
+        &self,
+        consumer: &str,
+        group_ids: &[u64],
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
 impl GroupSource for ReplayClient {
@@ -27,6 +33,11 @@ impl GroupSource for ReplayClient {
         ReplayClient::ack(self, consumer, group_ids).await?;
         Ok(())
     }
+
+    async fn ack_dropped(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
+        ReplayClient::ack_dropped(self, consumer, group_ids).await?;
+        Ok(())
+    }
 }
 
 impl GroupSource for Shard {
@@ -35,7 +46,18 @@ impl GroupSource for Shard {
     }
 
     async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
-        Shard::ack(self, &AckRequest { consumer: consumer.into(), group_ids: group_ids.to_vec() })?;
+        Shard::ack(
+            self,
+            &AckRequest { consumer: consumer.into(), group_ids: group_ids.to_vec(), dropped: false },
+        )?;
+        Ok(())
+    }
+
+    async fn ack_dropped(&self, consumer: &str, group_ids: &[u64]) -> Result<()> {
+        Shard::ack(
+            self,
+            &AckRequest { consumer: consumer.into(), group_ids: group_ids.to_vec(), dropped: true },
+        )?;
         Ok(())
     }
 }

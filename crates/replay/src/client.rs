@@ -204,6 +204,8 @@ impl ReplayClient {
             info.admissible += p.2.admissible;
             info.stale_skipped += p.2.stale_skipped;
             info.zero_variance_dropped += p.2.zero_variance_dropped;
+            info.zero_variance_rows += p.2.zero_variance_rows;
+            info.zero_variance_failed += p.2.zero_variance_failed;
             info.duplicate_rows_dropped += p.2.duplicate_rows_dropped;
             info.redelivered += p.2.redelivered;
         }
@@ -231,6 +233,15 @@ impl ReplayClient {
 
     /// Acknowledges `fifo` deliveries.
     pub async fn ack(&self, consumer: &str, group_ids: &[u64]) -> Result<AckReply> {
+        self.ack_as(consumer, group_ids, false).await
+    }
+
+    /// Acknowledges groups `consumer` drops untrained ([`AckRequest::dropped`]).
+    pub async fn ack_dropped(&self, consumer: &str, group_ids: &[u64]) -> Result<AckReply> {
+        self.ack_as(consumer, group_ids, true).await
+    }
+
+    async fn ack_as(&self, consumer: &str, group_ids: &[u64], dropped: bool) -> Result<AckReply> {
         let shards = self.inner.cfg.shards;
         let mut per: Vec<Vec<u64>> = vec![Vec::new(); shards as usize];
         for &g in group_ids {
@@ -241,8 +252,9 @@ impl ReplayClient {
             if ids.is_empty() {
                 continue;
             }
-            let payload = serde_json::to_vec(&AckRequest { consumer: consumer.to_string(), group_ids: ids })
-                .map_err(ReplayError::format)?;
+            let payload =
+                serde_json::to_vec(&AckRequest { consumer: consumer.to_string(), group_ids: ids, dropped })
+                    .map_err(ReplayError::format)?;
             let body = self.request(s as u32, Op::Ack, payload).await?;
             let r: AckReply = serde_json::from_slice(&body).map_err(ReplayError::format)?;
             total.acked += r.acked;

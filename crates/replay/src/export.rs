@@ -47,6 +47,16 @@ pub fn shard_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// with default capacity) without starting a writer, so it can run beside a live shard; a torn
 /// log tail is left for the shard itself to repair.
 pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
+    export_with(dir, out, None)
+}
+
+/// Turns token ids into text (a tokenizer's decode), for [`export_with`].
+pub type Decode<'a> = &'a dyn Fn(&[u32]) -> std::result::Result<String, String>;
+
+/// [`export`], with two more columns when `decode` is given: `prompt_text` and `completion_text`,
+/// the prompt and completion tokens decoded (environment observations included, as the model
+/// saw them).
+pub fn export_with(dir: &Path, out: &Path, decode: Option<Decode<'_>>) -> Result<(u64, u64)> {
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut groups = 0;
     for shard in shard_dirs(dir)? {
@@ -56,8 +66,43 @@ pub fn export(dir: &Path, out: &Path) -> Result<(u64, u64)> {
         batches.extend(store.batches().cloned());
     }
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if let Some(decode) = decode {
+        batches = batches.iter().map(|b| with_text(b, decode)).collect::<Result<_>>()?;
+    }
     durable::write_parquet(out, &batches)?;
     Ok((groups, rows))
+}
+
+/// `batch` with `prompt_text` and `completion_text` appended.
+fn with_text(batch: &RecordBatch, decode: Decode<'_>) -> Result<RecordBatch> {
+    use arrow_array::{Array, ArrayRef, ListArray, StringArray, UInt32Array};
+    use arrow_schema::{DataType, Field, Schema};
+    let text = |name: &str| -> Result<ArrayRef> {
+        let list = batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<ListArray>())
+            .ok_or_else(|| ReplayError::Invalid(format!("a stored batch has no list column {name}")))?;
+        let mut out = Vec::with_capacity(list.len());
+        for r in 0..list.len() {
+            let ids = list.value(r);
+            let ids = ids
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .ok_or_else(|| ReplayError::Invalid(format!("{name} does not hold u32 token ids")))?;
+            out.push(
+                decode(ids.values())
+                    .map_err(|e| ReplayError::Invalid(format!("decoding {name} of row {r}: {e}")))?,
+            );
+        }
+        Ok(std::sync::Arc::new(StringArray::from(out)))
+    };
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("prompt_text", DataType::Utf8, false));
+    fields.push(Field::new("completion_text", DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(text(sluice_core::trajectory::col::PROMPT_TOKENS)?);
+    columns.push(text(sluice_core::trajectory::col::COMPLETION_TOKENS)?);
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).map_err(ReplayError::format)
 }
 
 fn recover_readonly(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Recovered> {

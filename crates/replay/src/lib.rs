@@ -59,7 +59,7 @@
 //! };
 //! let (batch, info) = shard.sample(&req).unwrap();
 //! assert_eq!((batch.num_rows(), info.groups), (2, 1));
-//! shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![1] }).unwrap();
+//! shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![1], dropped: false }).unwrap();
 //! shard.close();
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
@@ -81,7 +81,7 @@ pub use client::{shard_of, ClientConfig, ReplayClient, Sampled};
 pub use config::{Durability, ReplayConfig};
 pub use durable::RecoveryReport;
 pub use error::{ReplayError, Result};
-pub use export::{export, shard_dirs};
+pub use export::{export, export_with, shard_dirs, Decode};
 pub use sampler::{spec as sampler_spec, Sampler};
 pub use service::{frame_sample, unframe_sample, Op, ReplayService, MAX_IN_FLIGHT};
 pub use shard::Shard;

@@ -57,6 +57,7 @@ fn split_groups(batch: &RecordBatch, spans: &[GroupSpan], segment: u64) -> Resul
                 behavior_epoch: s.behavior_epoch,
                 mean_reward: s.mean_reward,
                 zero_variance: s.zero_variance,
+                failed: s.failed,
                 rows: n as u64,
                 bytes: s.bytes,
                 segment,
@@ -337,8 +338,15 @@ impl Shard {
 
     /// Marks `fifo` deliveries consumed; returns once that is durable.
     pub fn ack(&self, req: &AckRequest) -> Result<AckReply> {
-        let (fresh, reply) = self.store().ack(&req.consumer, &req.group_ids)?;
+        let (fresh, reply, wasted) = {
+            let mut store = self.store();
+            let (fresh, reply) = store.ack(&req.consumer, &req.group_ids, req.dropped)?;
+            (fresh, reply, store.wasted())
+        };
         if !fresh.is_empty() {
+            if req.dropped {
+                self.wal.meta(kind::WASTED, &wasted.to_le_bytes(), false)?;
+            }
             self.wal.meta(kind::ACK, &u64s(&fresh), true)?;
         }
         self.maybe_compact_meta(durable::META_COMPACT_BYTES)?;
@@ -485,7 +493,7 @@ pub(crate) fn recover(dir: &Path, cfg: ReplayConfig, rl: RlConfig) -> Result<Rec
                 kind::ACK => {
                     let ids: Vec<u64> = payload.chunks_exact(8).map(word).collect();
                     // No lease survives a restart: nobody holds these, so any consumer may.
-                    report.acked += store.ack("", &ids).map_or(0, |(_, r)| r.acked as u64);
+                    report.acked += store.ack("", &ids, false).map_or(0, |(_, r)| r.acked as u64);
                 }
                 kind::VERSION => store.set_learner_version(word(&payload)),
                 kind::LINEAGE => match serde_json::from_slice(&payload) {
@@ -542,13 +550,17 @@ mod tests {
             shard.append(&trajectory::groups_to_batch(&gs).unwrap()).unwrap();
             shard.sample(&req(30)).unwrap();
             for gid in 0..20 {
-                shard.ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid] }).unwrap();
+                shard
+                    .ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid], dropped: false })
+                    .unwrap();
             }
             let before = std::fs::metadata(durable::meta_path(&dir)).unwrap().len();
             assert!(shard.maybe_compact_meta(0).unwrap());
             // Acks after the snapshot land in the new file.
             for gid in 20..25 {
-                shard.ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid] }).unwrap();
+                shard
+                    .ack(&AckRequest { consumer: "c".into(), group_ids: vec![gid], dropped: false })
+                    .unwrap();
             }
             let after = std::fs::metadata(durable::meta_path(&dir)).unwrap().len();
             assert!(after < before, "meta.log shrank from {before} to {after} bytes");

@@ -29,6 +29,8 @@ pub(crate) struct Entry {
     pub mean_reward: f64,
     /// All rewards equal ([`sluice_core::zero_variance`]).
     pub zero_variance: bool,
+    /// Its failed episodes (`finish = error`).
+    pub failed: u32,
     pub rows: u64,
     pub bytes: u64,
     /// The append log / parquet segment that holds it on disk.
@@ -409,7 +411,12 @@ impl Store {
     /// leased by, or last was) another consumer: a consumer acknowledges what it drew. A group
     /// never delivered since this process started has no holder and may be acknowledged by any
     /// consumer (recovery replays acks that way; see `docs/security.md`).
-    pub(crate) fn ack(&mut self, consumer: &str, group_ids: &[u64]) -> Result<(Vec<u64>, AckReply)> {
+    pub(crate) fn ack(
+        &mut self,
+        consumer: &str,
+        group_ids: &[u64],
+        dropped: bool,
+    ) -> Result<(Vec<u64>, AckReply)> {
         let holder = |s: &Self, seq: u64| -> Option<String> {
             s.leased.get(&seq).map(|l| l.consumer.clone()).or_else(|| s.last_holder.get(&seq).cloned())
         };
@@ -445,6 +452,9 @@ impl Store {
             }
         }
         reply.acked = fresh.len() as u32;
+        if dropped {
+            self.wasted += fresh.len() as u64;
+        }
         Ok((fresh, reply))
     }
 
@@ -539,6 +549,11 @@ impl Store {
             }
             info.stale_skipped = stale.len() as u64;
             info.zero_variance_dropped = zero_variance.len() as u64;
+            for seq in &zero_variance {
+                let e = &self.entries[seq];
+                (info.zero_variance_rows, info.zero_variance_failed) =
+                    (info.zero_variance_rows + e.rows, info.zero_variance_failed + u64::from(e.failed));
+            }
             self.wasted += (stale.len() + zero_variance.len()) as u64;
             info.admissible = (self.pending.len() - stale.len() - zero_variance.len()) as u64;
             for seq in stale.iter().chain(&zero_variance).chain(&chosen) {
@@ -564,6 +579,8 @@ impl Store {
                     info.stale_skipped += 1;
                 } else if req.drop_zero_variance && e.zero_variance {
                     info.zero_variance_dropped += 1;
+                    info.zero_variance_rows += e.rows;
+                    info.zero_variance_failed += u64::from(e.failed);
                 } else {
                     cands.push(Candidate {
                         seq,
@@ -685,6 +702,7 @@ mod tests {
             behavior_epoch: span.behavior_epoch,
             mean_reward: span.mean_reward,
             zero_variance: span.zero_variance,
+            failed: span.failed,
             rows: 2,
             bytes: span.bytes,
             segment: 0,
@@ -718,7 +736,7 @@ mod tests {
             store_with(4, ReplayConfig { fifo_lease_ms: 1000, ..Default::default() }, RlConfig::default());
         let t0 = Instant::now();
         assert_eq!(store.sample(&fifo(3), t0).unwrap().group_ids, vec![0, 1, 2]);
-        store.ack("c", &[1]).unwrap();
+        store.ack("c", &[1], false).unwrap();
         // Before the lease ends nothing but group 3 is left.
         assert_eq!(store.sample(&fifo(3), t0 + Duration::from_millis(999)).unwrap().group_ids, vec![3]);
         // After it, the unacknowledged 0 and 2 come back (3 is still leased).
@@ -759,6 +777,30 @@ mod tests {
         let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0).unwrap();
         assert_eq!((got.batches.len(), got.info.zero_variance_dropped), (0, 2));
         assert_eq!(store.wasted(), 2);
+        assert_eq!(store.tickets("w", 2, 0, t0).granted, 2, "dropped groups give their tickets back");
+    }
+
+    #[test]
+    fn groups_the_learner_drops_untrained_do_not_hold_admission() {
+        // Failed episodes: delivered (the learner counts them for its error budget), then dropped
+        // by the learner. Before, it held them until a checkpoint no step ever reached, and the
+        // workers waited for tickets while the learner waited for data.
+        let rl = RlConfig { groups_per_step: 2, max_staleness: 0, ..Default::default() };
+        let mut store = Store::new(ReplayConfig::default(), rl);
+        let t0 = Instant::now();
+        assert_eq!(store.tickets("w", 2, 0, t0).granted, 2);
+        for gid in 0..2 {
+            let mut g = crate::testing::two_sample_group(gid, 0);
+            g.samples.iter_mut().for_each(|s| s.finish = sluice_core::Finish::Error);
+            insert(&mut store, g);
+        }
+        let got = store.sample(&SampleRequest { drop_zero_variance: true, ..fifo(2) }, t0).unwrap();
+        assert_eq!(got.group_ids, vec![0, 1], "failed groups are delivered, not dropped as flat");
+        assert_eq!(store.tickets("w", 2, 2, t0).granted, 0, "the budget is spent");
+        let (fresh, _) = store.ack("c", &[0, 1], true).unwrap();
+        assert_eq!((fresh.len(), store.wasted()), (2, 2));
+        store.ack("c", &[0, 1], true).unwrap();
+        assert_eq!(store.wasted(), 2, "a group is wasted once");
         assert_eq!(store.tickets("w", 2, 0, t0).granted, 2, "dropped groups give their tickets back");
     }
 
@@ -857,7 +899,7 @@ mod tests {
         assert_eq!(got.group_ids, vec![0, 1]);
         // Another consumer's ack of the learner's groups is refused whole and counted, group 2
         // (never delivered, so nobody holds it) included.
-        let err = store.ack("intruder", &[2, 0, 1]).unwrap_err().to_string();
+        let err = store.ack("intruder", &[2, 0, 1], false).unwrap_err().to_string();
         assert!(err.contains("\"intruder\" acknowledged 2 groups delivered to another consumer: 0"), "{err}");
         assert_eq!(store.stats().refused_acks, 2);
         assert_eq!(store.stats().consumed, 0, "nothing was acknowledged");
@@ -866,8 +908,8 @@ mod tests {
         let again =
             store.sample(&SampleRequest { groups: 1, consumer: "learner".into(), ..fifo(1) }, t0).unwrap();
         assert_eq!(again.info.redelivered, 2);
-        assert!(store.ack("intruder", &[1]).is_err());
-        let (fresh, reply) = store.ack("learner", &[0, 1]).unwrap();
+        assert!(store.ack("intruder", &[1], false).is_err());
+        let (fresh, reply) = store.ack("learner", &[0, 1], false).unwrap();
         assert_eq!((fresh, reply.acked), (vec![0, 1], 2));
     }
 }

@@ -48,6 +48,13 @@ pub struct SampleInfo {
     pub stale_skipped: u64,
     /// Groups passed over for zero reward variance.
     pub zero_variance_dropped: u64,
+    /// Their rows, and the failed episodes (`finish = error`) among them: the consumer's error
+    /// budget counts the episodes it never saw.
+    #[serde(default)]
+    pub zero_variance_rows: u64,
+    /// See `zero_variance_rows`.
+    #[serde(default)]
+    pub zero_variance_failed: u64,
     /// Rows dropped as duplicate completions.
     pub duplicate_rows_dropped: u64,
     /// `fifo` groups delivered again after an expired lease.
@@ -81,6 +88,11 @@ pub struct AckRequest {
     pub consumer: String,
     /// The groups consumed.
     pub group_ids: Vec<u64>,
+    /// The consumer drops these groups untrained (failed episodes, no reward spread, orphaned):
+    /// for admission they are wasted, like the groups the replay drops itself, so producers may
+    /// start as many again.
+    #[serde(default)]
+    pub dropped: bool,
 }
 
 /// The answer to an ack.

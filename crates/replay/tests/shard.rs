@@ -325,7 +325,9 @@ fn fifo_delivers_each_group_once_until_acked_and_filters_apply() {
     assert_eq!(b.num_rows(), 4 + 3);
     let (c, _) = shard.sample(&r).unwrap();
     assert_eq!(c.num_rows(), 0, "everything is delivered or leased");
-    let ack = shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![0, 1, 2, 99] }).unwrap();
+    let ack = shard
+        .ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![0, 1, 2, 99], dropped: false })
+        .unwrap();
     assert_eq!((ack.acked, ack.unknown), (3, 1));
     assert_eq!(shard.stats().fifo_leased, 2);
 }
@@ -346,7 +348,7 @@ fn eviction_takes_stale_groups_first_then_consumed_then_pushes_back() {
     // The learner reaches version 2: version-0 groups are stale.
     let (b, _) = shard.sample(&req(Sampler::Fifo, 2, 2, 1)).unwrap();
     assert_eq!(ids(&b), vec![2, 3]);
-    shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![2, 3] }).unwrap();
+    shard.ack(&AckRequest { consumer: "learner-0".into(), group_ids: vec![2, 3], dropped: false }).unwrap();
     append(&shard, &groups(6..8, 2));
     let held: HashSet<u64> = shard.group_ids().into_iter().collect();
     assert_eq!(held, HashSet::from([2, 3, 4, 5, 6, 7]), "stale 0 and 1 went first");
@@ -406,7 +408,11 @@ fn every_acknowledged_group_and_ack_survives_a_restart() {
             }
             let (b, _) = shard.sample(&req(Sampler::Fifo, 10, 1, 0)).unwrap();
             shard
-                .ack(&AckRequest { consumer: "learner-0".into(), group_ids: ids(&b)[..6].to_vec() })
+                .ack(&AckRequest {
+                    consumer: "learner-0".into(),
+                    group_ids: ids(&b)[..6].to_vec(),
+                    dropped: false,
+                })
                 .unwrap();
             // Dropped without close: the writer flushes what it was given, as on SIGKILL the OS does.
         }

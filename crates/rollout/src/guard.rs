@@ -11,8 +11,9 @@
 //! aborted. *Cons:* a verifier that never returns keeps its blocking thread until it does (threads
 //! cannot be killed); the worker has moved on and the episode is already counted as failed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::{Env, EnvError, Episode, Reward, Started, StepResult, Task, Verifier};
@@ -46,7 +47,8 @@ pub enum EnvFailure {
     },
 }
 
-/// Failures by kind, shared by a worker's episodes.
+/// Failures by kind, shared by a worker's episodes, with the first message of each kind (what a
+/// failure summary quotes).
 #[derive(Debug, Default)]
 pub struct FailureCounts {
     /// Calls that timed out.
@@ -55,17 +57,34 @@ pub struct FailureCounts {
     pub panics: AtomicU64,
     /// Calls that returned an error.
     pub errors: AtomicU64,
+    first: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl EnvFailure {
+    /// `timeout`, `panic` or `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EnvFailure::Timeout { .. } => "timeout",
+            EnvFailure::Panic { .. } => "panic",
+            EnvFailure::Env { .. } => "error",
+        }
+    }
 }
 
 impl FailureCounts {
-    /// Counts `f`.
-    pub fn count(&self, f: &EnvFailure) {
+    /// Counts `f`; returns how many of its kind there have been, this one included.
+    pub fn count(&self, f: &EnvFailure) -> u64 {
         let c = match f {
             EnvFailure::Timeout { .. } => &self.timeouts,
             EnvFailure::Panic { .. } => &self.panics,
             EnvFailure::Env { .. } => &self.errors,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            first.entry(f.kind()).or_insert_with(|| f.to_string());
+        }
+        n
     }
 
     /// `(timeouts, panics, errors)` so far.
@@ -75,6 +94,12 @@ impl FailureCounts {
             self.panics.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
         )
+    }
+
+    /// The first failure of each kind that occurred, by [`EnvFailure::kind`].
+    pub fn first(&self) -> BTreeMap<String, String> {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        first.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 }
 
@@ -220,6 +245,9 @@ mod tests {
             .unwrap_or_else(|| panic!("no panic"));
         counts.count(&e);
         assert_eq!(counts.snapshot(), (1, 2, 1));
+        let first = counts.first();
+        assert_eq!(first.get("panic").map(String::as_str), Some("step panicked: step exploded"));
+        assert_eq!(first.get("timeout").map(String::as_str), Some("step timed out after 5s"));
         drop(ep);
     }
 

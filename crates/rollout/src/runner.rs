@@ -456,8 +456,14 @@ impl Runner {
     }
 
     fn fail(&mut self, ep: &mut Ep, task: &Task, f: guard::EnvFailure) {
-        tracing::warn!(task = %task.id, source = %task.source, "episode ends as an error: {f}");
-        self.failures.count(&f);
+        // The first of a kind in full, then every power of ten: an env that fails every episode
+        // does not flood the log (the counts are in the worker's metrics and the run's summary).
+        let n = self.failures.count(&f);
+        if is_power_of_ten(n) {
+            tracing::warn!(task = %task.id, source = %task.source, "episode ends as an error: {f} (failure {n} of kind `{}`)", f.kind());
+        } else {
+            tracing::debug!(task = %task.id, source = %task.source, "episode ends as an error: {f}");
+        }
         ep.finish = Some(Finish::Error);
         ep.reward = Reward::new(0.0);
         ep.episode = None;
@@ -592,4 +598,12 @@ fn close(mut episode: Box<dyn Episode>, timeout: Duration) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(timeout, episode.close()).await;
     });
+}
+
+/// 1, 10, 100, ...
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
 }

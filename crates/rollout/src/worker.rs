@@ -128,6 +128,8 @@ pub struct WorkerStats {
     pub env_panics: u64,
     /// See `env_timeouts`.
     pub env_errors: u64,
+    /// The first failure of each kind (`timeout`, `panic`, `error`), as it was reported.
+    pub env_first_failure: std::collections::BTreeMap<String, String>,
 }
 
 /// One rollout worker.
@@ -242,6 +244,7 @@ impl<B: Backend> Worker<B> {
         let mut s = self.stats.clone();
         s.rollout = self.runner.stats().clone();
         (s.env_timeouts, s.env_panics, s.env_errors) = self.runner.failures().snapshot();
+        s.env_first_failure = self.runner.failures().first();
         (s.version, s.epoch) = (self.policy.version, self.policy.epoch);
         s
     }

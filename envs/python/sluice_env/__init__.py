@@ -26,6 +26,7 @@ is documented in ``envs/src/remote.rs``; this module is the whole Python side of
 
 import json
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -102,15 +103,20 @@ class Server:
         self._episode_ttl = episode_ttl
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._closed = threading.Event()
+        # Failures by kind (operation, exception type): the first of a kind is printed with its
+        # traceback, the rest are counted (and said at 10, 100, 1000, ...), so an env that fails
+        # every episode does not flood its log.
+        self._failures = {}
         self._session = session
         self._queryables = []
         # Every operation under the shared key and under this server's own, where the episodes it
         # resets are stepped and closed: with two servers under one name, an episode stays with
-        # the one that reset it.
+        # the one that reset it. Complete queryables: a query on the shared key goes to one server
+        # (zenoh's best-matching target), so a reset starts one episode and a task is drawn once.
         self._server = str(session.info.zid())
         for op in ("task", "reset", "step", "close"):
             for key in (f"sluice/{run}/env/{name}/{op}", f"sluice/{run}/env/{name}/server/{self._server}/{op}"):
-                self._queryables.append(session.declare_queryable(key, self._callback(op)))
+                self._queryables.append(session.declare_queryable(key, self._callback(op), complete=True))
 
     def _callback(self, op):
         def on_query(query):
@@ -127,10 +133,26 @@ class Server:
             query.reply(query.key_expr, json.dumps(reply).encode())
         except Exception as e:  # every failure goes back to the worker as an env error
             message = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
+            self._log_failure(op, e, message)
             query.reply_err(json.dumps({"error": message}).encode())
         finally:
             query.drop()
+
+    def _log_failure(self, op, error, message):
+        kind = f"{op} {type(error).__name__}"
+        with self._lock:
+            n = self._failures.get(kind, 0) + 1
+            self._failures[kind] = n
+        if n == 1:
+            traceback.print_exc()
+            print(f"sluice_env: {kind}: the first of its kind; more are counted, not printed", file=sys.stderr)
+        elif str(n).strip("0") == "1":
+            print(f"sluice_env: {kind}: {n} so far (latest: {message})", file=sys.stderr)
+
+    def failures(self):
+        """Failures so far by kind, ``"{operation} {exception type}"`` -> count."""
+        with self._lock:
+            return dict(self._failures)
 
     def _task(self, request):
         if request.get("peek"):
@@ -184,6 +206,8 @@ class Server:
         self._closed.wait()
 
     def close(self):
+        for kind, n in sorted(self.failures().items()):
+            print(f"sluice_env: {kind}: {n} in all", file=sys.stderr)
         for q in self._queryables:
             q.undeclare()
         self._pool.shutdown(wait=False)
