@@ -56,6 +56,10 @@ pub enum LearnerError {
     /// `learner.max_failed_steps`): the run stops rather than train on what is left.
     #[error("environment error budget spent: {0}")]
     EnvFailures(String),
+    /// The learner ranks' collective failed: a rank did not join or answer in time, or the
+    /// engine refused a call.
+    #[error("collective: {0}")]
+    Collective(String),
     /// A background task died.
     #[error("background task failed: {0}")]
     Task(String),

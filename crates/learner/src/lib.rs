@@ -13,12 +13,16 @@
 //!   dynamic sampling, weight publishing, sealed [`checkpoint`]s with the trainer state, acks
 //!   aligned with checkpoints, exact resume ([`resume_latest`]), `metrics.jsonl`.
 //!
+//! - [`Collective`]: data-parallel learner ranks summing what they computed through burn's
+//!   collective engine, every call under a timeout.
+//!
 //! Configured by [`LearnerConfig`] (`deny_unknown_fields`; [`LearnerConfig::check`] names the key
 //! of any out-of-range value).
 
 mod advantages;
 mod batching;
 pub mod checkpoint;
+mod collective;
 mod config;
 mod error;
 mod grpo;
@@ -31,10 +35,13 @@ mod tb;
 mod trainer;
 
 pub use advantages::{advantages, group_advantages, overlong_penalty, AdvantageConfig, Estimator};
+/// The all-reduce strategies of [`CollectiveConfig::strategy`].
+pub use burn_collective::AllReduceStrategy;
 pub use checkpoint::{
     load_checkpoint, load_optimizer, resume_latest, save_optimizer, write_checkpoint, Checkpoints, Restored,
     TrainerState,
 };
+pub use collective::{Collective, CollectiveConfig};
 pub use config::{
     Algorithm, KlConfig, LearnerConfig, OffPolicyConfig, OffPolicyMode, OverlongConfig, TbConfig,
 };
