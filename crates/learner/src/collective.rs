@@ -137,21 +137,28 @@ impl<B: Backend> Collective<B> {
     /// The element-wise sum of every rank's `values` (the same length on every rank).
     pub fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
         let n = values.len();
-        let rank = self.cfg.rank;
         let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), &self.device);
+        self.all_reduce_tensor(t)?
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| LearnerError::Collective(format!("reading the sum: {e:?}")))
+    }
+
+    /// The element-wise sum of every rank's `t` (the same shape on every rank), on this rank's
+    /// device.
+    pub fn all_reduce_tensor(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+        let n = t.shape().num_elements();
+        let rank = self.cfg.rank;
         let sum = within(format!("rank {rank}: all-reduce of {n} values"), self.cfg.timeout, move || {
             let p = t.into_primitive().tensor();
             let out = burn_collective::all_reduce::<B>(PeerId::from(rank), p, ReduceOperation::Sum)
                 .map_err(|e| format!("{e:?}"))?;
-            Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out))
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| format!("reading the sum: {e:?}"))
+            Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out)))
         })?;
-        if sum.len() != n {
+        if sum.shape().num_elements() != n {
             return Err(LearnerError::Collective(format!(
                 "the all-reduce returned {} values for {n}",
-                sum.len()
+                sum.shape().num_elements()
             )));
         }
         Ok(sum)

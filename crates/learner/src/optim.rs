@@ -296,6 +296,36 @@ impl<B: AutodiffBackend> GradAccumulator<B> {
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }
+
+    /// Sums the gradients, and `extra` (values every rank adds up alongside), over the ranks of
+    /// `collective`: one all-reduce of every gradient flattened in path order. Afterwards every
+    /// rank holds the gradient a single learner would have summed over all ranks' micro-batches.
+    /// Returns the summed `extra`.
+    pub fn all_reduce_sum(
+        &mut self,
+        collective: &crate::Collective<B::InnerBackend>,
+        extra: &[f32],
+    ) -> crate::Result<Vec<f32>> {
+        if self.grads.is_empty() {
+            return Err(crate::LearnerError::Collective(format!(
+                "rank {} has no gradients to sum: every rank needs at least one group per step",
+                collective.rank()
+            )));
+        }
+        let lens: Vec<(String, usize)> =
+            self.grads.iter().map(|(k, g)| (k.clone(), g.shape().num_elements())).collect();
+        let device = self.grads.values().next().map(|g| g.device()).unwrap_or_default();
+        let mut parts: Vec<Tensor<B::InnerBackend, 1>> =
+            std::mem::take(&mut self.grads).into_values().collect();
+        parts.push(Tensor::from_data(burn::tensor::TensorData::new(extra.to_vec(), [extra.len()]), &device));
+        let summed = collective.all_reduce_tensor(Tensor::cat(parts, 0))?;
+        let mut at = 0;
+        for (key, n) in lens {
+            self.grads.insert(key, summed.clone().slice(at..at + n));
+            at += n;
+        }
+        Ok(sluice_model::to_vec_f32(summed.slice(at..at + extra.len())))
+    }
 }
 
 /// The first and second moments of one parameter, flat.

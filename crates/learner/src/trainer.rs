@@ -44,6 +44,23 @@ use crate::kl::kl_per_token;
 use crate::optim::{first_non_finite, AdamW, GradAccumulator, StepReport};
 use crate::tb::tb_vargrad;
 
+/// The metrics a micro-batch adds its share of (normalised by the batch's totals): summed over
+/// the ranks of a data-parallel step.
+const ADDITIVE: [&str; 12] = [
+    metrics::POSITIONS,
+    metrics::LOGP_MISMATCH,
+    metrics::ENTROPY,
+    metrics::CLIP_FRACTION,
+    metrics::LOSS_POLICY,
+    metrics::KL,
+    metrics::LOSS_KL,
+    metrics::LOSS_TOTAL,
+    metrics::TB_LOG_Z,
+    metrics::LOSS_TB,
+    metrics::IS_WEIGHT_MEAN,
+    metrics::IS_CORRECTED_FRACTION,
+];
+
 /// What one step measured. Keys are the names of [`sluice_core::metrics`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepStats {
@@ -179,21 +196,51 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// (`optim/skipped_nonfinite`): the weights, Adam's moments and the version stay as they were,
     /// and the batch is spent.
     pub fn train(&mut self, groups: &[Group]) -> Result<StepStats> {
+        self.train_on(groups, None)
+    }
+
+    /// One step of a data-parallel learner rank: `groups` is this rank's share of the step's
+    /// batch, and the ranks of `collective` together make the update a single learner would make
+    /// on the union of their groups. The losses are normalised by the batch's global counts
+    /// (rows, tokens, groups: summed over the ranks first), the gradients and the additive
+    /// metrics are summed over the ranks, and every rank takes the same AdamW step. Every rank
+    /// needs at least one group. The reward, accuracy and staleness summaries, and the extremes
+    /// of the importance weights, stay this rank's own.
+    pub fn train_shard(
+        &mut self,
+        groups: &[Group],
+        collective: &crate::Collective<B::InnerBackend>,
+    ) -> Result<StepStats> {
+        self.train_on(groups, Some(collective))
+    }
+
+    fn train_on(
+        &mut self,
+        groups: &[Group],
+        collective: Option<&crate::Collective<B::InnerBackend>>,
+    ) -> Result<StepStats> {
         let rows = self.prepare(groups)?;
         let (cfg, rl) = (&self.cfg, &self.rl);
         let trained = || rows.iter().filter(|r| r.valid);
-        let totals = BatchTotals {
+        let mut totals = BatchTotals {
             rows: trained().count(),
             tokens: trained().map(|r| model_tokens(r.sample)).sum(),
             budget: rl.max_completion_tokens,
         };
-        let batch_groups = groups.len();
+        let (mut batch_groups, mut batch_rows) = (groups.len(), rows.len());
+        if let Some(c) = collective {
+            // Counts below 2^24 are exact in f32.
+            let local = [totals.rows, totals.tokens, batch_groups, batch_rows].map(|n| n as f32).to_vec();
+            let global: Vec<usize> = c.all_reduce_sum(local)?.into_iter().map(|n| n as usize).collect();
+            (totals.rows, totals.tokens, batch_groups, batch_rows) =
+                (global[0], global[1], global[2], global[3]);
+        }
         let version = self.version();
         let mut stats = StepStats::default();
         batch_stats(&rows, version, &mut stats);
-        stats.set(metrics::GROUPS, groups.len() as f64);
+        stats.set(metrics::GROUPS, batch_groups as f64);
         stats.set(metrics::SAMPLES, totals.rows as f64);
-        stats.set(metrics::FAILED_SAMPLES, (rows.len() - totals.rows) as f64);
+        stats.set(metrics::FAILED_SAMPLES, (batch_rows - totals.rows) as f64);
         stats.set(metrics::TOKENS, totals.tokens as f64);
 
         let (ordered, runs) = micro_batches(&rows, cfg, rl, self.model().config());
@@ -215,6 +262,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut epoch_stats = StepStats::default();
             for m in &micros {
                 self.micro_step(m, &totals, batch_groups, &mut acc, &mut epoch_stats)?;
+            }
+            if let Some(c) = collective {
+                // Each rank's shares of the loss and of the additive metrics add up to the batch's.
+                let keys: Vec<&'static str> =
+                    ADDITIVE.iter().copied().filter(|k| epoch_stats.values.contains_key(k)).collect();
+                let local: Vec<f32> =
+                    ADDITIVE.iter().map(|k| epoch_stats.get(k).unwrap_or(0.0) as f32).collect();
+                let summed = acc.all_reduce_sum(c, &local)?;
+                for (k, v) in ADDITIVE.iter().zip(summed) {
+                    if keys.contains(k) {
+                        epoch_stats.set(k, f64::from(v));
+                    }
+                }
             }
             let lr = self.cfg.schedule.lr_at(version);
             let loss = epoch_stats.get(metrics::LOSS_TOTAL).unwrap_or(0.0);

@@ -99,7 +99,10 @@ fn learner(cfg: LearnerConfig, rl: RlConfig) -> Learner<B> {
     Learner::new(Trainer::new(cfg, rl, policy(), reference, AdamW::new(Default::default())).unwrap())
 }
 
-fn weights(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {
+/// Every parameter by name, flat.
+type Weights = Vec<(String, Vec<f32>)>;
+
+fn weights(model: &Llama<B>) -> Weights {
     model.to_host_tensors().into_iter().map(|(n, t)| (n, t.data)).collect()
 }
 
@@ -680,4 +683,137 @@ fn the_learner_trains_from_the_replay_service_and_publishes_every_version_over_z
             assert!(rec[metrics::STALENESS_HIST].is_array());
         }
     });
+}
+
+/// The data-parallel variants: each objective and reduction, in one pass and in micro-batches.
+fn dp_variants() -> Vec<(String, LearnerConfig)> {
+    let mut out = Vec::new();
+    for (name, algorithm, reduction) in [
+        ("grpo-seq-mean-token-mean", Algorithm::Grpo, Reduction::SeqMeanTokenMean),
+        ("grpo-token-mean", Algorithm::Grpo, Reduction::TokenMean),
+        ("grpo-seq-mean-token-sum-norm", Algorithm::Grpo, Reduction::SeqMeanTokenSumNorm),
+        ("tb", Algorithm::Tb, Reduction::SeqMeanTokenMean),
+    ] {
+        for micro in [0, 1] {
+            let cfg = LearnerConfig { algorithm, reduction, micro_batch_groups: micro, ..grpo_config(3) };
+            out.push((format!("{name}-micro{micro}"), cfg));
+        }
+    }
+    out
+}
+
+/// Step `step`'s four groups (an environment token in some, behaviour log-probs of the initial
+/// policy, so later steps are off-policy).
+fn dp_step_groups(step: u64) -> Vec<Group> {
+    (0..4).map(|i| group(4 * step + i, 0, i % 2 == 1)).collect()
+}
+
+/// What a data-parallel rank process does, in the environment: `rank,orchestrator port,data
+/// port,output directory`.
+const DP_RANK: &str = "SLUICE_TEST_DP_RANK";
+
+#[test]
+#[ignore = "one rank of the data-parallel test below, which starts it as a process of its own"]
+fn dp_rank_process() {
+    let spec = std::env::var(DP_RANK).expect("started by the data-parallel test");
+    let f: Vec<&str> = spec.split(',').collect();
+    let rank: u32 = f[0].parse().unwrap();
+    let cfg = CollectiveConfig {
+        rank,
+        world_size: 2,
+        orchestrator_host: "127.0.0.1".into(),
+        orchestrator_port: f[1].parse().unwrap(),
+        host: "127.0.0.1".into(),
+        data_port: f[2].parse().unwrap(),
+        timeout: std::time::Duration::from_secs(60),
+        strategy: AllReduceStrategy::Ring,
+    };
+    let collective = Collective::<Inner>::join(cfg, Default::default()).unwrap();
+    for (name, cfg) in dp_variants() {
+        let reference = cfg.needs_reference().then(reference);
+        let mut t =
+            Trainer::<B>::new(cfg, rl(4), policy(), reference, AdamW::new(Default::default())).unwrap();
+        let mut norms = Vec::new();
+        for step in 0..3 {
+            // Rank r trains groups r and r + 2 of the step.
+            let mine: Vec<Group> = dp_step_groups(step)
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 % 2 == rank)
+                .map(|(_, g)| g)
+                .collect();
+            let stats = t.train_shard(&mine, &collective).unwrap();
+            norms.push([metrics::GRAD_NORM, metrics::LOSS_TOTAL].map(|k| stats.get(k).unwrap()));
+        }
+        let path = std::path::Path::new(f[3]).join(format!("{name}-rank{rank}.json"));
+        std::fs::write(path, serde_json::to_vec(&(weights(t.model()), norms)).unwrap()).unwrap();
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // a plain test thread: blocking sleeps are right
+fn two_learner_rank_processes_make_the_update_of_one_learner_on_all_their_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = sluice_core::free_local_port().unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|rank| {
+            let spec = format!(
+                "{rank},{orchestrator},{},{}",
+                sluice_core::free_local_port().unwrap(),
+                dir.path().display()
+            );
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "train::dp_rank_process", "--test-threads=1"])
+                .env(DP_RANK, spec)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    for child in &mut children {
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(300) {
+                let _ = child.kill();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a rank failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+    for (name, cfg) in dp_variants() {
+        let reference = cfg.needs_reference().then(reference);
+        let mut single =
+            Trainer::<B>::new(cfg, rl(4), policy(), reference, AdamW::new(Default::default())).unwrap();
+        let mut want_norms = Vec::new();
+        for step in 0..3 {
+            let stats = single.train(&dp_step_groups(step)).unwrap();
+            want_norms.push([metrics::GRAD_NORM, metrics::LOSS_TOTAL].map(|k| stats.get(k).unwrap()));
+        }
+        let want = weights(single.model());
+        let moved = max_diff(&want, &weights(&policy()));
+        for rank in 0..2 {
+            let text = std::fs::read(dir.path().join(format!("{name}-rank{rank}.json"))).unwrap();
+            let (got, norms): (Weights, Vec<[f64; 2]>) = serde_json::from_slice(&text).unwrap();
+            // Adam hides a gradient scaled by a constant (a wrong normalisation); the gradient
+            // norm and the loss do not.
+            for (step, (a, b)) in want_norms.iter().zip(&norms).enumerate() {
+                for (what, x, y) in [("gradient norm", a[0], b[0]), ("loss", a[1], b[1])] {
+                    assert!(
+                        (x - y).abs() <= 1e-6 + 1e-5 * x.abs(),
+                        "{name}: rank {rank} step {step}: {what} {y}, one learner {x}"
+                    );
+                }
+            }
+            let diff = max_diff(&want, &got);
+            eprintln!(
+                "{name}: rank {rank} differs from one learner by {diff:.2e} (the update moved {moved:.2e})"
+            );
+            assert!(diff <= 1e-5, "{name}: rank {rank} differs from one learner by {diff}");
+        }
+        assert!(moved > 1e-3, "{name}: the weights hardly moved ({moved}); the comparison says nothing");
+    }
 }
