@@ -163,4 +163,27 @@ impl<B: Backend> Collective<B> {
         }
         Ok(sum)
     }
+
+    /// Rank 0's `values` on every rank (an all-reduce to which the other ranks add zeros).
+    pub fn broadcast_from_root(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+        let mine = if self.cfg.rank == 0 { values } else { vec![0.0; values.len()] };
+        self.all_reduce_sum(mine)
+    }
+
+    /// Checks that this rank's `digest` of its weights equals rank 0's; an error names this rank
+    /// and `version` otherwise (the ranks' updates diverged).
+    pub fn check_same_digest(&self, digest: u64, version: u64) -> Result<()> {
+        // Four 16-bit pieces: exact in f32.
+        let pieces: Vec<f32> = (0..4).map(|i| ((digest >> (16 * i)) & 0xffff) as f32).collect();
+        let root = self.broadcast_from_root(pieces)?;
+        let root = root.iter().enumerate().fold(0u64, |d, (i, &p)| d | ((p as u64) << (16 * i)));
+        if root != digest {
+            return Err(LearnerError::Collective(format!(
+                "rank {}'s weights at version {version} differ from rank 0's (digest {digest:016x}, rank 0 \
+                 {root:016x}): the ranks' updates diverged",
+                self.cfg.rank
+            )));
+        }
+        Ok(())
+    }
 }

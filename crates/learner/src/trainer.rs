@@ -191,6 +191,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
+    /// The xxh3 of every weight's bytes, in parameter order: equal across data-parallel ranks
+    /// exactly when their weights are.
+    pub fn weights_digest(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (name, t) in self.model().to_host_tensors() {
+            h.update(name.as_bytes());
+            for x in &t.data {
+                h.update(&x.to_le_bytes());
+            }
+        }
+        h.digest()
+    }
+
+    /// Checks, with the other ranks of `collective`, that this rank's weights equal rank 0's.
+    pub fn check_same_weights(&self, collective: &crate::Collective<B::InnerBackend>) -> Result<()> {
+        collective.check_same_digest(self.weights_digest(), self.version())
+    }
+
     /// Takes `epochs` optimizer steps on `groups` (whole groups of `rl.group_size`), one policy
     /// version. An update whose loss or gradient norm is not finite is left out
     /// (`optim/skipped_nonfinite`): the weights, Adam's moments and the version stay as they were,

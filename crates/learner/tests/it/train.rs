@@ -745,9 +745,22 @@ fn dp_rank_process() {
             let stats = t.train_shard(&mine, &collective).unwrap();
             norms.push([metrics::GRAD_NORM, metrics::LOSS_TOTAL].map(|k| stats.get(k).unwrap()));
         }
+        t.check_same_weights(&collective).unwrap();
         let path = std::path::Path::new(f[3]).join(format!("{name}-rank{rank}.json"));
         std::fs::write(path, serde_json::to_vec(&(weights(t.model()), norms)).unwrap()).unwrap();
     }
+    // Diverged ranks: rank 0 one step on, rank 1 at the initial weights.
+    let cfg = grpo_config(1);
+    let reference = cfg.needs_reference().then(reference);
+    let mut t = Trainer::<B>::new(cfg, rl(4), policy(), reference, AdamW::new(Default::default())).unwrap();
+    if rank == 0 {
+        t.train(&dp_step_groups(0)).unwrap();
+    }
+    let said = match t.check_same_weights(&collective) {
+        Ok(()) => "same".to_string(),
+        Err(e) => e.to_string(),
+    };
+    std::fs::write(std::path::Path::new(f[3]).join(format!("diverged-rank{rank}.txt")), said).unwrap();
 }
 
 #[test]
@@ -816,4 +829,9 @@ fn two_learner_rank_processes_make_the_update_of_one_learner_on_all_their_groups
         }
         assert!(moved > 1e-3, "{name}: the weights hardly moved ({moved}); the comparison says nothing");
     }
+    // Every rank checks its weights against rank 0's: only the one that differs fails.
+    let said =
+        |rank: u32| std::fs::read_to_string(dir.path().join(format!("diverged-rank{rank}.txt"))).unwrap();
+    assert_eq!(said(0), "same");
+    assert!(said(1).contains("rank 1's weights at version 0 differ from rank 0's"), "{}", said(1));
 }
