@@ -109,6 +109,9 @@ pub const DUPLICATES_SKIPPED: &str = "data/duplicates_skipped";
 pub const WAIT_DATA_S: &str = "time/wait_data_s";
 /// Seconds of the step itself (forward, backward, optimizer).
 pub const STEP_S: &str = "time/step_s";
+/// Seconds of the step a data-parallel rank spent in all-reduces (batch counts, gradients and
+/// metrics), waiting for the other ranks included.
+pub const ALL_REDUCE_S: &str = "time/all_reduce_s";
 /// Seconds since the run's report was opened, on every record of `metrics.jsonl`.
 pub const WALL_S: &str = "time/wall_s";
 /// Trained tokens per second of step time.

@@ -246,12 +246,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             budget: rl.max_completion_tokens,
         };
         let (mut batch_groups, mut batch_rows) = (groups.len(), rows.len());
+        let mut all_reduce_s = 0.0;
         if let Some(c) = collective {
+            let t0 = std::time::Instant::now();
             // Counts below 2^24 are exact in f32.
             let local = [totals.rows, totals.tokens, batch_groups, batch_rows].map(|n| n as f32).to_vec();
             let global: Vec<usize> = c.all_reduce_sum(local)?.into_iter().map(|n| n as usize).collect();
             (totals.rows, totals.tokens, batch_groups, batch_rows) =
                 (global[0], global[1], global[2], global[3]);
+            all_reduce_s += t0.elapsed().as_secs_f64();
         }
         let version = self.version();
         let mut stats = StepStats::default();
@@ -287,7 +290,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                     ADDITIVE.iter().copied().filter(|k| epoch_stats.values.contains_key(k)).collect();
                 let local: Vec<f32> =
                     ADDITIVE.iter().map(|k| epoch_stats.get(k).unwrap_or(0.0) as f32).collect();
+                let t0 = std::time::Instant::now();
                 let summed = acc.all_reduce_sum(c, &local)?;
+                all_reduce_s += t0.elapsed().as_secs_f64();
                 for (k, v) in ADDITIVE.iter().zip(summed) {
                     if keys.contains(k) {
                         epoch_stats.set(k, f64::from(v));
@@ -323,6 +328,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         stats.set(metrics::SKIPPED_NONFINITE, skipped as f64);
+        if collective.is_some() {
+            stats.set(metrics::ALL_REDUCE_S, all_reduce_s);
+        }
         if skipped < cfg.epochs {
             self.version += 1;
         }
