@@ -149,19 +149,22 @@ impl<B: Backend> Collective<B> {
     pub fn all_reduce_tensor(&self, t: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let n = t.shape().num_elements();
         let rank = self.cfg.rank;
+        // The ring cuts a tensor into one slice per rank: a shorter one is padded with zeros.
+        let world = self.cfg.world_size as usize;
+        let t = if n < world { Tensor::cat(vec![t, Tensor::zeros([world - n], &self.device)], 0) } else { t };
         let sum = within(format!("rank {rank}: all-reduce of {n} values"), self.cfg.timeout, move || {
             let p = t.into_primitive().tensor();
             let out = burn_collective::all_reduce::<B>(PeerId::from(rank), p, ReduceOperation::Sum)
                 .map_err(|e| format!("{e:?}"))?;
             Ok(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out)))
         })?;
-        if sum.shape().num_elements() != n {
+        if sum.shape().num_elements() != n.max(world) {
             return Err(LearnerError::Collective(format!(
                 "the all-reduce returned {} values for {n}",
                 sum.shape().num_elements()
             )));
         }
-        Ok(sum)
+        Ok(if n < world { sum.slice(0..n) } else { sum })
     }
 
     /// Rank 0's `values` on every rank (an all-reduce to which the other ranks add zeros).

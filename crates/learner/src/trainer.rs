@@ -222,8 +222,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// on the union of their groups. The losses are normalised by the batch's global counts
     /// (rows, tokens, groups: summed over the ranks first), the gradients and the additive
     /// metrics are summed over the ranks, and every rank takes the same AdamW step. Every rank
-    /// needs at least one group. The reward, accuracy and staleness summaries, and the extremes
-    /// of the importance weights, stay this rank's own.
+    /// needs at least one group. The reward, accuracy and staleness summaries are the batch's
+    /// (from sums over the ranks); the extremes of the importance weights stay this rank's own.
     pub fn train_shard(
         &mut self,
         groups: &[Group],
@@ -258,7 +258,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let version = self.version();
         let mut stats = StepStats::default();
-        batch_stats(&rows, version, &mut stats);
+        match collective {
+            Some(c) => {
+                let t0 = std::time::Instant::now();
+                global_batch_stats(&rows, version, c, &mut stats)?;
+                all_reduce_s += t0.elapsed().as_secs_f64();
+            }
+            None => batch_stats(&rows, version, &mut stats),
+        }
         stats.set(metrics::GROUPS, batch_groups as f64);
         stats.set(metrics::SAMPLES, totals.rows as f64);
         stats.set(metrics::FAILED_SAMPLES, (batch_rows - totals.rows) as f64);
@@ -657,6 +664,60 @@ fn is_stats<B: Backend>(
 
 /// Reward, accuracy and staleness summaries (and the staleness histogram) of the batch's valid
 /// rows.
+/// [`batch_stats`] over the batch of every rank of `collective`: each rank's sums (rows, rewards,
+/// squared rewards, correct answers, staleness, the staleness histogram) are summed, then the
+/// summaries taken as one learner would.
+fn global_batch_stats(
+    rows: &[Row<'_>],
+    version: u64,
+    collective: &crate::Collective<impl burn::tensor::backend::Backend>,
+    stats: &mut StepStats,
+) -> Result<()> {
+    let valid: Vec<&Row<'_>> = rows.iter().filter(|r| r.valid).collect();
+    let staleness: Vec<u64> =
+        valid.iter().map(|r| version.saturating_sub(r.sample.behavior_version)).collect();
+    // The histogram's length on every rank: the sum of the ranks' lengths bounds the longest.
+    let local_len = staleness.iter().max().map_or(0, |&m| m as usize + 1);
+    let len = collective.all_reduce_sum(vec![local_len as f32])?[0] as usize;
+    let correct: Vec<f64> = valid
+        .iter()
+        .filter_map(|r| r.sample.reward_parts.get(metrics::ACCURACY_PART).map(|&v| v as f64))
+        .collect();
+    let mut local = vec![
+        valid.len() as f64,
+        valid.iter().map(|r| r.reward as f64).sum(),
+        valid.iter().map(|r| (r.reward as f64).powi(2)).sum(),
+        correct.iter().sum(),
+        correct.len() as f64,
+        staleness.iter().sum::<u64>() as f64,
+    ];
+    let mut hist = vec![0.0; len];
+    for &st in &staleness {
+        hist[st as usize] += 1.0;
+    }
+    local.extend(hist);
+    let g: Vec<f64> = collective
+        .all_reduce_sum(local.iter().map(|&x| x as f32).collect())?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let n = g[0].max(1.0);
+    let mean = g[1] / n;
+    stats.set(metrics::REWARD_MEAN, mean);
+    stats.set(metrics::REWARD_STD, (g[2] / n - mean * mean).max(0.0).sqrt());
+    if g[4] > 0.0 {
+        stats.set(metrics::ACCURACY, g[3] / g[4]);
+    }
+    stats.set(metrics::STALENESS_MEAN, g[5] / n);
+    let mut hist: Vec<u64> = g[6..].iter().map(|&c| c.round() as u64).collect();
+    while hist.last() == Some(&0) {
+        hist.pop();
+    }
+    stats.set(metrics::STALENESS_MAX, hist.len().saturating_sub(1) as f64);
+    stats.staleness_hist = hist;
+    Ok(())
+}
+
 fn batch_stats(rows: &[Row<'_>], version: u64, stats: &mut StepStats) {
     let rows: Vec<&Row<'_>> = rows.iter().filter(|r| r.valid).collect();
     let n = rows.len().max(1) as f64;

@@ -702,11 +702,34 @@ fn dp_variants() -> Vec<(String, LearnerConfig)> {
     out
 }
 
-/// Step `step`'s four groups (an environment token in some, behaviour log-probs of the initial
-/// policy, so later steps are off-policy).
+/// Step `step`'s four groups (an environment token and another reward in the odd ones, behaviour
+/// log-probs of the initial policy, so later steps are off-policy).
 fn dp_step_groups(step: u64) -> Vec<Group> {
-    (0..4).map(|i| group(4 * step + i, 0, i % 2 == 1)).collect()
+    (0..4)
+        .map(|i| {
+            let mut g = group(4 * step + i, 0, i % 2 == 1);
+            // Rank 1's groups (odd) score differently: a rank-local reward summary shows.
+            if i % 2 == 1 {
+                g.samples[2].reward = 0.75;
+                g.samples[2].reward_parts.insert(metrics::ACCURACY_PART.to_string(), 1.0);
+            }
+            g
+        })
+        .collect()
 }
+
+/// The step metrics a data-parallel rank must report as one learner on the whole batch would.
+const DP_COMPARED: [&str; 9] = [
+    metrics::GRAD_NORM,
+    metrics::LOSS_TOTAL,
+    metrics::REWARD_MEAN,
+    metrics::REWARD_STD,
+    metrics::ACCURACY,
+    metrics::STALENESS_MEAN,
+    metrics::STALENESS_MAX,
+    metrics::SAMPLES,
+    metrics::GROUPS,
+];
 
 /// What a data-parallel rank process does, in the environment: `rank,orchestrator port,data
 /// port,output directory`.
@@ -743,7 +766,7 @@ fn dp_rank_process() {
                 .map(|(_, g)| g)
                 .collect();
             let stats = t.train_shard(&mine, &collective).unwrap();
-            norms.push([metrics::GRAD_NORM, metrics::LOSS_TOTAL].map(|k| stats.get(k).unwrap()));
+            norms.push(DP_COMPARED.map(|k| stats.get(k).unwrap()));
         }
         t.check_same_weights(&collective).unwrap();
         let path = std::path::Path::new(f[3]).join(format!("{name}-rank{rank}.json"));
@@ -804,17 +827,18 @@ fn two_learner_rank_processes_make_the_update_of_one_learner_on_all_their_groups
         let mut want_norms = Vec::new();
         for step in 0..3 {
             let stats = single.train(&dp_step_groups(step)).unwrap();
-            want_norms.push([metrics::GRAD_NORM, metrics::LOSS_TOTAL].map(|k| stats.get(k).unwrap()));
+            want_norms.push(DP_COMPARED.map(|k| stats.get(k).unwrap()));
         }
         let want = weights(single.model());
         let moved = max_diff(&want, &weights(&policy()));
         for rank in 0..2 {
             let text = std::fs::read(dir.path().join(format!("{name}-rank{rank}.json"))).unwrap();
-            let (got, norms): (Weights, Vec<[f64; 2]>) = serde_json::from_slice(&text).unwrap();
+            let (got, norms): (Weights, Vec<[f64; DP_COMPARED.len()]>) =
+                serde_json::from_slice(&text).unwrap();
             // Adam hides a gradient scaled by a constant (a wrong normalisation); the gradient
-            // norm and the loss do not.
+            // norm and the loss do not. The batch summaries are the whole batch's on every rank.
             for (step, (a, b)) in want_norms.iter().zip(&norms).enumerate() {
-                for (what, x, y) in [("gradient norm", a[0], b[0]), ("loss", a[1], b[1])] {
+                for (what, (x, y)) in DP_COMPARED.iter().zip(a.iter().copied().zip(b.iter().copied())) {
                     assert!(
                         (x - y).abs() <= 1e-6 + 1e-5 * x.abs(),
                         "{name}: rank {rank} step {step}: {what} {y}, one learner {x}"
